@@ -1,0 +1,159 @@
+"""NIfTI reading and writing (nibabel) with errors that name the file, geometry
+helpers (spacing, axial axis) and atomic writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from fusionseg.data.cases import ImageRef
+from fusionseg.errors import DataError
+
+
+def load_nifti(path: str | Path) -> nib.Nifti1Image:
+    """Open a NIfTI file (header only; data are read lazily).
+
+    Raises:
+        DataError: the file is missing or not a readable NIfTI image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("file not found.", path, "check the path or restore the file.")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise DataError(f"cannot read NIfTI ({exc}).", path,
+                        "re-export or re-download the file; it is corrupt or not NIfTI.") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise DataError(f"not a NIfTI image ({type(img).__name__}).", path,
+                        "convert it to .nii.gz first.")
+    return img
+
+
+def read_array(img: nib.Nifti1Image, path: str | Path, dtype=np.float32,
+               channel: int | None = None) -> np.ndarray:
+    """Read the voxel data of ``img`` (3-D, or one channel of a 4-D image).
+
+    Returns:
+        array of shape (X, Y, Z) and the requested dtype (scaling applied).
+    Raises:
+        DataError: data cannot be decoded, or the dimensionality is wrong.
+    """
+    try:
+        if channel is None:
+            data = np.asanyarray(img.dataobj)
+        else:
+            if img.ndim != 4:
+                raise DataError(f"expected a 4-D image to take channel {channel}, got {img.ndim}-D.",
+                                path, "check dataset.json channel names against the images.")
+            data = np.asanyarray(img.dataobj[..., channel])
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot decode voxel data ({exc}).", path,
+                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+    data = np.squeeze(data) if data.ndim > 3 else data
+    if data.ndim != 3:
+        raise DataError(f"expected a 3-D volume, got shape {data.shape}.", path,
+                        "give one 3-D volume per modality file.")
+    return np.asarray(data, dtype=dtype)
+
+
+def load_volume(ref: ImageRef | str | Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Load one image volume.
+
+    Args:
+        ref: an :class:`ImageRef` (file + optional 4-D channel) or a path.
+        dtype: output dtype.
+    Returns:
+        (array (X, Y, Z), affine (4, 4) float64).
+    Raises:
+        DataError: missing, corrupt or non-3-D file.
+    """
+    if not isinstance(ref, ImageRef):
+        ref = ImageRef(Path(ref))
+    img = load_nifti(ref.path)
+    return read_array(img, ref.path, dtype=dtype, channel=ref.channel), img.affine.astype(np.float64)
+
+
+def voxel_spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes, from the header."""
+    return tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def axial_axis(affine: np.ndarray) -> int:
+    """Array axis that runs inferior-superior (the axis to slice for axial slices)."""
+    codes = nib.aff2axcodes(affine)
+    for axis, code in enumerate(codes):
+        if code in ("S", "I"):
+            return axis
+    return 2
+
+
+def affines_close(a: np.ndarray, b: np.ndarray, atol: float = 1e-3) -> bool:
+    """Whether two affines agree within ``atol`` (mm) element-wise."""
+    return bool(np.allclose(a, b, atol=atol, rtol=0))
+
+
+def atomic_path(final: Path):
+    """Context manager yielding a temporary path beside ``final``; renamed onto
+    ``final`` only if the block succeeds, removed otherwise (no half-written files)."""
+    return _AtomicPath(Path(final))
+
+
+class _AtomicPath:
+    def __init__(self, final: Path):
+        self.final = final
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        suffix = "".join(self.final.suffixes) or ".tmp"
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=suffix,
+                                   dir=self.final.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            os.replace(self.tmp, self.final)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def save_label_map(labels: np.ndarray, reference: str | Path, out: str | Path,
+                   overwrite: bool = False) -> Path:
+    """Write a label map with the reference image's exact affine and header.
+
+    Args:
+        labels: integer array (X, Y, Z), shape equal to the reference's.
+        reference: NIfTI whose affine and header are copied (e.g. the case's FLAIR).
+        out: output path (.nii.gz).
+        overwrite: replace an existing file.
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        DataError: shape mismatch with the reference.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+    ref = load_nifti(reference)
+    if tuple(labels.shape) != tuple(ref.shape[:3]):
+        raise DataError(f"label map shape {labels.shape} differs from the reference {ref.shape[:3]}.",
+                        reference, "predict on the full, uncropped case grid.")
+    header = ref.header.copy()
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
+    header.set_data_dtype(dtype)
+    header["scl_slope"] = 1.0
+    header["scl_inter"] = 0.0
+    img = type(ref)(labels.astype(dtype), ref.affine, header)
+    img.set_qform(*ref.get_qform(coded=True))
+    img.set_sform(*ref.get_sform(coded=True))
+    with atomic_path(out) as tmp:
+        nib.save(img, str(tmp))
+    return out
