@@ -163,6 +163,22 @@ def get_label_scheme(name: str) -> LabelScheme:
         ) from None
 
 
+def scheme_to_dict(scheme: LabelScheme) -> dict:
+    """JSON-able form of a label scheme (stored in checkpoints and run summaries)."""
+    return {"name": scheme.name, "description": scheme.description,
+            "labels": {str(k): v for k, v in scheme.labels.items()},
+            "regions": {k: list(v) for k, v in scheme.regions.items()}}
+
+
+def scheme_from_dict(data: dict | str) -> LabelScheme:
+    """Inverse of :func:`scheme_to_dict` (a bare name looks up the registry)."""
+    if isinstance(data, str):
+        return get_label_scheme(data)
+    return LabelScheme(name=data["name"], description=data.get("description", ""),
+                       labels={int(k): v for k, v in data["labels"].items()},
+                       regions={k: tuple(int(x) for x in v) for k, v in data["regions"].items()})
+
+
 #: Penalty distance (mm) for HD95 / lesion-wise HD95 when exactly one mask is empty
 #: (BraTS 2023 convention; EVALUATION.md).
 HD95_PENALTY_MM = 374.0

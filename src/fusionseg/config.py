@@ -1,0 +1,226 @@
+"""Typed experiment configuration (pydantic) <-> YAML.
+
+A config file describes one experiment: which data, how it is preprocessed and
+sampled, which model, loss and training schedule, how cases are split and how results
+are evaluated. The resolved config (defaults filled in) is saved with every run.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fusionseg.constants import MRI_MODALITIES, canonical_modality
+from fusionseg.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the cases are and which modalities are used (by name, in channel order)."""
+
+    root: Path = Field(description="dataset folder (any supported layout)")
+    format: str | None = Field(None, description="layout name; None = autodetect")
+    scheme: str | None = Field(None, description="label scheme name; None = the layout's default")
+    modalities: list[str] | None = Field(
+        None, description="input modalities in channel order; None = all of the dataset")
+    cases: list[str] | None = Field(None, description="restrict to these case ids")
+    cache_dir: Path | None = Field(
+        None, description="preprocessing cache; None = $FUSIONSEG_CACHE or ~/.cache/fusionseg")
+
+    @field_validator("modalities")
+    @classmethod
+    def _canonical(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        names = [canonical_modality(m) for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modalities repeat a name: {v}")
+        return names
+
+
+class PreprocessConfig(_Strict):
+    """Preprocessing computed once per case and cached (key = hash of this config).
+
+    MRI modalities: clip at the ``clip_percentile`` of brain voxels, then z-score over
+    brain voxels (background stays 0). PET (SUV): clip to ``suv_range`` and scale to
+    [0, 1]. CT (HU): clip to ``hu_window`` and scale to [0, 1].
+    """
+
+    crop: Literal["foreground", "none"] = "foreground"
+    crop_margin: int = Field(0, ge=0, description="voxels kept around the foreground box")
+    clip_percentile: float = Field(99.5, gt=50, le=100)
+    suv_range: tuple[float, float] = (0.0, 15.0)
+    hu_window: tuple[float, float] = (-100.0, 250.0)
+
+    def key(self) -> str:
+        """Short hash identifying this preprocessing (the cache key)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+class SamplingConfig(_Strict):
+    """Which 2-D axial training samples are drawn.
+
+    mode: ``central`` (the ``central_k`` central slices of the volume, as S0's slices
+    72-81 of 155), ``tumour`` (every slice containing tumour), ``all`` (every slice
+    with brain), ``patch`` (2-D patches of size ``patch_size`` from slices with brain,
+    centred on a tumour voxel with probability ``tumour_probability``).
+    For slice modes ``patch_size`` optionally crops a random window (centred on tumour
+    with ``tumour_probability``) from each slice; None keeps whole slices padded to a
+    common size.
+    """
+
+    mode: Literal["central", "tumour", "all", "patch"] = "tumour"
+    central_k: int = Field(10, ge=1)
+    patch_size: tuple[int, int] | None = None
+    tumour_probability: float = Field(0.5, ge=0, le=1)
+    val_mode: Literal["central", "tumour", "all"] = "tumour"
+
+    @model_validator(mode="after")
+    def _patch_needs_size(self) -> "SamplingConfig":
+        if self.mode == "patch" and self.patch_size is None:
+            raise ValueError("sampling.mode 'patch' needs sampling.patch_size, e.g. [128, 128]")
+        return self
+
+
+class ModelConfig(_Strict):
+    """A model from the registry (``fusionseg.models``) and its keyword arguments."""
+
+    name: str = "unet2stage"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Strict):
+    """A segmentation loss from the registry (``fusionseg.losses``)."""
+
+    name: str = "dice_ce"
+    kwargs: dict[str, Any] = Field(default_factory=lambda: {"class_weights": [0.5, 2.0, 5.0, 4.0]})
+
+
+class TrainConfig(_Strict):
+    """Optimisation schedule (S0 defaults: Adam lr 1e-3, batch 4, <= 50 epochs,
+    early stopping on validation Dice with patience 5)."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1, description="epochs without validation improvement")
+    min_epochs: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="cap on optimiser steps per epoch (None = one pass)")
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+
+
+class SplitConfig(_Strict):
+    """How labelled cases are split. ``kfold``: each fold's test set is one of
+    ``folds`` disjoint parts; of the remaining cases ``val_fraction`` (at least one
+    case) is held out for early stopping. ``holdout``: one split with
+    ``test_fraction`` test cases. A saved split file is reused when given."""
+
+    kind: Literal["kfold", "holdout"] = "kfold"
+    folds: int = Field(5, ge=2)
+    run_folds: list[int] | None = Field(None, description="run only these folds")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 0
+    file: Path | None = Field(None, description="reuse this split JSON")
+
+
+class EvalConfig(_Strict):
+    """Evaluation of the test predictions (EVALUATION.md conventions)."""
+
+    challenge: str = "GLI"
+    metrics: list[str] | None = None
+    overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
+
+
+class ExperimentConfig(_Strict):
+    """One experiment: data -> preprocess -> sampling -> strategy (model + loss) ->
+    training -> whole-case prediction -> evaluation -> report."""
+
+    name: str
+    strategy: Literal["early"] = "early"
+    spatial_dims: Literal[2] = 2
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: Path = Path("runs")
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML.
+
+    Relative paths inside the file (data.root, output_dir, ...) are taken relative
+    to the current directory. ``overrides`` are ``dotted.key=value`` strings whose
+    values are parsed as YAML (e.g. ``train.epochs=3``).
+
+    Raises:
+        ConfigError: unreadable file or invalid values (every problem listed).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections.")
+    raw.setdefault("name", path.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``dotted.key=value`` in a raw config mapping (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid configuration:"]
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  - {where}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
+DEFAULT_MRI_MODALITIES = list(MRI_MODALITIES)

@@ -1,0 +1,167 @@
+"""2-D axial samplers over preprocessed cases.
+
+Slice selection (``SamplingConfig.mode``):
+- ``central``: the K central axial slices of the original volume (S0 uses slices
+  72-81 of 155, i.e. K = 10 around slice 77);
+- ``tumour``: every axial slice whose label holds any tumour class;
+- ``all``: every axial slice of the cropped (brain) volume;
+- ``patch``: like ``all``, then a ``patch_size`` window is cut, centred on a tumour
+  pixel with probability ``tumour_probability`` (else at a random position).
+For slice modes a ``patch_size`` crops the same way; without it whole slices are
+zero-padded (centred) to one common size so they batch.
+
+Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str,
+"slice": int}``; channels follow the requested modality names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset as TorchDataset
+
+from fusionseg.config import SamplingConfig
+from fusionseg.data.preprocess import PreparedCase
+
+
+def axial_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice ``volume`` (..., X, Y, Z) at ``index`` along spatial ``axis`` (0-2)."""
+    return np.take(volume, index, axis=volume.ndim - 3 + axis)
+
+
+def inplane_shape(case: PreparedCase) -> tuple[int, int]:
+    shape = case.image.shape[1:]
+    return tuple(s for a, s in enumerate(shape) if a != case.axial_axis)
+
+
+def select_slices(case: PreparedCase, mode: str, central_k: int = 10) -> list[int]:
+    """Indices (in the cropped volume) of the axial slices ``mode`` selects."""
+    axis = case.axial_axis
+    n = case.image.shape[1 + axis]
+    if mode == "all" or mode == "patch":
+        return list(range(n))
+    if mode == "central":
+        depth = case.original_shape[axis]
+        start = depth // 2 - central_k // 2
+        offset = case.bbox[axis][0]
+        return [z - offset for z in range(start, start + central_k) if 0 <= z - offset < n]
+    if mode == "tumour":
+        if case.label is None:
+            raise ValueError(f"case {case.case_id} has no label: cannot select tumour slices")
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.asarray(case.label).any(axis=other)
+        return [int(z) for z in np.flatnonzero(present)]
+    raise ValueError(f"unknown sampling mode {mode!r}")
+
+
+def round_up(value: int, divisor: int) -> int:
+    return int(math.ceil(value / divisor) * divisor)
+
+
+def pad_to(array: np.ndarray, size: tuple[int, int], value=0) -> tuple[np.ndarray, tuple[int, int]]:
+    """Zero-pad the last two axes of ``array`` centred to ``size``; returns the padded
+    array and the (top, left) offsets. Raises ValueError if ``array`` is larger."""
+    h, w = array.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"slice {h}x{w} larger than pad size {size}")
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    pad = [(0, 0)] * (array.ndim - 2) + [(top, size[0] - h - top), (left, size[1] - w - left)]
+    return np.pad(array, pad, constant_values=value), (top, left)
+
+
+def common_slice_size(cases: Sequence[PreparedCase], divisor: int) -> tuple[int, int]:
+    """Smallest (H, W), multiple of ``divisor``, that holds every case's slices."""
+    h = max(inplane_shape(c)[0] for c in cases)
+    w = max(inplane_shape(c)[1] for c in cases)
+    return round_up(h, divisor), round_up(w, divisor)
+
+
+class SliceDataset(TorchDataset):
+    """Axial 2-D samples from preprocessed cases (see module docstring).
+
+    Args:
+        cases: preprocessed cases (arrays may be memory-mapped).
+        modalities: input channels, by name, in order.
+        cfg: sampling configuration.
+        slice_size: common (H, W) for whole-slice batching; ignored with a patch size.
+        mode: overrides ``cfg.mode`` (e.g. ``cfg.val_mode`` for validation).
+        train: random patch positions when True; deterministic (tumour-centred)
+            windows when False.
+        seed: base seed for patch positions.
+    """
+
+    def __init__(self, cases: Sequence[PreparedCase], modalities: Sequence[str], cfg: SamplingConfig,
+                 slice_size: tuple[int, int] | None = None, mode: str | None = None,
+                 train: bool = True, seed: int = 0):
+        self.cases = list(cases)
+        self.modalities = tuple(modalities)
+        self.cfg = cfg
+        self.mode = mode or cfg.mode
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.patch_size = tuple(cfg.patch_size) if cfg.patch_size else None
+        self.slice_size = tuple(slice_size) if slice_size else None
+        if self.patch_size is None and self.slice_size is None:
+            raise ValueError("SliceDataset needs slice_size (whole slices) or cfg.patch_size")
+        self.channels = []
+        for case in self.cases:
+            missing = [m for m in self.modalities if m not in case.modalities]
+            if missing:
+                raise KeyError(f"case {case.case_id} lacks modalities {missing}")
+            self.channels.append([case.modalities.index(m) for m in self.modalities])
+        self.index: list[tuple[int, int]] = [
+            (ci, z) for ci, case in enumerate(self.cases) for z in select_slices(case, self.mode, cfg.central_k)
+        ]
+        if not self.index:
+            raise ValueError(f"sampling mode {self.mode!r} selects no slice from {len(self.cases)} case(s)")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary random patch positions per epoch (reproducibly)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _window(self, label: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
+        ph, pw = self.patch_size
+        h, w = label.shape
+        if (not self.train or rng.random() < self.cfg.tumour_probability) and label.any():
+            ys, xs = np.nonzero(label)
+            k = rng.integers(len(ys)) if self.train else len(ys) // 2
+            cy, cx = int(ys[k]), int(xs[k])
+        else:
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        top = min(max(cy - ph // 2, 0), max(h - ph, 0))
+        left = min(max(cx - pw // 2, 0), max(w - pw, 0))
+        return top, left
+
+    def __getitem__(self, i: int) -> dict:
+        ci, z = self.index[i]
+        case = self.cases[ci]
+        image = axial_slice(case.image, case.axial_axis, z)[self.channels[ci]]  # (C, H, W)
+        if case.label is not None:
+            label = axial_slice(case.label, case.axial_axis, z).astype(np.int64)  # (H, W)
+        else:
+            label = np.zeros(image.shape[1:], dtype=np.int64)
+        if self.patch_size is not None:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            ph, pw = self.patch_size
+            size = (max(ph, label.shape[0]), max(pw, label.shape[1]))
+            image, _ = pad_to(image, size)
+            label, _ = pad_to(label, size)
+            top, left = self._window(label, rng)
+            image = image[:, top:top + ph, left:left + pw]
+            label = label[top:top + ph, left:left + pw]
+        else:
+            image, _ = pad_to(image, self.slice_size)
+            label, _ = pad_to(label, self.slice_size)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label)),
+            "case": case.case_id,
+            "slice": z,
+        }

@@ -1,0 +1,1 @@
+"""Experiment runner (train, cross-validate, compare) and reports."""

@@ -1,0 +1,100 @@
+"""Reports: Markdown tables of per-case metrics (mean ± sd) and overlay figures
+(modalities + ground truth + prediction) as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from fusionseg.data.io import atomic_path, load_volume  # noqa: E402
+from fusionseg.data.sampling import axial_slice  # noqa: E402
+
+#: Column titles of the tables (metric column -> heading).
+METRIC_TITLES = {"dice": "Dice", "hd95": "HD95 (mm)", "lesion_dice": "LW Dice",
+                 "lesion_hd95": "LW HD95 (mm)", "asd": "ASD (mm)"}
+
+
+def mean_sd(values: pd.Series, digits: int) -> str:
+    v = values.astype(float)
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+
+
+def markdown_table(runs: Mapping[str, pd.DataFrame], regions: Sequence[str],
+                   metrics: Sequence[str] = ("dice", "hd95", "lesion_dice", "lesion_hd95")) -> str:
+    """One row per run, one column per (metric, region): mean ± sd over cases.
+
+    Args:
+        runs: run name -> tidy per-case DataFrame (columns case, region, metrics...).
+        regions: region order (e.g. WT, TC, ET).
+        metrics: metric columns to show (missing ones are skipped).
+    """
+    present = [m for m in metrics if any(m in df.columns for df in runs.values())]
+    header = ["run"] + [f"{METRIC_TITLES.get(m, m)} {r}" for m in present for r in regions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, df in runs.items():
+        cells = [name]
+        for m in present:
+            for r in regions:
+                sub = df.loc[df["region"] == r, m] if m in df.columns else pd.Series(dtype=float)
+                digits = 3 if "dice" in m else 2
+                cells.append(mean_sd(sub, digits) if len(sub) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _overlay(ax, image: np.ndarray, labels: np.ndarray, title: str, num_classes: int) -> None:
+    ax.imshow(image.T, cmap="gray", origin="lower")
+    masked = np.ma.masked_where(labels.T == 0, labels.T)
+    ax.imshow(masked, cmap="jet", vmin=0, vmax=max(num_classes - 1, 1), alpha=0.45,
+              origin="lower", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+
+
+def write_overlays(dataset, prepared, run_dir: Path, modalities: Sequence[str], per_case: pd.DataFrame,
+                   n: int) -> list[Path]:
+    """Overlay PNGs for ``n`` test cases (best, median and worst by mean Dice): each
+    modality at the axial slice with the most tumour, then ground truth and prediction."""
+    scores = per_case.groupby("case")["dice"].mean().sort_values() if "dice" in per_case else None
+    if scores is None or scores.empty:
+        return []
+    order = list(scores.index)
+    picks = list(dict.fromkeys([order[-1], order[len(order) // 2], order[0]] + order))[:n]
+    out_dir = Path(run_dir) / "overlays"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for case_id in picks:
+        p = prepared[case_id]
+        pred_full, _ = load_volume(Path(run_dir) / "predictions" / f"{case_id}.nii.gz", dtype=np.int64)
+        window = tuple(slice(a, b) for a, b in p.bbox)
+        pred = dataset.scheme.to_classes(pred_full[window])
+        gt = np.asarray(p.label)
+        axis = p.axial_axis
+        other = tuple(a for a in range(3) if a != axis)
+        z = int(np.argmax((gt > 0).sum(axis=other)))
+        panels = [(m, axial_slice(p.image[p.modalities.index(m)], axis, z)) for m in modalities]
+        fig, axes = plt.subplots(1, len(panels) + 2, figsize=(2.4 * (len(panels) + 2), 2.8))
+        for ax, (m, img) in zip(axes, panels):
+            ax.imshow(img.T, cmap="gray", origin="lower")
+            ax.set_title(m.upper(), fontsize=9)
+            ax.axis("off")
+        base = panels[-1][1]
+        _overlay(axes[-2], base, axial_slice(gt, axis, z), "ground truth", dataset.scheme.num_classes)
+        dice = scores[case_id]
+        _overlay(axes[-1], base, axial_slice(pred, axis, z), f"prediction (Dice {dice:.2f})",
+                 dataset.scheme.num_classes)
+        fig.suptitle(f"{case_id}, axial slice {z + p.bbox[axis][0]}", fontsize=10)
+        fig.tight_layout()
+        path = out_dir / f"{case_id}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+        written.append(path)
+    return written

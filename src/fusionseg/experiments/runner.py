@@ -1,0 +1,204 @@
+"""The main job: train a strategy with cross-validation, predict every test case as a
+whole volume, evaluate in 3-D, and write the run folder.
+
+Run folder (``<output_dir>/<name>/``):
+- ``config.yaml``: the resolved configuration; ``environment.json``: versions, device,
+  git sha; ``splits.json``: the case split used (reusable);
+- ``fold_<k>/``: ``train_log.csv`` (per epoch), ``tensorboard/``,
+  ``checkpoints/{best,last}.ckpt``, ``fit.json`` (best epoch, timings);
+- ``predictions/<case>.nii.gz``: each test case's label map (its fold's model), with
+  the input's affine and header;
+- ``metrics_per_case.csv`` (case x region), ``metrics_per_lesion.csv``,
+  ``summary.json`` (mean, median, sd, 95% CI per metric and region, wall time),
+  ``results.md`` (the table), ``overlays/<case>.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from fusionseg.config import ExperimentConfig
+from fusionseg.constants import LabelScheme, scheme_to_dict
+from fusionseg.data.cases import Dataset, discover
+from fusionseg.data.io import atomic_path, load_nifti, load_volume, save_label_map, voxel_spacing
+from fusionseg.data.preprocess import PreparedCase, PreprocessCache
+from fusionseg.data.sampling import SliceDataset, common_slice_size
+from fusionseg.data.splits import load_splits, make_splits, save_splits
+from fusionseg.errors import ConfigError, DataError
+from fusionseg.evaluation.aggregate import summarize
+from fusionseg.evaluation.evaluate import evaluate_case
+from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.report import markdown_table, write_overlays
+from fusionseg.inference.predict import checkpoint_meta, predict_prepared
+from fusionseg.losses import build_seg_loss
+from fusionseg.models import build_model
+from fusionseg.strategies import STRATEGIES
+from fusionseg.training.loop import fit, make_progress
+
+console = Console()
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    per_case: pd.DataFrame
+    summary: dict
+
+
+def _write_json(path: Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+
+
+def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
+    """Discover the dataset and resolve the input modalities (channel order)."""
+    dataset = discover(cfg.data.root, format=cfg.data.format, scheme=cfg.data.scheme)
+    if cfg.data.cases:
+        unknown = sorted(set(cfg.data.cases) - {c.case_id for c in dataset.cases})
+        if unknown:
+            raise ConfigError(f"data.cases names cases not in {cfg.data.root}: {unknown[:5]}")
+        dataset = Dataset(dataset.root, dataset.format, dataset.scheme, dataset.modalities,
+                          tuple(c for c in dataset.cases if c.case_id in set(cfg.data.cases)))
+    modalities = tuple(cfg.data.modalities or dataset.modalities)
+    missing = [m for m in modalities if m not in dataset.modalities]
+    if missing:
+        raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
+                          f"(it has {list(dataset.modalities)})")
+    return dataset, modalities
+
+
+def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) -> dict[str, PreparedCase]:
+    """Preprocess (or read from cache) every labelled case."""
+    cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
+    prepared = {}
+    cases = dataset.labelled
+    if not cases:
+        raise DataError("no case has a segmentation; training needs labelled cases.", dataset.root,
+                        "add <case>_seg files or point data.root at a training set.")
+    with make_progress(disable=not progress) as bar:
+        task = bar.add_task("preprocess", total=len(cases), info=str(cache.root))
+        for case in cases:
+            prepared[case.case_id] = cache.load(case, dataset.scheme)
+            bar.update(task, advance=1)
+    return prepared
+
+
+def resolve_splits(cfg: ExperimentConfig, case_ids: list[str], run_dir: Path) -> dict:
+    existing = run_dir / "splits.json"
+    if cfg.split.file is not None:
+        splits = load_splits(cfg.split.file, case_ids)
+    elif existing.exists():
+        splits = load_splits(existing, case_ids)
+    else:
+        splits = make_splits(case_ids, cfg.split)
+    save_splits(splits, existing)
+    return splits
+
+
+def _build_strategy(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme):
+    model = build_model(cfg.model.name, in_channels=in_channels, num_classes=scheme.num_classes,
+                        spatial_dims=cfg.spatial_dims, **cfg.model.kwargs)
+    loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs)
+    return STRATEGIES[cfg.strategy](model, loss), int(getattr(model, "required_divisor", 1))
+
+
+def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase], dataset: Dataset,
+             modalities: tuple[str, ...], run_dir: Path, progress: bool = True) -> list[dict]:
+    """Train one fold, predict and evaluate its test cases; returns per-case rows."""
+    k = fold["fold"]
+    fold_dir = run_dir / f"fold_{k}"
+    scheme = dataset.scheme
+    strategy, divisor = _build_strategy(cfg, len(modalities), scheme)
+    size = common_slice_size(list(prepared.values()), max(divisor, 16))
+    train = SliceDataset([prepared[c] for c in fold["train"]], modalities, cfg.sampling, size,
+                         train=True, seed=cfg.train.seed)
+    val = SliceDataset([prepared[c] for c in fold["val"]], modalities, cfg.sampling, size,
+                       mode=cfg.sampling.val_mode, train=False)
+    meta = checkpoint_meta(cfg.model, len(modalities), modalities, scheme, cfg.preprocess, divisor)
+    result = fit(strategy, train, val, cfg.train, fold_dir, scheme, meta=meta,
+                 progress=progress, description=f"fold {k} train")
+    _write_json(fold_dir / "fit.json", {
+        "fold": k, "best_epoch": result.best_epoch, "best_val_score": result.best_score,
+        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+        "seconds": round(result.seconds, 1), "train_slices": len(train), "val_slices": len(val),
+        "slice_size": list(size)})
+    model = strategy.model.eval().cpu() if hasattr(strategy, "model") else strategy.eval()
+    rows: list[dict] = []
+    lesion_rows: list[dict] = []
+    pred_dir = run_dir / "predictions"
+    for case_id in fold["test"]:
+        case = dataset.case(case_id)
+        pred = predict_prepared([model], prepared[case_id], modalities, scheme, divisor)
+        ref = case.images[modalities[0]].path
+        save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
+        gt_img = load_nifti(case.label)
+        gt, _ = load_volume(case.label, dtype="int64")
+        region_rows, lesions = evaluate_case(pred, gt, voxel_spacing(gt_img), scheme,
+                                             metrics=cfg.evaluation.metrics,
+                                             challenge=cfg.evaluation.challenge)
+        rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
+        lesion_rows += [{"case": case_id, "fold": k, **r} for r in lesions]
+    _write_json(fold_dir / "test_metrics.json", {"rows": rows, "lesions": lesion_rows})
+    return rows
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
+    """Run the whole experiment (resumable: finished folds are read back)."""
+    start = time.perf_counter()
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists() and config_path.read_text() != cfg.to_yaml():
+        console.print(f"[yellow]note:[/] {config_path} differs from this config; "
+                      "the run folder is reused (resume) and config.yaml rewritten")
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(cfg.to_yaml())
+    _write_json(run_dir / "environment.json", environment_info())
+    dataset, modalities = load_dataset(cfg)
+    console.print(f"[bold]{cfg.name}[/]: {len(dataset.labelled)} labelled cases "
+                  f"({dataset.format}, labels {dataset.scheme.name}), modalities {list(modalities)}")
+    prepared = prepare_all(dataset, cfg, progress)
+    splits = resolve_splits(cfg, sorted(prepared), run_dir)
+    folds = splits["folds"]
+    if cfg.split.run_folds is not None:
+        folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
+    rows: list[dict] = []
+    lesions: list[dict] = []
+    for fold in folds:
+        done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
+        if done.exists() and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
+            data = json.loads(done.read_text())
+            console.print(f"fold {fold['fold']}: finished earlier, results read back")
+        else:
+            run_fold(cfg, fold, prepared, dataset, modalities, run_dir, progress)
+            data = json.loads(done.read_text())
+        rows += data["rows"]
+        lesions += data["lesions"]
+    per_case = pd.DataFrame(rows)
+    wall = time.perf_counter() - start
+    summary = {
+        "name": cfg.name, "strategy": cfg.strategy, "model": cfg.model.name,
+        "modalities": list(modalities), "label_scheme": scheme_to_dict(dataset.scheme),
+        "dataset": str(cfg.data.root), "format": dataset.format,
+        "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
+        "challenge": cfg.evaluation.challenge, "wall_seconds": round(wall, 1),
+        "metrics": summarize(per_case),
+    }
+    with atomic_path(run_dir / "metrics_per_case.csv") as tmp:
+        per_case.to_csv(tmp, index=False)
+    with atomic_path(run_dir / "metrics_per_lesion.csv") as tmp:
+        pd.DataFrame(lesions).to_csv(tmp, index=False)
+    _write_json(run_dir / "summary.json", summary)
+    table = markdown_table({cfg.name: per_case}, dataset.scheme.region_names)
+    with atomic_path(run_dir / "results.md") as tmp:
+        tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
+                       f"wall time {wall / 60:.1f} min.\n")
+    if cfg.evaluation.overlays:
+        write_overlays(dataset, prepared, run_dir, modalities, per_case, cfg.evaluation.overlays)
+    return RunResult(run_dir, per_case, summary)

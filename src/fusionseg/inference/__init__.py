@@ -1,0 +1,1 @@
+"""Whole-case inference: slice-wise prediction and label-map writing."""

@@ -1,0 +1,163 @@
+"""Predict whole cases and write label maps in the dataset's own convention.
+
+2-D models run slice-wise along the axial axis of the preprocessed (cropped,
+normalised) volume; class probabilities of several models (e.g. the folds of a
+cross-validation run) are averaged; the arg-max is placed back into the original grid
+and mapped to the label scheme's raw values. The NIfTI written has the input's exact
+affine and header (only the data type changes to an integer type).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusionseg.config import ModelConfig, PreprocessConfig
+from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
+from fusionseg.data.cases import Case
+from fusionseg.data.io import save_label_map
+from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
+from fusionseg.data.sampling import round_up
+from fusionseg.errors import FusionsegError
+from fusionseg.models import build_model
+
+
+@torch.no_grad()
+def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_axis: int,
+                          divisor: int, batch_size: int = 16,
+                          device: torch.device | str = "cpu") -> np.ndarray:
+    """Slice-wise class probabilities of a volume, averaged over ``models``.
+
+    Args:
+        models: 2-D networks (B, C, H, W) -> logits (B, K, H, W), in eval mode.
+        image: float32 (C, X, Y, Z) preprocessed volume.
+        axial_axis: spatial axis (0-2) to slice along.
+        divisor: in-plane sizes are zero-padded to a multiple of this.
+    Returns:
+        float32 (K, X, Y, Z) probabilities.
+    """
+    stack = np.moveaxis(np.asarray(image, dtype=np.float32), 1 + axial_axis, 0)  # (Z, C, H, W)
+    z, c, h, w = stack.shape
+    ph, pw = round_up(h, divisor), round_up(w, divisor)
+    top, left = (ph - h) // 2, (pw - w) // 2
+    out = None
+    for start in range(0, z, batch_size):
+        chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
+        chunk[:, :, top:top + h, left:left + w] = torch.from_numpy(stack[start:start + batch_size])
+        chunk = chunk.to(device)
+        probs = sum(torch.softmax(m(chunk).float(), dim=1) for m in models) / len(models)
+        probs = probs[:, :, top:top + h, left:left + w].cpu().numpy()  # (b, K, H, W)
+        if out is None:
+            out = np.empty((z, probs.shape[1], h, w), dtype=np.float32)
+        out[start:start + probs.shape[0]] = probs
+    # (Z, K, H, W) -> (K, X, Y, Z)
+    return np.moveaxis(np.moveaxis(out, 1, 0), 1, 1 + axial_axis)
+
+
+def predict_prepared(models: Sequence[nn.Module], case: PreparedCase, modalities: Sequence[str],
+                     scheme: LabelScheme, divisor: int, batch_size: int = 16,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """Raw label map (original grid, scheme values) for a preprocessed case."""
+    probs = predict_probabilities(models, case.select(list(modalities)), case.axial_axis, divisor,
+                                  batch_size, device)
+    classes = probs.argmax(axis=0).astype(np.uint8)
+    raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
+    return case.uncrop(raw)
+
+
+@dataclass
+class Predictor:
+    """Trained model(s) with what is needed to predict new cases.
+
+    Built from a run folder or checkpoint by :func:`load_predictor`.
+    """
+
+    models: list[nn.Module]
+    modalities: tuple[str, ...]
+    scheme: LabelScheme
+    preprocess: PreprocessConfig
+    divisor: int
+    sources: list[Path]
+    device: str = "cpu"
+
+    def predict_case(self, case: Case, batch_size: int = 16) -> np.ndarray:
+        """Raw label map (X, Y, Z) of a case in the original grid.
+
+        Raises:
+            DataError: a modality the model needs is missing or unreadable.
+        """
+        missing = [m for m in self.modalities if m not in case.images]
+        if missing:
+            raise FusionsegError(
+                f"case {case.case_id}: the model needs modalities {list(self.modalities)}, "
+                f"missing {missing}. Provide those files.")
+        prepared = prepare_case_arrays(
+            Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
+            self.scheme, self.preprocess, self.modalities)
+        return predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
+                                batch_size, self.device)
+
+    def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
+        """Predict ``case`` and write ``out`` with the affine and header of the case's
+        first model modality. Raises FileExistsError unless ``overwrite``."""
+        out = Path(out)
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
+        labels = self.predict_case(case, batch_size)
+        return save_label_map(labels, case.images[self.modalities[0]].path, out, overwrite=overwrite)
+
+
+def checkpoint_meta(model_cfg: ModelConfig, in_channels: int, modalities: Sequence[str],
+                    scheme: LabelScheme, preprocess: PreprocessConfig, divisor: int) -> dict:
+    """Metadata saved in ``best.ckpt`` so a model can be rebuilt without its config."""
+    return {"model": model_cfg.model_dump(mode="json"), "in_channels": in_channels,
+            "modalities": list(modalities), "scheme": scheme_to_dict(scheme),
+            "preprocess": preprocess.model_dump(mode="json"), "divisor": divisor,
+            "num_classes": scheme.num_classes}
+
+
+def model_from_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the segmentation network stored in a ``best.ckpt``."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    meta = ckpt.get("meta")
+    if not meta:
+        raise FusionsegError(f"{path}: no model metadata; pass a best.ckpt written by fusionseg train.")
+    model = build_model(meta["model"]["name"], in_channels=meta["in_channels"],
+                        num_classes=meta["num_classes"], spatial_dims=2, **meta["model"]["kwargs"])
+    weights = {k[len("model."):]: v for k, v in ckpt["strategy"].items() if k.startswith("model.")}
+    model.load_state_dict(weights)
+    return model.to(device).eval(), meta
+
+
+def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
+    """Best checkpoints of a run folder (every fold, or one), or the file itself."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    pattern = f"fold_{fold}/checkpoints/best.ckpt" if fold is not None else "fold_*/checkpoints/best.ckpt"
+    found = sorted(source.glob(pattern))
+    if not found:
+        raise FusionsegError(
+            f"{source}: no {pattern} found. Pass a run folder written by `fusionseg train` "
+            "(or a best.ckpt file); check --fold.")
+    return found
+
+
+def load_predictor(source: str | Path, fold: int | None = None, device: str = "cpu") -> Predictor:
+    """Predictor from a run folder (ensemble of its folds' best checkpoints, or one
+    fold) or from one checkpoint file."""
+    paths = find_checkpoints(Path(source), fold)
+    models, metas = zip(*(model_from_checkpoint(p, device) for p in paths))
+    first = metas[0]
+    for p, m in zip(paths, metas):
+        if m["modalities"] != first["modalities"] or m["scheme"] != first["scheme"]:
+            raise FusionsegError(f"{p}: checkpoints disagree on modalities or label scheme.")
+    return Predictor(models=list(models), modalities=tuple(first["modalities"]),
+                     scheme=scheme_from_dict(first["scheme"]),
+                     preprocess=PreprocessConfig.model_validate(first["preprocess"]),
+                     divisor=int(first["divisor"]), sources=list(paths), device=device)

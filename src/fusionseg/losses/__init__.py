@@ -1,0 +1,23 @@
+"""Losses: segmentation (Dice+CE, Dice+Focal, Focal), built by name through a registry."""
+
+from __future__ import annotations
+
+from .segmentation import (
+    DiceCESegLoss,
+    DiceFocalSegLoss,
+    FocalSegLoss,
+    SegLoss,
+    build_seg_loss,
+    list_seg_losses,
+    register_seg_loss,
+)
+
+__all__ = [
+    "DiceCESegLoss",
+    "DiceFocalSegLoss",
+    "FocalSegLoss",
+    "SegLoss",
+    "build_seg_loss",
+    "list_seg_losses",
+    "register_seg_loss",
+]

@@ -1,0 +1,20 @@
+"""Segmentation and fusion networks, built by name through one registry.
+
+Importing this package registers every model below; add one import per architecture
+file.
+"""
+
+from __future__ import annotations
+
+from .registry import build_model, get_model_builder, list_models, register_model
+from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
+
+__all__ = [
+    "build_model",
+    "get_model_builder",
+    "list_models",
+    "register_model",
+    "MonaiUNet",
+    "TwoStageUNet",
+    "check_segmentation_input",
+]

@@ -1,0 +1,1 @@
+"""The training loop (Lightning Fabric) and its callbacks."""
