@@ -188,7 +188,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         "dataset": str(cfg.data.root), "format": dataset.format,
         "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
         "challenge": cfg.evaluation.challenge, "wall_seconds": round(wall, 1),
-        "metrics": summarize(per_case),
+        "metrics": summarize(per_case, metrics=[c for c in per_case.columns
+                                                if c not in ("case", "region", "fold")]),
     }
     with atomic_path(run_dir / "metrics_per_case.csv") as tmp:
         per_case.to_csv(tmp, index=False)

@@ -48,7 +48,7 @@ def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_
     out = None
     for start in range(0, z, batch_size):
         chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
-        chunk[:, :, top:top + h, left:left + w] = torch.from_numpy(stack[start:start + batch_size])
+        chunk[:, :, top:top + h, left:left + w] = torch.from_numpy(np.array(stack[start:start + batch_size]))
         chunk = chunk.to(device)
         probs = sum(torch.softmax(m(chunk).float(), dim=1) for m in models) / len(models)
         probs = probs[:, :, top:top + h, left:left + w].cpu().numpy()  # (b, K, H, W)

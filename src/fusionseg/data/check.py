@@ -1,0 +1,413 @@
+"""Dataset validation: every problem names the file and says how to fix it.
+
+:func:`check_case` inspects one case (each file is read once; one case in memory at
+a time), :func:`check_dataset` every case, and :func:`check_command` is the
+``fusionseg data check`` command (a rich table per case, a summary line, optional
+JSON, exit code 1 when any case has an error).
+
+Checks per case: each modality file present and readable (a corrupt file is an
+error naming it); images and segmentation of one shape; affines equal within a
+tolerance (mm); finite voxel values; no empty (all-zero or constant) image; label
+values within the label scheme (with the scheme that would fit, if any); an empty
+segmentation is only a warning (cases without tumour exist).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from rich.text import Text
+
+from fusionseg.constants import LABEL_SCHEMES, LabelScheme
+from fusionseg.data.cases import LAYOUTS, Case, Dataset, ImageRef, discover
+from fusionseg.data.io import affines_close, atomic_path, load_nifti, read_array, voxel_spacing
+from fusionseg.errors import DataError
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: which case and file, what is wrong, how to fix it."""
+
+    case_id: str
+    file: str
+    problem: str
+    fix: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.case_id}: {self.file}: {self.problem} Fix: {self.fix}"
+
+
+@dataclass
+class CaseResult:
+    """Outcome of checking one case (one row of the report table)."""
+
+    case_id: str
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    label_values: list[int] | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        """"error", "warning" or "ok"."""
+        severities = {p.severity for p in self.problems}
+        return "error" if "error" in severities else "warning" if severities else "ok"
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "error"
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_dataset`."""
+
+    root: str
+    format: str
+    scheme: str
+    modalities: tuple[str, ...]
+    cases: list[CaseResult] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # dataset-level findings
+
+    @property
+    def n_passed(self) -> int:
+        return sum(c.passed for c in self.cases)
+
+    @property
+    def ok(self) -> bool:
+        """No errors anywhere (warnings allowed)."""
+        return self.n_passed == len(self.cases) and all(p.severity != "error" for p in self.problems)
+
+    @property
+    def all_problems(self) -> list[Problem]:
+        return [*self.problems, *(p for c in self.cases for p in c.problems)]
+
+    def summary(self) -> str:
+        n_warn = sum(p.severity == "warning" for p in self.all_problems)
+        n_err = sum(p.severity == "error" for p in self.all_problems)
+        return (f"{self.n_passed}/{len(self.cases)} cases passed "
+                f"({n_err} errors, {n_warn} warnings)")
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root, "format": self.format, "scheme": self.scheme,
+            "modalities": list(self.modalities), "passed": self.n_passed,
+            "total": len(self.cases), "ok": self.ok, "summary": self.summary(),
+            "problems": [asdict(p) for p in self.problems],
+            "cases": [{"case_id": c.case_id, "status": c.status,
+                       "shape": list(c.shape) if c.shape else None,
+                       "spacing": list(c.spacing) if c.spacing else None,
+                       "label_values": c.label_values,
+                       "problems": [asdict(p) for p in c.problems]} for c in self.cases],
+        }
+
+
+# ---------------------------------------------------------------------------
+# Per-case inspection
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Loaded:
+    """One decoded volume of a case."""
+
+    name: str            # modality name or "seg"
+    ref: str             # file (and channel) for messages
+    data: np.ndarray     # (X, Y, Z), the file's own dtype
+    affine: np.ndarray   # (4, 4)
+    spacing: tuple[float, float, float]
+
+
+def _load_case(case: Case, result: CaseResult) -> list[_Loaded]:
+    """Read every file of ``case`` once; missing/corrupt files become problems."""
+    add = result.problems.append
+    by_file: dict[Path, list[tuple[str, ImageRef]]] = {}
+    for modality, ref in case.images.items():
+        by_file.setdefault(ref.path, []).append((modality, ref))
+    loaded: list[_Loaded] = []
+    items: list[tuple[Path, list[tuple[str, ImageRef]]]] = list(by_file.items())
+    if case.label is not None:
+        items.append((case.label, [("seg", ImageRef(case.label))]))
+    for path, refs in items:
+        names = ", ".join(m for m, _ in refs)
+        if not path.exists():
+            add(Problem(case.case_id, str(path), f"{names} file is missing.",
+                        "restore the file (expected at this path and name), or remove the "
+                        "case from the folder."))
+            continue
+        try:
+            img = load_nifti(path)
+            spacing = voxel_spacing(img)
+            if len(refs) == 1 and refs[0][1].channel is None:
+                arrays = [read_array(img, path, dtype=None)]
+            else:  # 4-D file (MSD): decode once, slice channels
+                arrays = _read_channels(img, path, [r.channel for _, r in refs])
+        except DataError as exc:
+            add(Problem(case.case_id, str(path), f"{names}: {exc.message}",
+                        exc.fix or "re-export or re-download the file."))
+            continue
+        for (modality, ref), data in zip(refs, arrays):
+            loaded.append(_Loaded(modality, str(ref), data, img.affine.astype(np.float64), spacing))
+    return loaded
+
+
+def _read_channels(img, path: Path, channels: list[int | None]) -> list[np.ndarray]:
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise DataError(f"cannot decode voxel data ({exc}).", path,
+                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+    if data.ndim != 4:
+        raise DataError(f"expected a 4-D image (X, Y, Z, channels), got shape {data.shape}.", path,
+                        "stack the modalities along the 4th axis, or use the nnunet layout.")
+    out = []
+    for c in channels:
+        if c is None or not 0 <= c < data.shape[3]:
+            raise DataError(f"channel {c} requested but the image has {data.shape[3]} channels.",
+                            path, "make dataset.json's modality entries match the image channels.")
+        out.append(data[..., c])
+    return out
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape))
+
+
+def _unique(seg: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (bincount for small integer ranges: fast)."""
+    if seg.dtype.kind in "iub" and seg.size:
+        lo, hi = int(seg.min()), int(seg.max())
+        if hi - lo < 65536:
+            counts = np.bincount((seg.ravel().astype(np.int64) - lo))
+            return np.flatnonzero(counts) + lo
+    return np.unique(seg)
+
+
+def _suggest_scheme(present: set[int], current: LabelScheme) -> str:
+    fitting = [s for s in LABEL_SCHEMES.values() if s.name != current.name and present <= set(s.values)]
+    hints = []
+    for s in fitting:
+        layout = {"brats2023": "brats2023", "brats2017": "brats2018", "msd_task01": "msd",
+                  "petct": "autopet"}.get(s.name)
+        what = {"brats2023": "BraTS 2023+ data", "brats2017": "BraTS 2017-2021 data",
+                "msd_task01": "MSD Task01 data", "petct": "PET/CT data"}.get(s.name, s.name)
+        files = f" (--format {layout} for its file layout)" if layout in LAYOUTS else ""
+        hints.append(f"if this is {what} use --scheme {s.name}{files}")
+    values = "{" + ",".join(map(str, current.values)) + "}"
+    convert = f"otherwise convert the labels to {current.name} {values}"
+    return "; ".join([*hints, convert]) + "."
+
+
+def _fmt_set(values) -> str:
+    return "{" + ",".join(str(v) for v in sorted(values)) + "}"
+
+
+def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> CaseResult:
+    result = CaseResult(case.case_id)
+    add = result.problems.append
+    cid = case.case_id
+    scheme = dataset.scheme
+    loaded = _load_case(case, result)
+
+    if case.label is None and dataset.labelled:
+        folder = next(iter(case.images.values())).path.parent
+        add(Problem(cid, str(folder), "no segmentation file found (other cases have one); "
+                    "the case can be used for prediction only.",
+                    "add the seg file if the case is meant for training or evaluation.", "warning"))
+    if not loaded:
+        return result
+
+    # Shapes: the most common shape is the reference; odd files are named.
+    shapes = Counter(v.data.shape for v in loaded)
+    ref_shape = shapes.most_common(1)[0][0]
+    same_shape = [v for v in loaded if v.data.shape == ref_shape]
+    # Reference grid: the affine most files agree with (first one on ties).
+    reference = max(same_shape, key=lambda v: sum(
+        affines_close(v.affine, o.affine, affine_tol) for o in same_shape))
+    result.shape, result.spacing = tuple(ref_shape), reference.spacing
+    for v in loaded:
+        if v.data.shape != ref_shape:
+            others = [o.name for o in loaded if o.data.shape == ref_shape]
+            add(Problem(cid, v.ref, f"{v.name} shape {v.data.shape} differs from "
+                        f"{ref_shape} of {', '.join(others)}.",
+                        "resample or re-export it onto the case's common grid "
+                        "(all modalities and the seg must be co-registered, same shape)."))
+        elif not affines_close(v.affine, reference.affine, affine_tol):
+            diff = float(np.abs(v.affine - reference.affine).max())
+            add(Problem(cid, v.ref, f"{v.name} affine differs from {reference.name}'s by up to "
+                        f"{diff:.4g} mm (tolerance {affine_tol:g}).",
+                        "resample it onto the reference grid; if the voxels are already aligned, "
+                        f"copy the header (affine) from {reference.ref}."))
+
+    for v in loaded:
+        if v.data.dtype.kind == "f":
+            bad = ~np.isfinite(v.data)
+            n_bad = int(bad.sum())
+            if n_bad:
+                add(Problem(cid, v.ref, f"{v.name} has {n_bad} non-finite voxel(s) (NaN/inf), "
+                            f"first at index {_first_index(bad)}.",
+                            "replace NaN/inf (e.g. with the background value 0) and save the file "
+                            "again."))
+                continue
+        if v.name == "seg":
+            continue
+        lo, hi = (float(v.data.min()), float(v.data.max())) if v.data.size else (0.0, 0.0)
+        if lo == hi:
+            what = "all zero" if hi == 0 else f"constant ({lo:g})"
+            add(Problem(cid, v.ref, f"{v.name} image is empty: {what}.",
+                        "re-export the image: it holds no data (wrong file or failed conversion)."))
+
+    seg = next((v for v in loaded if v.name == "seg"), None)
+    if seg is not None and not (seg.data.dtype.kind == "f" and not np.isfinite(seg.data).all()):
+        data = seg.data
+        if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
+            add(Problem(cid, seg.ref, "segmentation holds non-integer values.",
+                        "save the label map with integer labels (nearest-neighbour resampling)."))
+        else:
+            values = [int(x) for x in _unique(data)]
+            result.label_values = values
+            unknown = sorted(set(values) - set(scheme.values))
+            if unknown:
+                add(Problem(cid, seg.ref, f"label values {_fmt_set(unknown)} not in {scheme.name} "
+                            f"{_fmt_set(scheme.values)}.", _suggest_scheme(set(values), scheme)))
+            elif values == [0]:
+                add(Problem(cid, seg.ref, "segmentation is empty (no foreground label).",
+                            "nothing to do if the case has no tumour; otherwise check the file.",
+                            "warning"))
+    return result
+
+
+def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[Problem]:
+    """Validate one case of ``dataset``.
+
+    Each file is read once (a 4-D MSD file once for all its channels).
+
+    Args:
+        case: the case (from :func:`fusionseg.data.cases.discover`).
+        dataset: its dataset (label scheme, whether other cases are labelled).
+        affine_tol: largest allowed difference between affine entries, mm.
+    Returns:
+        problems found (empty when the case is fine); severity "error" for missing,
+        corrupt, mis-shaped, mis-registered, non-finite or empty images and unknown
+        labels, "warning" for an empty or absent segmentation.
+    """
+    return _inspect_case(case, dataset, affine_tol).problems
+
+
+def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1e-3,
+                  console: Console | None = None) -> CheckReport:
+    """Validate every case of ``dataset``, one case in memory at a time.
+
+    Args:
+        dataset: from :func:`fusionseg.data.cases.discover`.
+        progress: show a transient progress bar.
+        affine_tol: see :func:`check_case`.
+        console: where the progress bar is drawn (default: stderr).
+    Returns:
+        a :class:`CheckReport`.
+    """
+    report = CheckReport(str(dataset.root), dataset.format, dataset.scheme.name, dataset.modalities)
+    for path in dataset.skipped:
+        report.problems.append(Problem("-", str(path), "not part of any case; ignored.",
+                                       "move it out of the dataset folder if it is not needed.",
+                                       "warning"))
+    if not dataset.cases:
+        report.problems.append(Problem("-", str(dataset.root), "no cases found.",
+                                       "point to the folder that holds the cases."))
+    with Progress(console=console or Console(stderr=True), transient=True,
+                  disable=not progress) as bar:
+        task = bar.add_task("checking cases", total=len(dataset.cases))
+        for case in dataset.cases:
+            report.cases.append(_inspect_case(case, dataset, affine_tol))
+            bar.advance(task)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Command
+# ---------------------------------------------------------------------------
+
+_STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
+
+
+def print_report(report: CheckReport, console: Console) -> None:
+    """The per-case table, every problem with file and fix, and the summary line."""
+    table = Table(title=f"{report.root}", show_lines=False)
+    for column in ("case", "status", "shape", "spacing (mm)", "labels"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("problems", overflow="fold", min_width=12)
+    for c in report.cases:
+        table.add_row(
+            c.case_id, Text(c.status, style=_STATUS_STYLE[c.status]),
+            "x".join(map(str, c.shape)) if c.shape else "-",
+            "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-",
+            _fmt_set(c.label_values) if c.label_values is not None else "-",
+            Text("; ".join(p.problem for p in c.problems) or "-"),
+        )
+    console.print(table)
+    problems = report.all_problems
+    if problems:
+        console.print(Text("Problems:", style="bold"))
+        for p in problems:
+            console.print(Text(f"  {p.severity.upper()} {p.case_id}: {p.file}: {p.problem}",
+                               style=_STATUS_STYLE[p.severity]), soft_wrap=True)
+            console.print(Text(f"    fix: {p.fix}"), soft_wrap=True)
+    console.print(Text(report.summary(), style="bold green" if report.ok else "bold red"),
+                  soft_wrap=True)
+
+
+_FORMAT_HELP = ("Dataset layout; autodetected when omitted. One of: "
+                + "; ".join(f"{n} ({lay.pattern})" for n, lay in LAYOUTS.items()) + ".")
+_SCHEME_HELP = ("Label scheme overriding the layout's default. One of: "
+                + "; ".join(f"{s.name} ({s.description})" for s in LABEL_SCHEMES.values()) + ".")
+
+
+def check_command(
+    directory: Annotated[Path, typer.Argument(
+        help="Dataset folder, e.g. the folder holding the BraTS case folders.",
+        file_okay=False, dir_okay=True)],
+    format: Annotated[Optional[str], typer.Option("--format", "-f", help=_FORMAT_HELP)] = None,
+    scheme: Annotated[Optional[str], typer.Option("--scheme", "-s", help=_SCHEME_HELP)] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json-out", "--json", help="Also write the report as JSON to this file.",
+        dir_okay=False)] = None,
+) -> None:
+    """Check a dataset before training: every case's files present and readable,
+    shapes and affines consistent, values finite, images not empty, labels within the
+    label scheme. Prints a table per case and every problem with its file and fix.
+
+    Exit code 0 when every case passes (warnings allowed), 1 when any case has an
+    error, 2 when the folder cannot be read as a dataset.
+    """
+    console = Console(highlight=False)
+    try:
+        dataset = discover(directory, format=format, scheme=scheme)
+    except DataError as exc:
+        console.print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(Text(f"dataset: {dataset.root}", style="bold"), soft_wrap=True)
+    console.print(Text(f"format: {dataset.format}   label scheme: {dataset.scheme.name} "
+                       f"({dataset.scheme.description})"), soft_wrap=True)
+    regions = ", ".join(f"{r}={_fmt_set(v)}" for r, v in dataset.scheme.regions.items())
+    console.print(Text(f"modalities: {', '.join(dataset.modalities)}   regions: {regions}   "
+                       f"cases: {len(dataset)} ({len(dataset.labelled)} with segmentation)"),
+                  soft_wrap=True)
+    report = check_dataset(dataset, progress=console.is_terminal)
+    print_report(report, console)
+    if json_out is not None:
+        with atomic_path(json_out) as tmp:
+            tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(Text(f"report written to {json_out}"), soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,28 @@
+"""Typed configs: validation, overrides, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fusionseg.config import load_config, validate_config
+from fusionseg.errors import ConfigError
+
+
+def test_defaults_roundtrip_and_overrides(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({"data": {"root": "x", "modalities": ["T1Gd", "FLAIR"]}}))
+    cfg = load_config(path, ["train.epochs=3", "model.kwargs={channels: [8, 16]}"])
+    assert cfg.name == "exp"
+    assert cfg.data.modalities == ["t1ce", "flair"]  # canonical names
+    assert cfg.train.epochs == 3 and cfg.model.kwargs == {"channels": [8, 16]}
+    assert validate_config(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_unknown_keys_and_bad_values_are_listed(tmp_path):
+    with pytest.raises(ConfigError, match="train.epoch"):
+        validate_config({"name": "x", "data": {"root": "x"}, "train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="patch_size"):
+        validate_config({"name": "x", "data": {"root": "x"}, "sampling": {"mode": "patch"}})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
