@@ -238,7 +238,14 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     else:
         crop = box_slices(*box, pred.shape, margin=params.dilation + 1)
     p_crop, g_crop = pred[crop], gt[crop]
+    allowed = np.zeros(max(scheme.values) + 1, dtype=bool)
+    allowed[list(scheme.values)] = True
     for name, seg in (("pred", p_crop), ("gt", g_crop)):
+        if seg.size == 0:
+            continue
+        lo_v, hi_v = int(seg.min()), int(seg.max())
+        if lo_v >= 0 and hi_v < allowed.size and allowed[seg].all():
+            continue
         unknown = [v for v in _present_values(seg) if v not in scheme.labels]
         if unknown:
             raise ValueError(f"{name} holds label values {unknown} that scheme {scheme.name!r} "
@@ -344,25 +351,27 @@ def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Pat
     return files, scheme if scheme is not None else dataset.scheme
 
 
-def _match(pred_dir: Path, gt_files: dict[str, Path]) -> list[tuple[str, Path, Path]]:
+def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """Pair every prediction with its GT case.
+
+    Returns (pairs, GT case ids without a prediction). Every prediction must have a GT
+    case; GT cases without a prediction (e.g. a test split of a full dataset) are not
+    evaluated and are listed in summary.json.
+    """
     if not pred_dir.is_dir():
         raise DataError("prediction folder not found.", pred_dir, "give the folder holding <case>.nii.gz predictions.")
     preds = _label_files(pred_dir)
     if not preds:
         raise DataError("no <case>.nii.gz predictions found.", pred_dir, "write one label map per case named <case>.nii.gz.")
     extra = sorted(set(preds) - set(gt_files))
-    missing = sorted(set(gt_files) - set(preds))
-    problems = []
     if extra:
-        problems.append(f"predictions without a GT case: {[preds[c].name for c in extra[:10]]}"
-                        + (f" and {len(extra) - 10} more" if len(extra) > 10 else ""))
-    if missing:
-        problems.append(f"GT cases without a prediction: {[str(gt_files[c]) for c in missing[:10]]}"
-                        + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-    if problems:
-        raise DataError("unmatched cases; " + "; ".join(problems) + ".", pred_dir,
-                        "name each prediction <case>.nii.gz after its GT case id, one per GT case.")
-    return [(c, preds[c], gt_files[c]) for c in sorted(preds)]
+        shown = [preds[c].name for c in extra[:10]]
+        more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
+        raise DataError(f"unmatched cases: predictions without a GT case: {shown}{more} "
+                        f"(GT case ids look like {sorted(gt_files)[:3]}).", pred_dir,
+                        "name each prediction <case>.nii.gz after its GT case id.")
+    unpredicted = sorted(set(gt_files) - set(preds))
+    return [(c, preds[c], gt_files[c]) for c in sorted(preds)], unpredicted
 
 
 def _evaluate_files(case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme,
@@ -407,7 +416,8 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
         (per_case, per_lesion, summary): tidy DataFrames (columns ``case``, ``region``,
         metric columns / lesion columns) and the summary dict written to summary.json.
     Raises:
-        DataError: missing folders, unmatched cases (names the files), shape mismatch,
+        DataError: missing folders, a prediction without a GT case (names the files;
+            GT cases without a prediction are skipped and listed in the summary), shape mismatch,
             labels outside the scheme, unreadable files.
         ValueError: unknown metric or challenge.
     """
@@ -415,7 +425,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
     params = challenge if isinstance(challenge, LesionWiseParams) else challenge_params(challenge)
     gt_files, scheme_obj = _gt_cases(gt, scheme)
     names = resolve_metrics(metrics, scheme_obj)
-    pairs = _match(pred_dir, gt_files)
+    pairs, unpredicted = _match(pred_dir, gt_files)
     workers = max(1, int(workers))
 
     results: dict[str, tuple[list[dict], list[dict]]] = {}
@@ -446,6 +456,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
     per_lesion = pd.DataFrame(lesion_rows, columns=lesion_cols)
     summary = {
         "n_cases": len(results),
+        "gt_cases_without_prediction": unpredicted,
         "regions": summarize(per_case, names),
         "conventions": {
             "challenge": params.challenge,

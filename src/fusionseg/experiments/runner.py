@@ -5,7 +5,8 @@ Run folder (``<output_dir>/<name>/``):
 - ``config.yaml``: the resolved configuration; ``environment.json``: versions, device,
   git sha; ``splits.json``: the case split used (reusable);
 - ``fold_<k>/``: ``train_log.csv`` (per epoch), ``tensorboard/``,
-  ``checkpoints/{best,last}.ckpt``, ``fit.json`` (best epoch, timings);
+  ``checkpoints/{best,last}.ckpt`` (one ``<stage>/`` folder each for multi-stage
+  strategies), ``fit.json`` (best epoch, timings, final checkpoint);
 - ``predictions/<case>.nii.gz``: each test case's label map (its fold's model), with
   the input's affine and header;
 - ``metrics_per_case.csv`` (case x region), ``metrics_per_lesion.csv``,
@@ -36,9 +37,7 @@ from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.experiments.environment import environment_info
 from fusionseg.experiments.report import markdown_table, write_overlays
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
-from fusionseg.losses import build_seg_loss
-from fusionseg.models import build_model
-from fusionseg.strategies import STRATEGIES
+from fusionseg.strategies import build_strategy
 from fusionseg.training.loop import fit, make_progress
 
 console = Console()
@@ -101,34 +100,35 @@ def resolve_splits(cfg: ExperimentConfig, case_ids: list[str], run_dir: Path) ->
     return splits
 
 
-def _build_strategy(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme):
-    model = build_model(cfg.model.name, in_channels=in_channels, num_classes=scheme.num_classes,
-                        spatial_dims=cfg.spatial_dims, **cfg.model.kwargs)
-    loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs)
-    return STRATEGIES[cfg.strategy](model, loss), int(getattr(model, "required_divisor", 1))
-
-
 def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase], dataset: Dataset,
              modalities: tuple[str, ...], run_dir: Path, progress: bool = True) -> list[dict]:
     """Train one fold, predict and evaluate its test cases; returns per-case rows."""
     k = fold["fold"]
     fold_dir = run_dir / f"fold_{k}"
     scheme = dataset.scheme
-    strategy, divisor = _build_strategy(cfg, len(modalities), scheme)
+    strategy = build_strategy(cfg, modalities, scheme)
+    divisor = strategy.required_divisor
     size = common_slice_size(list(prepared.values()), max(divisor, 16))
     train = SliceDataset([prepared[c] for c in fold["train"]], modalities, cfg.sampling, size,
                          train=True, seed=cfg.train.seed)
     val = SliceDataset([prepared[c] for c in fold["val"]], modalities, cfg.sampling, size,
                        mode=cfg.sampling.val_mode, train=False)
-    meta = checkpoint_meta(cfg.model, len(modalities), modalities, scheme, cfg.preprocess, divisor)
-    result = fit(strategy, train, val, cfg.train, fold_dir, scheme, meta=meta,
-                 progress=progress, description=f"fold {k} train")
+    meta = checkpoint_meta(cfg, modalities, scheme, divisor)
+    stages = strategy.stages()
+    fits = []
+    for stage in stages:
+        stage_dir = fold_dir if len(stages) == 1 else fold_dir / stage.name
+        result = fit(strategy, train, val, cfg.train, stage_dir, scheme, meta=meta, progress=progress,
+                     description=f"fold {k} {stage.name}", stage=stage)
+        fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
+                     "best_val_score": result.best_score, "epochs_run": result.epochs_run,
+                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+                     "checkpoint": str(result.best_checkpoint.relative_to(run_dir))})
     _write_json(fold_dir / "fit.json", {
-        "fold": k, "best_epoch": result.best_epoch, "best_val_score": result.best_score,
-        "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "seconds": round(result.seconds, 1), "train_slices": len(train), "val_slices": len(val),
-        "slice_size": list(size)})
-    model = strategy.model.eval().cpu() if hasattr(strategy, "model") else strategy.eval()
+        "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"],
+        "train_slices": len(train), "val_slices": len(val), "slice_size": list(size),
+        "seconds": round(sum(f["seconds"] for f in fits), 1)})
+    model = strategy.eval().cpu()
     rows: list[dict] = []
     lesion_rows: list[dict] = []
     pred_dir = run_dir / "predictions"

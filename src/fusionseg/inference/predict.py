@@ -9,6 +9,7 @@ affine and header (only the data type changes to an integer type).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,14 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.config import ModelConfig, PreprocessConfig
+from fusionseg.config import ExperimentConfig, PreprocessConfig, validate_config
 from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
 from fusionseg.data.cases import Case
 from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import round_up
 from fusionseg.errors import FusionsegError
-from fusionseg.models import build_model
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ class Predictor:
     Built from a run folder or checkpoint by :func:`load_predictor`.
     """
 
-    models: list[nn.Module]
+    models: list[nn.Module]  # strategies: (B, C, H, W) -> logits
     modalities: tuple[str, ...]
     scheme: LabelScheme
     preprocess: PreprocessConfig
@@ -112,39 +112,49 @@ class Predictor:
         return save_label_map(labels, case.images[self.modalities[0]].path, out, overwrite=overwrite)
 
 
-def checkpoint_meta(model_cfg: ModelConfig, in_channels: int, modalities: Sequence[str],
-                    scheme: LabelScheme, preprocess: PreprocessConfig, divisor: int) -> dict:
-    """Metadata saved in ``best.ckpt`` so a model can be rebuilt without its config."""
-    return {"model": model_cfg.model_dump(mode="json"), "in_channels": in_channels,
-            "modalities": list(modalities), "scheme": scheme_to_dict(scheme),
-            "preprocess": preprocess.model_dump(mode="json"), "divisor": divisor,
-            "num_classes": scheme.num_classes}
+def checkpoint_meta(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme,
+                    divisor: int) -> dict:
+    """Metadata saved in ``best.ckpt`` so the strategy can be rebuilt without the run's
+    config file: the resolved experiment config, modalities, label scheme, divisor."""
+    return {"experiment": cfg.model_dump(mode="json"), "modalities": list(modalities),
+            "scheme": scheme_to_dict(scheme), "preprocess": cfg.preprocess.model_dump(mode="json"),
+            "divisor": divisor}
 
 
 def model_from_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the segmentation network stored in a ``best.ckpt``."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    meta = ckpt.get("meta")
-    if not meta:
-        raise FusionsegError(f"{path}: no model metadata; pass a best.ckpt written by fusionseg train.")
-    model = build_model(meta["model"]["name"], in_channels=meta["in_channels"],
-                        num_classes=meta["num_classes"], spatial_dims=2, **meta["model"]["kwargs"])
-    weights = {k[len("model."):]: v for k, v in ckpt["strategy"].items() if k.startswith("model.")}
-    model.load_state_dict(weights)
-    return model.to(device).eval(), meta
+    """Rebuild the trained strategy (networks only, no losses) stored in a ``best.ckpt``.
+
+    Raises:
+        FusionsegError: the file is not a checkpoint written by ``fusionseg train``.
+    """
+    from fusionseg.strategies import build_strategy
+
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        meta = ckpt["meta"]
+        cfg = validate_config(meta["experiment"], source=str(path))
+    except Exception as exc:
+        raise FusionsegError(f"{path}: not a best.ckpt written by fusionseg train ({exc}).") from exc
+    strategy = build_strategy(cfg, meta["modalities"], scheme_from_dict(meta["scheme"]), with_losses=False)
+    strategy.load_state_dict(ckpt["strategy"])
+    return strategy.to(device).eval(), meta
 
 
 def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
-    """Best checkpoints of a run folder (every fold, or one), or the file itself."""
+    """Final best checkpoints of a run folder (every fold, or one), or the file itself.
+
+    Each fold's ``fit.json`` names its final checkpoint (the last stage's best).
+    """
     source = Path(source)
     if source.is_file():
         return [source]
-    pattern = f"fold_{fold}/checkpoints/best.ckpt" if fold is not None else "fold_*/checkpoints/best.ckpt"
-    found = sorted(source.glob(pattern))
+    pattern = f"fold_{fold}/fit.json" if fold is not None else "fold_*/fit.json"
+    found = [source / json.loads(p.read_text())["checkpoint"] for p in sorted(source.glob(pattern))]
+    found = [p for p in found if p.exists()]
     if not found:
         raise FusionsegError(
-            f"{source}: no {pattern} found. Pass a run folder written by `fusionseg train` "
-            "(or a best.ckpt file); check --fold.")
+            f"{source}: no trained fold found ({pattern}). Pass a run folder written by "
+            "`fusionseg train` (or a best.ckpt file); check --fold.")
     return found
 
 

@@ -6,6 +6,7 @@ file.
 
 from __future__ import annotations
 
+from .lrrnet import LRRNet
 from .registry import build_model, get_model_builder, list_models, register_model
 from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
 

@@ -1,9 +1,10 @@
-"""Strategies: what is trained, with which losses. A strategy is an ``nn.Module``
-with ``forward(image) -> logits`` and ``training_loss(batch) -> (loss, logs)``; the
-training loop calls only these."""
+"""Strategies: what is trained, in which stages, with which losses (see base.py).
 
+One file per strategy; :func:`build_strategy` builds one from an experiment config.
+"""
+
+from fusionseg.strategies.base import Stage, Strategy
 from fusionseg.strategies.early import EarlyFusion
+from fusionseg.strategies.registry import STRATEGIES, build_strategy
 
-STRATEGIES = {"early": EarlyFusion}
-
-__all__ = ["EarlyFusion", "STRATEGIES"]
+__all__ = ["Stage", "Strategy", "EarlyFusion", "STRATEGIES", "build_strategy"]

@@ -3,29 +3,37 @@ stacked as input channels of one segmentation network trained with one loss."""
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
+from fusionseg.strategies.base import Strategy
 
-class EarlyFusion(nn.Module):
+
+class EarlyFusion(Strategy):
     """Early-fusion strategy.
 
     Args:
         model: segmentation network, (B, C, H, W) -> logits (B, K, H, W).
-        loss: segmentation loss, (logits, target (B, H, W) int64) -> scalar.
+        modalities: names of the C input channels.
+        seg_loss: (logits, target (B, H, W) int64) -> scalar; None when built only for
+            prediction.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module):
-        super().__init__()
+    def __init__(self, model: nn.Module, modalities: Sequence[str], seg_loss: nn.Module | None = None):
+        super().__init__(modalities, {"seg": seg_loss} if seg_loss is not None else None)
         self.model = model
-        self.loss = loss
+
+    @property
+    def required_divisor(self) -> int:
+        return int(getattr(self.model, "required_divisor", 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float32 modality stack -> (B, K, H, W) class logits."""
         return self.model(image)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on one batch (``image`` (B, C, H, W), ``label`` (B, H, W))."""
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["label"])
+        """Segmentation loss on one batch (``image`` (B, C, H, W), ``label`` (B, H, W))."""
+        loss = self.losses["seg"](self(batch["image"]), batch["label"])
         return loss, {"loss_seg": float(loss.detach())}

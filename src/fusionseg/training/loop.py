@@ -4,6 +4,12 @@ Fabric handles the device (CPU here, GPU or DDP where present), precision and
 checkpoint I/O. The loop knows nothing of a strategy's insides: it calls
 ``strategy.training_loss(batch)`` to train and ``strategy(image)`` to validate.
 
+A strategy may train in several stages (:class:`~fusionseg.strategies.base.Stage`):
+each stage is one call of :func:`fit` with its own folder, learning rate, epoch budget
+and early-stopping score (validation Dice, or minus the validation loss for stages
+without a segmentation output, e.g. fusion pre-training). The optimiser sees only the
+parameters that require gradients (frozen networks stay fixed).
+
 Per epoch it writes ``train_log.csv`` (one row per epoch) and TensorBoard scalars;
 it keeps ``checkpoints/last.ckpt`` (everything needed to resume: weights, optimiser,
 epoch, early-stopping state, history) and ``checkpoints/best.ckpt`` (weights and the
@@ -29,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusionseg.config import TrainConfig
 from fusionseg.constants import LabelScheme
+from fusionseg.strategies.base import Stage
 
 
 @dataclass
@@ -96,7 +103,8 @@ def _write_log(path: Path, history: list[dict]) -> None:
 
 def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
         out_dir: str | Path, scheme: LabelScheme, meta: dict | None = None,
-        resume: bool = True, progress: bool = True, description: str = "train") -> FitResult:
+        resume: bool = True, progress: bool = True, description: str = "train",
+        stage: Stage | None = None) -> FitResult:
     """Train ``strategy`` with Adam and early stopping on validation Dice.
 
     Args:
@@ -108,6 +116,8 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
         meta: JSON-able metadata stored in ``best.ckpt`` (model name, modalities, ...).
         resume: continue from ``checkpoints/last.ckpt`` when present.
         progress: show a progress bar.
+        stage: the strategy's stage to train (default: its first); its ``lr``,
+            ``epochs`` and ``score`` override ``cfg``.
     Returns:
         :class:`FitResult`; the strategy holds the best weights on return.
     """
@@ -116,11 +126,15 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    stage = stage or strategy.stages()[0]
+    strategy.set_stage(stage.name)
+    epochs = stage.epochs or cfg.epochs
+    lr = stage.lr or cfg.lr
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
     fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
                     loggers=[logger])
     fabric.seed_everything(cfg.seed, verbose=False)
-    optimizer = torch.optim.Adam(strategy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(strategy.trainable_parameters(), lr=lr, weight_decay=cfg.weight_decay)
     strategy, optimizer = fabric.setup(strategy, optimizer)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = fabric.setup_dataloaders(DataLoader(
@@ -143,9 +157,9 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     start = time.perf_counter()
     stopped = False
     with make_progress(disable=not progress or not fabric.is_global_zero) as bar:
-        task = bar.add_task(description, total=cfg.epochs * steps_per_epoch,
+        task = bar.add_task(description, total=epochs * steps_per_epoch,
                             completed=state["epoch"] * steps_per_epoch, info="")
-        while state["epoch"] < cfg.epochs:
+        while state["epoch"] < epochs:
             if state["bad_epochs"] >= cfg.patience and state["epoch"] >= cfg.min_epochs:
                 stopped = True
                 break
@@ -173,12 +187,18 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
                 seen += batch["image"].shape[0]
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {np.mean(losses):.4f}")
             train_seconds = time.perf_counter() - t0
-            val_dice = validate(strategy, val_loader, scheme)
-            score = float(np.mean(val_dice))
-            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                   **{k: v / max(len(losses), 1) for k, v in logs_sum.items()},
-                   **{f"val_dice_{r}": float(d) for r, d in zip(scheme.region_names, val_dice)},
-                   "val_score": score, "lr": optimizer.param_groups[0]["lr"],
+            means = {k: v / max(len(losses), 1) for k, v in logs_sum.items()}
+            extra = strategy.on_epoch_end(epoch + 1, means)
+            if stage.score == "dice":
+                val_dice = validate(strategy, val_loader, scheme)
+                score = float(np.mean(val_dice))
+                val_logs = {f"val_dice_{r}": float(d) for r, d in zip(scheme.region_names, val_dice)}
+            else:
+                val_loss = validation_loss(strategy, val_loader)
+                score = -val_loss
+                val_logs = {"val_loss": val_loss}
+            row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **means, **extra,
+                   **val_logs, "val_score": score, "lr": optimizer.param_groups[0]["lr"],
                    "train_seconds": round(train_seconds, 3),
                    "train_samples_per_s": round(seen / max(train_seconds, 1e-9), 3)}
             fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
@@ -202,6 +222,18 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
                      epochs_run=state["epoch"], history=state["history"],
                      best_checkpoint=best if best.exists() else None, stopped_early=stopped,
                      seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def validation_loss(strategy: torch.nn.Module, loader: DataLoader) -> float:
+    """Mean training loss of the current stage over the validation samples."""
+    strategy.eval()
+    total, n = 0.0, 0
+    for batch in loader:
+        loss, _ = strategy.training_loss(batch)
+        total += float(loss) * batch["image"].shape[0]
+        n += batch["image"].shape[0]
+    return total / max(n, 1)
 
 
 @torch.no_grad()

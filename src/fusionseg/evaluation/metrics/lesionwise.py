@@ -174,45 +174,56 @@ def lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None
     p, g = pred[crop], gt[crop]
 
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
-    pred_lab = np.asarray(pred_lab, dtype=np.int64)
-    if d > 0 and g.any():
-        structure = ndimage.generate_binary_structure(ndim, 2)
-        dilated = ndimage.binary_dilation(g, structure=structure, iterations=d)
-    else:
-        dilated = g
-    dil_lab, n_gt = cc3d.connected_components(dilated, connectivity=connectivity, return_N=True)
-    dil_lab = np.asarray(dil_lab, dtype=np.int64)
-    gt_lab = np.where(g, dil_lab, 0)
-
-    # predicted components touching each dilated lesion
-    touching = (dil_lab > 0) & (pred_lab > 0)
-    pairs = np.unique(dil_lab[touching] * (n_pred + 1) + pred_lab[touching])
-    pair_lesion, pair_comp = pairs // (n_pred + 1), pairs % (n_pred + 1)
-
-    gt_counts = np.bincount(gt_lab.ravel(), minlength=n_gt + 1)
-    pred_counts = np.bincount(pred_lab.ravel(), minlength=n_pred + 1)
-    gt_boxes = ndimage.find_objects(gt_lab, max_label=n_gt)
     pred_boxes = ndimage.find_objects(pred_lab, max_label=n_pred)
+
+    # GT: dilate each 26-component on its own small box (dilation distributes over
+    # union, so OR-ing the pieces gives the dilation of the whole GT), then label the
+    # dilated mask: a lesion = the GT components inside one dilated component.
+    gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
+    cc_boxes = ndimage.find_objects(gt_cc, max_label=n_cc)
+    cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
+    structure = ndimage.generate_binary_structure(ndim, 2)
+    dilated = np.zeros(g.shape, dtype=bool)
+    pieces = []
+    for cc in range(1, n_cc + 1):
+        box = tuple(slice(max(sl.start - d, 0), min(sl.stop + d, n))
+                    for sl, n in zip(cc_boxes[cc - 1], g.shape))
+        comp = gt_cc[box] == cc
+        cc_counts[cc] = np.count_nonzero(comp)
+        piece = ndimage.binary_dilation(comp, structure=structure, iterations=d) if d > 0 else comp
+        dilated[box] |= piece
+        pieces.append((box, comp, piece))
+    dil_lab, n_gt = cc3d.connected_components(dilated, connectivity=connectivity, return_N=True)
+    lesion_ccs: list[list[int]] = [[] for _ in range(n_gt + 1)]
+    lesion_match: list[set[int]] = [set() for _ in range(n_gt + 1)]
+    for cc, (box, comp, piece) in enumerate(pieces, start=1):
+        lesion = int(dil_lab[box].ravel()[np.argmax(comp.ravel())])
+        lesion_ccs[lesion].append(cc)
+        touched = pred_lab[box][piece]
+        lesion_match[lesion].update(int(c) for c in np.unique(touched[touched > 0]))
 
     records: list[LesionRecord] = []
     matched_any = np.zeros(n_pred + 1, dtype=bool)
     for lesion in range(1, n_gt + 1):
-        comps = pair_comp[pair_lesion == lesion]
+        comps = np.asarray(sorted(lesion_match[lesion]), dtype=np.int64)
+        ccs = lesion_ccs[lesion]
         matched_any[comps] = True
-        volume = float(gt_counts[lesion]) * voxel_mm3
+        volume = float(cc_counts[ccs].sum()) * voxel_mm3
         if comps.size == 0:
             les_dice, les_hd = 0.0, float(penalty)
         elif full_image is not None and n_gt == 1 and comps.size == n_pred:
             les_dice, les_hd = float(full_image[0]), float(full_image[1])
         else:
-            les_dice, les_hd = _lesion_pair(gt_lab, lesion, pred_lab, n_pred, comps,
-                                            gt_boxes, pred_boxes, spacing, penalty)
+            les_dice, les_hd = _lesion_pair(gt_cc, n_cc, ccs, [cc_boxes[c - 1] for c in ccs],
+                                            pred_lab, n_pred, comps,
+                                            [pred_boxes[c - 1] for c in comps], spacing, penalty)
         records.append(LesionRecord(lesion, "gt", volume, les_dice, les_hd,
                                     tuple(int(c) for c in comps),
                                     volume > params.volume_threshold_mm3))
     fp_ids = [c for c in range(1, n_pred + 1) if not matched_any[c]]
     for c in fp_ids:
-        records.append(LesionRecord(c, "fp", float(pred_counts[c]) * voxel_mm3, 0.0,
+        size = np.count_nonzero(pred_lab[pred_boxes[c - 1]] == c)
+        records.append(LesionRecord(c, "fp", float(size) * voxel_mm3, 0.0,
                                     float(penalty), (), True))
 
     kept = [r for r in records if r.kind == "gt" and r.counted]
@@ -227,18 +238,20 @@ def lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None
     return LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
 
 
-def _lesion_pair(gt_lab: np.ndarray, lesion: int, pred_lab: np.ndarray, n_pred: int,
-                 comps: np.ndarray, gt_boxes: list, pred_boxes: list, spacing: tuple[float, ...],
-                 penalty: float) -> tuple[float, float]:
-    """Dice and HD95 of one GT lesion against the union of its matched components,
-    computed on the bounding box of both."""
-    boxes = [gt_boxes[lesion - 1]] + [pred_boxes[c - 1] for c in comps]
+def _lesion_pair(gt_cc: np.ndarray, n_cc: int, ccs: list[int], gt_boxes: list,
+                 pred_lab: np.ndarray, n_pred: int, comps: np.ndarray, pred_boxes: list,
+                 spacing: tuple[float, ...], penalty: float) -> tuple[float, float]:
+    """Dice and HD95 of one GT lesion (GT components ``ccs``) against the union of its
+    matched predicted components ``comps``, computed on the bounding box of both."""
+    boxes = list(gt_boxes) + list(pred_boxes)
     crop = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes))
-                 for a in range(gt_lab.ndim))
-    lesion_mask = gt_lab[crop] == lesion
-    lut = np.zeros(n_pred + 1, dtype=bool)
-    lut[comps] = True
-    union = lut[pred_lab[crop]]
+                 for a in range(gt_cc.ndim))
+    gt_lut = np.zeros(n_cc + 1, dtype=bool)
+    gt_lut[ccs] = True
+    lesion_mask = gt_lut[gt_cc[crop]]
+    pred_lut = np.zeros(n_pred + 1, dtype=bool)
+    pred_lut[comps] = True
+    union = pred_lut[pred_lab[crop]]
     n_l, n_u = int(np.count_nonzero(lesion_mask)), int(np.count_nonzero(union))
     les_dice = dice_from_counts(int(np.count_nonzero(lesion_mask & union)), n_u, n_l)
     les_hd = robust_hausdorff_surfaces(mask_surface(union, spacing),

@@ -1,0 +1,95 @@
+"""``fusionseg evaluate``: score a folder of predictions against ground truth.
+
+Registered by the main CLI as ``app.command("evaluate")(evaluate_command)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES
+from fusionseg.errors import FusionsegError
+from fusionseg.evaluation.metrics.lesionwise import CHALLENGES
+
+
+def evaluate_command(
+    pred_dir: Annotated[Path, typer.Argument(
+        help="Folder of predicted label maps, one <case>.nii.gz per case, in the dataset's "
+             "label convention (e.g. {0,1,2,4} for BraTS 2018-2021, {0,1,2,3} for BraTS 2023).",
+        show_default=False)],
+    gt: Annotated[Path, typer.Argument(
+        help="Ground truth: a dataset folder (BraTS 2018-2021, BraTS 2023, MSD Task01, nnU-Net raw, "
+             "autoPET layouts) or a folder of <case>.nii.gz label maps (e.g. labelsTr/).",
+        show_default=False)],
+    challenge: Annotated[str, typer.Option(
+        "--challenge", "-c",
+        help="Lesion-wise protocol of BraTS 2023: GLI (d=3, tau=50 mm^3), SSA (3, 50), MEN (1, 50), "
+             "PED (3, 50), MET (1, 2).")] = "GLI",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o",
+        help="Folder for metrics_per_case.csv, metrics_per_lesion.csv and summary.json "
+             "(default: <PRED_DIR>/evaluation).")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        "--metrics", "-m",
+        help="Comma-separated metric names (default: all that apply): dice, hd95, lesion_dice, "
+             "lesion_hd95, tp, fn, fp, sensitivity, specificity, asd, and for PET/CT fpv_ml, fnv_ml.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", "-w", min=1, help="Cases evaluated in parallel (processes). Results do not depend on it.")] = 1,
+    scheme: Annotated[str | None, typer.Option(
+        "--scheme", "-s",
+        help=f"Label scheme ({', '.join(sorted(LABEL_SCHEMES))}). Default: from the dataset layout, or "
+             "inferred from the GT label values (4 -> brats2017, 3 -> brats2023, only 0/1 -> petct).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+) -> None:
+    """Evaluate predictions with the BraTS 2023 metrics (whole-image and lesion-wise).
+
+    For every case and region (WT/TC/ET from the label scheme, or the PET/CT tumour)
+    it computes: Dice (both empty -> 1); HD95 in mm from header spacing, surface-area
+    weighted, the larger of the two directed 95th percentiles (BraTS 2023 / DeepMind;
+    both empty -> 0, one empty -> 374 mm); lesion-wise Dice and HD95 (26-connected
+    components, GT lesions merged by dilation d, lesions of volume <= tau ignored, each
+    unmatched prediction a false positive scored Dice 0 / HD95 374) with TP/FN/FP lesion
+    counts; voxel sensitivity and specificity; symmetric ASD (MONAI); and for PET/CT the
+    false-positive / false-negative volumes in mL. No metric is ever NaN.
+
+    Writes metrics_per_case.csv (one row per case and region), metrics_per_lesion.csv
+    (one row per GT lesion and per false-positive component) and summary.json (mean,
+    median, sd, 95% bootstrap CI and n per region and metric, plus the conventions used).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from fusionseg.evaluation.evaluate import evaluate_folder
+
+    console = Console()
+    if challenge.strip().upper().removeprefix("BRATS-") not in CHALLENGES:
+        raise typer.BadParameter(f"choose one of {', '.join(CHALLENGES)}", param_hint="--challenge")
+    out_dir = output if output is not None else pred_dir / "evaluation"
+    try:
+        per_case, _, summary = evaluate_folder(
+            pred_dir, gt, output_dir=out_dir, challenge=challenge, metrics=metrics,
+            workers=workers, scheme=scheme, progress=not quiet)
+    except (FusionsegError, ValueError, KeyError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+    if quiet:
+        return
+    conv = summary["conventions"]
+    table = Table(title=f"{summary['n_cases']} cases, BraTS-{conv['challenge']} "
+                        f"(d={conv['dilation_voxels']}, tau={conv['volume_threshold_mm3']:g} mm^3, "
+                        f"penalty {HD95_PENALTY_MM:g} mm): mean [95% CI]")
+    table.add_column("metric")
+    regions = list(summary["regions"])
+    for region in regions:
+        table.add_column(region, justify="right")
+    for name in conv["metrics"]:
+        cells = []
+        for region in regions:
+            s = summary["regions"][region][name]
+            cells.append(f"{s['mean']:.4g} [{s['ci95_low']:.4g}, {s['ci95_high']:.4g}]")
+        table.add_row(name, *cells)
+    console.print(table)
+    console.print(f"results in {out_dir}")

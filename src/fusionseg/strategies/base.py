@@ -1,0 +1,105 @@
+"""The strategy interface the training loop and the predictor rely on.
+
+A strategy is an ``nn.Module`` that owns the networks of a method and its losses and
+says how it is trained: in which stages (e.g. decoupled training first fits the fusion
+network, then the segmentation network) and with which loss. The training loop calls
+only :meth:`Strategy.training_loss`, :meth:`Strategy.forward` and the epoch hooks; it
+knows nothing of a strategy's insides.
+
+Losses live in ``self.losses`` (an ``nn.ModuleDict``, so they move to the device with
+the strategy) but are left out of ``state_dict()``: checkpoints hold only the
+networks (a frozen VGG-16 of a perceptual loss would add 59 MB to each), and a model
+can be rebuilt for prediction without the losses' resources.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a strategy.
+
+    Attributes:
+        name: stage name; its checkpoints go to ``fold_K/<name>/`` when a strategy has
+            more than one stage.
+        lr: learning rate (None = ``train.lr``).
+        epochs: epoch budget (None = ``train.epochs``).
+        score: what early stopping watches: ``"dice"`` (validation Dice over the
+            label scheme's regions) or ``"loss"`` (minus the validation loss).
+    """
+
+    name: str = "train"
+    lr: float | None = None
+    epochs: int | None = None
+    score: Literal["dice", "loss"] = "dice"
+
+
+class Strategy(nn.Module, ABC):
+    """Base class of every strategy (see module docstring).
+
+    Args:
+        modalities: input channel names, in the order of ``batch["image"]``.
+        losses: named loss modules (may be empty when built only for prediction).
+    """
+
+    def __init__(self, modalities: Sequence[str], losses: dict[str, nn.Module] | None = None):
+        super().__init__()
+        self.modalities = tuple(modalities)
+        self.losses = nn.ModuleDict(losses or {})
+        self.stage = self.stages()[0].name
+
+    # -- what the loop calls -------------------------------------------------
+    @abstractmethod
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) float32 modality stack -> (B, K, H, W) segmentation logits."""
+
+    @abstractmethod
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of the current stage on one batch, and floats to log (epoch means of
+        these go to ``train_log.csv``)."""
+
+    def stages(self) -> list[Stage]:
+        """Training stages in order (default: one stage)."""
+        return [Stage()]
+
+    def set_stage(self, name: str) -> None:
+        """Switch to stage ``name`` (e.g. freeze a network). Called before each stage."""
+        if name not in [s.name for s in self.stages()]:
+            raise ValueError(f"{type(self).__name__} has no stage {name!r}")
+        self.stage = name
+
+    def on_epoch_end(self, epoch: int, train_means: dict[str, float]) -> dict[str, float]:
+        """Hook after each training epoch with the epoch-mean training logs; returns
+        extra values to log (e.g. dynamic loss weights)."""
+        return {}
+
+    @property
+    def required_divisor(self) -> int:
+        """In-plane sizes must be a multiple of this."""
+        return 1
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- checkpoints hold networks, not losses ---------------------------------
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in [k for k in state if k.startswith(prefix + "losses.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("losses.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"{type(self).__name__}: checkpoint does not match the networks: "
+                               f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return result

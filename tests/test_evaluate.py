@@ -1,0 +1,162 @@
+"""Per-case and folder evaluation: registry, outputs, parallel determinism, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fusionseg.constants import BRATS2017
+from fusionseg.errors import DataError
+from fusionseg.evaluation.cli import evaluate_command
+from fusionseg.evaluation.evaluate import METRICS, evaluate_case, evaluate_folder
+
+SPACING = (1.0, 1.2, 2.0)
+
+
+def _case(seed: int, shape=(40, 36, 24)) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic BraTS 2017-convention tumour (ED shell, NCR, ET) and a perturbed prediction."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.indices(shape)
+    c = np.array(shape) // 2 + rng.integers(-3, 4, 3)
+    r = np.sqrt(((x - c[0])) ** 2 + ((y - c[1]) * 1.2) ** 2 + ((z - c[2]) * 2.0) ** 2)
+    gt = np.zeros(shape, np.uint8)
+    gt[r < 12] = 2
+    gt[r < 8] = 4
+    gt[r < 4] = 1
+    pred = np.roll(gt, rng.integers(1, 3), axis=0)
+    pred[2:4, 2:4, 2:4] = 4  # a false positive
+    if seed % 3 == 0:
+        pred[pred == 4] = 1  # ET dropped
+    return pred, gt
+
+
+def _write(path, data):
+    affine = np.diag([*SPACING, 1.0])
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+@pytest.fixture
+def folders(tmp_path):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    for i in range(4):
+        pred, gt = _case(i)
+        _write(pred_dir / f"case_{i:03d}.nii.gz", pred)
+        _write(gt_dir / f"case_{i:03d}.nii.gz", gt)
+    return pred_dir, gt_dir
+
+
+def test_evaluate_case_rows_have_every_metric_and_are_finite():
+    pred, gt = _case(1)
+    rows, lesions = evaluate_case(pred, gt, SPACING, BRATS2017)
+    assert [r["region"] for r in rows] == ["WT", "TC", "ET"]
+    expected = [m for m, s in METRICS.items() if not s.single_class_only]
+    for row in rows:
+        assert list(row)[1:] == expected
+        assert all(np.isfinite(v) for k, v in row.items() if k != "region")
+    assert lesions and {"region", "lesion_id", "kind", "volume_mm3", "dice", "hd95",
+                        "matched_pred_ids", "counted"} <= set(lesions[0])
+    assert any(rec["kind"] == "fp" for rec in lesions)
+
+
+def test_evaluate_case_metric_selection_and_unknown_metric():
+    pred, gt = _case(2)
+    rows, lesions = evaluate_case(pred, gt, SPACING, "brats2017", metrics="dice,hd95")
+    assert list(rows[0]) == ["region", "dice", "hd95"]
+    assert lesions == []
+    with pytest.raises(ValueError, match="choose from"):
+        evaluate_case(pred, gt, SPACING, "brats2017", metrics=["dice", "nope"])
+    with pytest.raises(ValueError, match="single-class"):
+        evaluate_case(pred, gt, SPACING, "brats2017", metrics=["fpv_ml"])
+
+
+def test_evaluate_case_empty_prediction_uses_penalties():
+    _, gt = _case(4)
+    rows, _ = evaluate_case(np.zeros_like(gt), gt, SPACING, "brats2017", challenge="MEN")
+    for row in rows:
+        assert (row["dice"], row["hd95"], row["lesion_dice"], row["lesion_hd95"]) == (0.0, 374.0, 0.0, 374.0)
+        assert (row["tp"], row["fp"], row["sensitivity"], row["asd"]) == (0, 0, 0.0, 374.0)
+
+
+def test_evaluate_case_both_empty_and_petct_volumes():
+    z = np.zeros((10, 10, 10), np.uint8)
+    rows, _ = evaluate_case(z, z, (1, 1, 1), "petct")
+    assert rows == [{"region": "tumour", "dice": 1.0, "hd95": 0.0, "lesion_dice": 1.0, "lesion_hd95": 0.0,
+                     "tp": 0, "fn": 0, "fp": 0, "sensitivity": 1.0, "specificity": 1.0, "asd": 0.0,
+                     "fpv_ml": 0.0, "fnv_ml": 0.0}]
+
+
+def test_evaluate_case_rejects_labels_outside_scheme():
+    pred, gt = _case(1)
+    with pytest.raises(ValueError, match="label values"):
+        evaluate_case(pred, gt, SPACING, "brats2023")
+
+
+def test_evaluate_folder_writes_outputs_and_workers_give_identical_results(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    pc1, pl1, s1 = evaluate_folder(pred_dir, gt_dir, out1, workers=1, progress=False)
+    pc2, pl2, s2 = evaluate_folder(pred_dir, gt_dir, out2, workers=2, progress=False)
+    pd.testing.assert_frame_equal(pc1, pc2)
+    pd.testing.assert_frame_equal(pl1, pl2)
+    assert s1 == s2
+    assert list(pc1.columns[:2]) == ["case", "region"] and len(pc1) == 4 * 3
+    assert np.isfinite(pc1.drop(columns=["case", "region"]).to_numpy(float)).all()
+    summary = json.loads((out1 / "summary.json").read_text())
+    assert summary["conventions"]["label_scheme"] == "brats2017"  # inferred from label 4
+    assert summary["conventions"]["dilation_voxels"] == 3
+    stats = summary["regions"]["WT"]["dice"]
+    assert set(stats) == {"mean", "median", "sd", "ci95_low", "ci95_high", "n"} and stats["n"] == 4
+    assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
+    assert (out1 / "metrics_per_case.csv").read_text() == (out2 / "metrics_per_case.csv").read_text()
+    assert (out1 / "metrics_per_lesion.csv").exists()
+    # spacing comes from the GT header: the FP block is 8 voxels * 2.4 mm^3
+    fp = pl1[(pl1.kind == "fp") & (pl1.region == "WT")]
+    assert np.allclose(fp.volume_mm3, 8 * 2.4)
+
+
+def test_evaluate_folder_unmatched_cases_name_the_files(folders):
+    pred_dir, gt_dir = folders
+    (pred_dir / "case_000.nii.gz").rename(pred_dir / "other.nii.gz")
+    with pytest.raises(DataError, match="other.nii.gz"):
+        evaluate_folder(pred_dir, gt_dir, progress=False)
+
+
+def test_evaluate_folder_gt_cases_without_prediction_are_listed(folders):
+    pred_dir, gt_dir = folders
+    (pred_dir / "case_000.nii.gz").unlink()
+    per_case, _, summary = evaluate_folder(pred_dir, gt_dir, progress=False, metrics="dice")
+    assert sorted(per_case["case"].unique()) == ["case_001", "case_002", "case_003"]
+    assert summary["gt_cases_without_prediction"] == ["case_000"]
+
+
+def test_evaluate_folder_shape_mismatch(folders):
+    pred_dir, gt_dir = folders
+    _write(pred_dir / "case_001.nii.gz", np.zeros((5, 5, 5), np.uint8))
+    with pytest.raises(DataError, match="shape"):
+        evaluate_folder(pred_dir, gt_dir, progress=False, metrics="dice")
+
+
+def test_cli_runs_and_prints_summary(folders, tmp_path):
+    pred_dir, gt_dir = folders
+    app = typer.Typer()
+    app.command("evaluate")(evaluate_command)
+    app.command("noop")(lambda: None)  # keep subcommand mode
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--challenge", "MEN",
+                                 "--output", str(out), "--metrics", "dice,hd95,lesion_dice"])
+    assert result.exit_code == 0, result.output
+    assert "lesion_dice" in result.output and (out / "summary.json").exists()
+    assert json.loads((out / "summary.json").read_text())["conventions"]["challenge"] == "MEN"
+    help_text = runner.invoke(app, ["evaluate", "--help"]).output
+    assert "summary.json" in help_text and "374" in help_text
+    bad = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--metrics", "nope"])
+    assert bad.exit_code == 1 and "choose from" in bad.output

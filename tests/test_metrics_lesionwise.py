@@ -1,0 +1,128 @@
+"""BraTS 2023 lesion-wise metrics on named geometric fixtures with exact values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusionseg.evaluation.metrics.lesionwise import (
+    CHALLENGES,
+    challenge_params,
+    lesion_wise,
+)
+from fusionseg.evaluation.metrics.surface import hd95
+
+SHAPE = (40, 24, 24)
+
+
+def _empty():
+    return np.zeros(SHAPE, bool)
+
+
+def _cube(x0, size=4, y0=10, z0=10):
+    m = _empty()
+    m[x0:x0 + size, y0:y0 + size, z0:z0 + size] = True
+    return m
+
+
+def test_both_empty_is_dice_one_hd_zero():
+    r = lesion_wise(_empty(), _empty())
+    assert (r.dice, r.hd95, r.tp, r.fn, r.fp) == (1.0, 0.0, 0, 0, 0)
+    assert r.lesions == ()
+
+
+def test_fp_only_scores_zero_and_penalty():
+    r = lesion_wise(_cube(5) | _cube(25), _empty())
+    assert (r.dice, r.hd95, r.tp, r.fn, r.fp) == (0.0, 374.0, 0, 0, 2)
+    assert [rec.kind for rec in r.lesions] == ["fp", "fp"]
+
+
+def test_missed_lesion_is_fn_with_penalty():
+    r = lesion_wise(_empty(), _cube(5))  # 64 voxels > tau = 50
+    assert (r.dice, r.hd95, r.tp, r.fn, r.fp) == (0.0, 374.0, 0, 1, 0)
+
+
+def test_perfect_single_lesion():
+    r = lesion_wise(_cube(5), _cube(5))
+    assert (r.dice, r.hd95, r.tp, r.fn, r.fp) == (1.0, 0.0, 1, 0, 0)
+
+
+def test_lesion_at_tau_is_dropped_from_scores_and_counts():
+    small = _empty()
+    small[5:10, 5:10, 5:7] = True  # 50 voxels = 50 mm^3 = tau: dropped (volume must be > tau)
+    missed = lesion_wise(_empty(), small, dilation=3, volume_threshold_mm3=50)
+    assert (missed.dice, missed.hd95, missed.tp, missed.fn, missed.fp) == (1.0, 0.0, 0, 0, 0)
+    found = lesion_wise(small, small, dilation=3, volume_threshold_mm3=50)
+    # the prediction matched a dropped lesion: neither TP nor FP
+    assert (found.dice, found.hd95, found.tp, found.fn, found.fp) == (1.0, 0.0, 0, 0, 0)
+    assert found.lesions[0].counted is False and found.lesions[0].matched == (1,)
+    kept = lesion_wise(_empty(), small, dilation=3, volume_threshold_mm3=49.9)
+    assert (kept.tp, kept.fn, kept.dice, kept.hd95) == (0, 1, 0.0, 374.0)
+
+
+def test_anisotropic_spacing_changes_lesion_volume():
+    small = _empty()
+    small[5:10, 5:10, 5:7] = True  # 50 voxels
+    iso = lesion_wise(_empty(), small, (1.0, 1.0, 1.0))
+    aniso = lesion_wise(_empty(), small, (1.0, 1.0, 1.2))  # 60 mm^3 > 50
+    assert (iso.fn, iso.dice) == (0, 1.0)
+    assert (aniso.fn, aniso.dice, aniso.hd95) == (1, 0.0, 374.0)
+    assert aniso.lesions[0].volume_mm3 == pytest.approx(60.0)
+
+
+def test_two_gt_blobs_merged_by_dilation():
+    # cubes at x 5..8 and 13..16: a 4-voxel gap. d=3 merges them (dilated extents
+    # overlap), d=1 keeps them apart.
+    gt = _cube(5) | _cube(13)
+    pred = _cube(5)
+    merged = lesion_wise(pred, gt, dilation=3, volume_threshold_mm3=50)
+    assert (merged.tp, merged.fn, merged.fp) == (1, 0, 0)
+    assert merged.dice == pytest.approx(2 * 64 / (64 + 128))
+    assert merged.hd95 == pytest.approx(hd95(pred, gt))
+    apart = lesion_wise(pred, gt, dilation=1, volume_threshold_mm3=50)
+    assert (apart.tp, apart.fn, apart.fp) == (1, 1, 0)
+    assert apart.dice == pytest.approx(0.5)  # (1 + 0) / 2
+    assert apart.hd95 == pytest.approx(187.0)  # (0 + 374) / 2
+
+
+def test_one_prediction_touching_two_lesions_matches_both():
+    gt = _cube(5) | _cube(25)  # 16-voxel gap: separate lesions for d=3
+    pred = _empty()
+    pred[5:29, 10:14, 10:14] = True  # one bar covering both: 24*16 = 384 voxels
+    r = lesion_wise(pred, gt, dilation=3, volume_threshold_mm3=50)
+    assert (r.tp, r.fn, r.fp) == (2, 0, 0)
+    expected = 2 * 64 / (64 + 384)  # each lesion against the whole bar
+    assert r.dice == pytest.approx(expected)
+    assert [rec.matched for rec in r.lesions] == [(1,), (1,)]
+    for lesion_mask in (_cube(5), _cube(25)):
+        assert any(rec.hd95 == pytest.approx(hd95(pred, lesion_mask)) for rec in r.lesions)
+
+
+def test_far_prediction_is_fp_near_one_matches_through_dilation():
+    gt = _cube(5)
+    near = _empty()
+    near[11, 10:14, 10:14] = True  # 2 voxels beyond the lesion: inside the d=3 dilation
+    far = _cube(30, size=2)
+    r = lesion_wise(near | far, gt, dilation=3, volume_threshold_mm3=50)
+    assert (r.tp, r.fn, r.fp) == (1, 0, 1)
+    assert r.dice == pytest.approx((0.0 + 0.0) / 2)  # matched but no overlap: Dice 0
+    assert r.hd95 == pytest.approx((hd95(near, gt) + 374.0) / 2)
+    r1 = lesion_wise(near | far, gt, dilation=1, volume_threshold_mm3=50)
+    assert (r1.tp, r1.fn, r1.fp) == (0, 1, 2)
+
+
+def test_2d_masks_are_supported():
+    gt = np.zeros((30, 30), bool)
+    gt[5:15, 5:15] = True
+    r = lesion_wise(gt, gt, (1.0, 1.0), dilation=1, volume_threshold_mm3=2)
+    assert (r.dice, r.hd95, r.tp) == (1.0, 0.0, 1)
+
+
+def test_challenge_presets_and_custom():
+    assert {k: (v.dilation, v.volume_threshold_mm3) for k, v in CHALLENGES.items()} == {
+        "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0)}
+    assert challenge_params("BraTS-MET").dilation == 1
+    custom = challenge_params("custom", dilation=2, volume_threshold_mm3=10)
+    assert (custom.dilation, custom.volume_threshold_mm3) == (2, 10.0)
+    with pytest.raises(ValueError, match="GLI"):
+        challenge_params("XYZ")
