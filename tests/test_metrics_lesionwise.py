@@ -126,3 +126,34 @@ def test_challenge_presets_and_custom():
     assert (custom.dilation, custom.volume_threshold_mm3) == (2, 10.0)
     with pytest.raises(ValueError, match="GLI"):
         challenge_params("XYZ")
+
+
+def test_joint_hd95_and_lesion_wise_equal_separate_computations_bit_for_bit():
+    """The shared computation (one labelling, reused surface distances) gives exactly
+    the values of the separate reference computations, also with a spacing whose
+    coordinates are not exact (frame-dependent k-d tree rounding)."""
+    import numpy as np
+
+    from fusionseg.evaluation.metrics.lesionwise import hd95_and_lesion_wise, lesion_wise
+    from fusionseg.evaluation.metrics.overlap import dice
+    from fusionseg.evaluation.metrics.surface import hd95
+
+    rng = np.random.default_rng(3)
+    shape = (70, 64, 48)
+    grid = np.indices(shape)
+    gt = np.zeros(shape, bool)
+    pred = np.zeros(shape, bool)
+    for _ in range(6):
+        c = rng.uniform(8, np.asarray(shape) - 8)
+        r = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c)))
+        gt |= r <= rng.uniform(2.5, 6)
+        pred |= np.sqrt(sum((g - ci - rng.integers(-2, 3)) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(2, 6)
+    for _ in range(4):  # false positives, some far away
+        c = rng.uniform(4, np.asarray(shape) - 4)
+        pred |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(1, 3)
+    for spacing in [(1.0, 1.0, 1.0), (0.9375, 0.9375, 1.5), (0.8984375123, 0.91, 1.2345678)]:
+        for d in (1, 3):
+            hd, joint = hd95_and_lesion_wise(pred, gt, spacing, d, 20.0)
+            assert hd == hd95(pred, gt, spacing)
+            assert joint == lesion_wise(pred, gt, spacing, d, 20.0,
+                                        full_image=(dice(pred, gt), hd95(pred, gt, spacing)))

@@ -44,19 +44,19 @@ def _forward_backward(model: torch.nn.Module, spatial_dims: int, base: int) -> N
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_forward_backward_2d_shape_and_finite(name):
     model = _tiny(name, 2)
     assert model.in_channels == IN_CH and model.num_classes == N_CLS and model.spatial_dims == 2
     _forward_backward(model, 2, 32)
 
 
-@pytest.mark.parametrize("name", sorted(SUPPORTS_3D & set(list_models())))
+@pytest.mark.parametrize("name", sorted(SUPPORTS_3D & set(list_models("segmentation"))))
 def test_forward_backward_3d_shape_and_finite(name):
     _forward_backward(_tiny(name, 3), 3, 16)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_wrong_channel_count_raises_with_expected_shape(name):
     model = _tiny(name)
     side = _side(model, 32)
@@ -64,7 +64,7 @@ def test_wrong_channel_count_raises_with_expected_shape(name):
         model(torch.randn(1, IN_CH + 1, side, side))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_wrong_ndim_raises_and_suggests_batch_dim(name):
     model = _tiny(name)
     side = _side(model, 32)
@@ -72,7 +72,7 @@ def test_wrong_ndim_raises_and_suggests_batch_dim(name):
         model(torch.randn(IN_CH, side, side))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_non_divisible_size_raises_with_padded_shape(name):
     model = _tiny(name)
     d = model.required_divisor
@@ -81,7 +81,7 @@ def test_non_divisible_size_raises_with_padded_shape(name):
         model(torch.randn(1, IN_CH, side - 1, side))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("segmentation"))
 def test_integer_input_raises_type_error(name):
     model = _tiny(name)
     side = _side(model, 32)

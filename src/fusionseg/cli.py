@@ -71,6 +71,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).", exists=True, dir_okay=False)],
     set_: SetOption = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Parent folder of the run folder (default: config's output_dir, 'runs').")] = None,
+    vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss (strategies decoupled/joint); sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
     """Train and cross-validate one experiment config.
@@ -90,37 +91,50 @@ def train(
     from fusionseg.config import load_config
     from fusionseg.experiments.runner import run_experiment
 
-    cfg = load_config(config, set_)
+    overrides = list(set_ or [])
+    if vgg_weights is not None:
+        overrides.append(f"fusion.perceptual_features={vgg_weights}")
+    cfg = load_config(config, overrides)
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
     result = run_experiment(cfg, progress=progress)
-    console.print((result.run_dir / "results.md").read_text())
+    console.print((result.run_dir / "results.md").read_text(), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
 
 @app.command()
 @friendly_errors
 def compare(
-    configs: Annotated[list[Path], typer.Argument(help="Two or more experiment YAMLs on the same dataset.", exists=True, dir_okay=False)],
-    name: Annotated[str, typer.Option(help="Name of the comparison folder.")] = "comparison",
+    configs: Annotated[list[Path], typer.Argument(help="One study YAML (with a 'runs' list, e.g. configs/s0_table1.yaml) or several experiment YAMLs on the same dataset.", exists=True, dir_okay=False)],
+    protocol: Annotated[Optional[str], typer.Option(help="Study protocol, e.g. cpu-small (2 CPU cores) or paper (the source paper's settings, for a GPU). Default: the study's first.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name of the comparison folder (default: the study name + protocol, or 'comparison').")] = None,
     output_dir: Annotated[Path, typer.Option(help="Parent folder of the comparison folder.")] = Path("runs"),
+    vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss; sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
-    """Run several configs on the same data and the same case splits, then tabulate.
+    """Run several experiments on the same data and the same case splits, then tabulate.
 
-    Every config becomes a run folder under <output_dir>/<name>/<config name>/ (as
-    `fusionseg train` writes it). The first config is the reference: comparison.md
-    holds mean ± sd per run, metric and region and the paired Wilcoxon p-value of each
-    run against the reference; comparison.csv has every per-case row. --set applies to
-    every config (e.g. --set data.root=/data/brats).
+    Every run becomes a run folder under <output_dir>/<name>/<run name>/ (as `fusionseg
+    train` writes it; interrupted comparisons resume). The reference run (a study's
+    `reference`, else the first config) anchors the paired Wilcoxon tests.
+    comparison.md holds every table (mean ± sd per run, metric and region, with p
+    against the reference), fused-image quality for fusion runs, and links the figures
+    examples.png (inputs, fused images, every run's prediction, ground truth) and
+    lambdas.png (dynamic loss weights per epoch); comparison.csv has every per-case row.
+
+    Example (S0 Tables 1 and 2 on 2 CPU cores):
+        fusionseg compare configs/s0_table1.yaml --protocol cpu-small
+    --set applies to every run (e.g. --set data.root=/data/BraTS).
     """
-    from fusionseg.config import load_config
-    from fusionseg.experiments.compare import run_comparison
+    from fusionseg.experiments.compare import load_study_or_configs, run_comparison
 
-    cfgs = [load_config(c, set_) for c in configs]
-    out = run_comparison(cfgs, name, output_dir, progress=progress)
-    console.print(out["table"])
+    overrides = list(set_ or [])
+    if vgg_weights is not None:
+        overrides.append(f"fusion.perceptual_features={vgg_weights}")
+    study = load_study_or_configs(configs, protocol, overrides, name)
+    out = run_comparison(study, output_dir, progress=progress)
+    console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")
 
 
@@ -195,7 +209,7 @@ def demo(
     from fusionseg.experiments.demo import run_demo
 
     result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress)
-    console.print((result.run_dir / "results.md").read_text())
+    console.print((result.run_dir / "results.md").read_text(), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
 

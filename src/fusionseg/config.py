@@ -149,18 +149,65 @@ class EvalConfig(_Strict):
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
 
 
+class FusionConfig(_Strict):
+    """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
+    source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
+    image F; the segmentation network sees ``seg_inputs`` + the z-scored F.
+
+    ``weighting`` (joint strategy only): ``static`` (lambda_f, lambda_s), ``dynamic``
+    (S0 Eq. 6, T = 1), ``dwa`` (MTAN's DWA: K = 2, T = 2) or ``seg_only`` (ablation
+    L = L_seg; the fusion network learns only from segmentation gradients).
+    ``perceptual_features``: VGG-16 weights of the fusion loss: ``imagenet``
+    (torchvision's, from the local torch hub cache; never downloaded), a path to a
+    local VGG-16 state dict, or ``random`` (explicitly random features).
+    """
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lrrnet"))
+    detail: str = "t1ce"
+    salient: str = "flair"
+    seg_inputs: list[str] | None = Field(
+        None, description="modalities given to the segmentation net with F; None = [detail, salient]")
+    perceptual_features: str = "imagenet"
+    w_s: float = 3.0
+    w_d: float = 0.5
+    gammas: tuple[float, float, float, float] = (10.0, 1.5, 1.0, 2000.0)
+    lr: float = Field(1e-4, gt=0, description="fusion pre-training lr (decoupled) and joint lr")
+    epochs: int | None = Field(None, ge=1, description="fusion pre-training epochs (None = train.epochs)")
+    weighting: Literal["static", "dynamic", "dwa", "seg_only"] = "static"
+    lambda_f: float = Field(1e-5, ge=0)
+    lambda_s: float = Field(1.0, ge=0)
+    temperature: float | None = Field(None, gt=0)
+
+    @field_validator("detail", "salient")
+    @classmethod
+    def _canonical_name(cls, v: str) -> str:
+        return canonical_modality(v)
+
+    @field_validator("seg_inputs")
+    @classmethod
+    def _canonical_list(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [canonical_modality(m) for m in v]
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data -> preprocess -> sampling -> strategy (model + loss) ->
-    training -> whole-case prediction -> evaluation -> report."""
+    training -> whole-case prediction -> evaluation -> report.
+
+    ``strategy``: ``early`` (modalities as channels, METHODS.md §1), ``decoupled``
+    (S0 B: fusion network trained first with L_fusion, frozen, then the segmentation
+    network on [seg_inputs, F]) or ``joint`` (S0 C: lambda_f L_fusion + lambda_s L_seg,
+    both networks together). ``fusion`` configures B and C and is ignored by early.
+    """
 
     name: str
-    strategy: Literal["early"] = "early"
+    strategy: Literal["early", "decoupled", "joint"] = "early"
     spatial_dims: Literal[2] = 2
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)

@@ -37,6 +37,7 @@ from fusionseg.evaluation.metrics.lesionwise import (
     LesionWiseParams,
     LesionWiseResult,
     challenge_params,
+    hd95_and_lesion_wise,
     lesion_wise,
 )
 from fusionseg.evaluation.metrics.overlap import (
@@ -70,6 +71,9 @@ class RegionPair:
         spacing: voxel size in mm.
         n_total: number of voxels of the full (uncropped) case, for specificity.
         params: lesion-wise parameters.
+        need_lesions: lesion-wise metrics will be asked for: whole-image HD95 and the
+            lesion-wise analysis are then computed together (shared labelling,
+            surfaces and distances; same values).
     """
 
     pred: np.ndarray
@@ -77,6 +81,7 @@ class RegionPair:
     spacing: tuple[float, ...]
     n_total: int
     params: LesionWiseParams
+    need_lesions: bool = False
     _cache: dict = field(default_factory=dict, repr=False)
 
     def counts(self) -> tuple[int, int, int]:
@@ -90,13 +95,23 @@ class RegionPair:
         return dice_from_counts(*self.counts())
 
     def hd95(self) -> float:
+        if "hd95" not in self._cache and self.need_lesions:
+            self._joint()
         if "hd95" not in self._cache:
             self._cache["hd95"] = robust_hausdorff_surfaces(
                 mask_surface(self.pred, self.spacing), mask_surface(self.gt, self.spacing),
                 95.0, HD95_PENALTY_MM)
         return self._cache["hd95"]
 
+    def _joint(self) -> None:
+        hd, result = hd95_and_lesion_wise(self.pred, self.gt, self.spacing, self.params.dilation,
+                                          self.params.volume_threshold_mm3, HD95_PENALTY_MM)
+        self._cache["hd95"] = hd
+        self._cache["lesions"] = result
+
     def lesions(self) -> LesionWiseResult:
+        if "lesions" not in self._cache and self.need_lesions and "hd95" not in self._cache:
+            self._joint()
         if "lesions" not in self._cache:
             self._cache["lesions"] = lesion_wise(
                 self.pred, self.gt, self.spacing, self.params.dilation,
@@ -193,6 +208,27 @@ def _present_values(seg: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts)]
 
 
+def _all_in(seg: np.ndarray, values: Sequence[int]) -> bool:
+    """Whether every voxel holds one of ``values`` (one comparison pass per value,
+    much faster than a look-up-table gather on large volumes)."""
+    return sum(int(np.count_nonzero(seg == v)) for v in set(values)) == seg.size
+
+
+def _region_mask(seg: np.ndarray, values: Sequence[int], scheme_values: Sequence[int]) -> np.ndarray:
+    """Bool mask of the voxels of ``seg`` whose label is in ``values``; ``seg`` holds
+    scheme labels only (checked before), so "all labels but background" is ``seg != 0``."""
+    values = set(int(v) for v in values)
+    if 0 not in values and values == set(int(v) for v in scheme_values) - {0}:
+        return seg != 0
+    if not values:
+        return np.zeros(seg.shape, dtype=bool)
+    it = iter(sorted(values))
+    mask = seg == next(it)
+    for v in it:
+        mask |= seg == v
+    return mask
+
+
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                   scheme: LabelScheme | str, metrics: Sequence[str] | str | None = None,
                   challenge: str | LesionWiseParams = "GLI") -> tuple[list[dict], list[dict]]:
@@ -244,7 +280,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
         if seg.size == 0:
             continue
         lo_v, hi_v = int(seg.min()), int(seg.max())
-        if lo_v >= 0 and hi_v < allowed.size and allowed[seg].all():
+        if lo_v >= 0 and hi_v < allowed.size and _all_in(seg, scheme.values):
             continue
         unknown = [v for v in _present_values(seg) if v not in scheme.labels]
         if unknown:
@@ -255,11 +291,10 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     need_lesions = any(METRICS[n].lesion_wise for n in names)
     region_rows: list[dict] = []
     lesion_rows: list[dict] = []
-    lut_size = max(scheme.values) + 1
     for region, values in scheme.regions.items():
-        lut = np.zeros(lut_size, dtype=bool)
-        lut[list(values)] = True
-        pair = RegionPair(lut[p_crop], lut[g_crop], spacing, int(pred.size), params)
+        pair = RegionPair(_region_mask(p_crop, values, scheme.values),
+                          _region_mask(g_crop, values, scheme.values),
+                          spacing, int(pred.size), params, need_lesions)
         row: dict = {"region": region}
         for name in names:
             value = float(METRICS[name].compute(pair))

@@ -1,28 +1,127 @@
-"""Compare several experiment configs on the same data and the same case splits.
+"""Compare several experiments on the same data and the same case splits.
 
-Each config runs into ``<output>/<compare name>/<config name>/``; the split file is
-made once (``splits.json`` in the comparison folder) and every run uses it. The
-comparison writes ``comparison.md`` (mean ± sd per run, metric and region, plus the
-paired Wilcoxon signed-rank p-value of each run against the first, the reference),
-``comparison.csv`` (all per-case rows with a ``run`` column) and ``comparison.json``.
+Input is either several experiment YAMLs, or one *study* YAML that expands into runs::
+
+    study: s0_table1             # comparison name
+    reference: A                 # Wilcoxon tests are against this run
+    base: {...}                  # an experiment config shared by every run
+    protocols:                   # named overrides chosen with --protocol
+      cpu-small: {...}
+      paper: {...}
+    runs:                        # each: a name + overrides of base
+      - {name: A, strategy: early}
+      - {name: B, strategy: decoupled}
+    tables:                      # tables to write (rows = runs)
+      - {name: table1, title: "...", metrics: [dice, lesion_dice], regions: [ET, TC, WT]}
+
+Overrides merge recursively in the order base <- protocol <- run <- ``--set``.
+
+Each run goes to ``<output>/<comparison>/<run name>/`` (as ``fusionseg train`` writes
+it); the split file is made once (``splits.json`` in the comparison folder) and every
+run uses it. The comparison writes ``comparison.md`` (every table: mean ± sd per run,
+metric and region, and the paired Wilcoxon signed-rank p-value of each run against the
+reference), ``comparison.csv`` (all per-case rows with a ``run`` column),
+``comparison.json``, ``fusion_quality.md`` for runs with a fused image, and the figures
+``examples.png`` (S0 Fig. 4 style) and ``lambdas.png`` (dynamic loss weights).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy.stats import wilcoxon
 
-from fusionseg.config import ExperimentConfig
+from fusionseg.config import ExperimentConfig, apply_override, load_config, validate_config
 from fusionseg.data.io import atomic_path
 from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.report import markdown_table
+from fusionseg.experiments.figures import example_figure, lambda_figure
+from fusionseg.experiments.report import mean_sd, METRIC_TITLES
 from fusionseg.experiments.runner import load_dataset, run_experiment
+
+DEFAULT_TABLES = [{"name": "overlap", "title": "Dice and lesion-wise Dice",
+                   "metrics": ["dice", "lesion_dice"]},
+                  {"name": "distance", "title": "HD95 and lesion-wise HD95 (mm)",
+                   "metrics": ["hd95", "lesion_hd95"]}]
+
+
+@dataclass
+class Study:
+    """Runs to compare: their configs, the reference run and the tables to write."""
+
+    name: str
+    configs: list[ExperimentConfig]
+    reference: str
+    tables: list[dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TABLES))
+    protocol: str | None = None
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; ``override`` wins (lists and scalars are replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def is_study(path: Path) -> bool:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "runs" in raw
+
+
+def load_study(path: str | Path, protocol: str | None = None, overrides: Sequence[str] | None = None) -> Study:
+    """Expand a study YAML into validated experiment configs.
+
+    Raises:
+        ConfigError: unknown protocol, duplicate run names, invalid run configs.
+    """
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    protocols = raw.get("protocols") or {}
+    if protocol is None and protocols:
+        protocol = next(iter(protocols))
+    if protocol is not None and protocol not in protocols:
+        raise ConfigError(f"{path}: unknown protocol {protocol!r}; choose one of {sorted(protocols)}")
+    base = deep_merge(raw.get("base") or {}, protocols.get(protocol) or {})
+    configs = []
+    for run in raw["runs"]:
+        if "name" not in run:
+            raise ConfigError(f"{path}: every entry of runs needs a name")
+        merged = deep_merge(base, run)
+        for item in overrides or []:
+            apply_override(merged, item)
+        configs.append(validate_config(merged, source=f"{path} run {run['name']}"))
+    names = [c.name for c in configs]
+    reference = raw.get("reference", names[0])
+    if reference not in names:
+        raise ConfigError(f"{path}: reference {reference!r} is not a run name ({names})")
+    name = raw.get("study", path.stem) + (f"_{protocol}" if protocol else "")
+    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol)
+
+
+def load_study_or_configs(paths: Sequence[Path], protocol: str | None, overrides: Sequence[str] | None,
+                          name: str | None) -> Study:
+    """One study YAML, or several experiment YAMLs (the first is the reference)."""
+    if len(paths) == 1 and is_study(paths[0]):
+        study = load_study(paths[0], protocol, overrides)
+    else:
+        if protocol is not None:
+            raise ConfigError("--protocol applies to a study YAML (one with a 'runs' list)")
+        configs = [load_config(p, list(overrides or [])) for p in paths]
+        study = Study("comparison", configs, configs[0].name)
+    if name:
+        study.name = name
+    return study
 
 
 def paired_wilcoxon(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: str) -> float | None:
@@ -39,27 +138,61 @@ def paired_wilcoxon(reference: pd.DataFrame, other: pd.DataFrame, metric: str, r
     return float(wilcoxon(diff).pvalue)
 
 
-def run_comparison(configs: Sequence[ExperimentConfig], name: str, output_dir: Path,
-                   progress: bool = True) -> dict:
-    """Run every config with one shared split and write the comparison files.
+def comparison_table(runs: dict[str, pd.DataFrame], reference: str, metrics: Sequence[str],
+                     regions: Sequence[str]) -> tuple[str, list[dict]]:
+    """Markdown table (mean ± sd, and the Wilcoxon p against ``reference`` for every
+    other run) and the test records."""
+    present = [m for m in metrics if all(m in df.columns for df in runs.values())]
+    header = ["run"] + [f"{METRIC_TITLES.get(m, m)} {r}" for m in present for r in regions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tests = []
+    for name, df in runs.items():
+        cells = [f"**{name}**" if name == reference else name]
+        for m in present:
+            for r in regions:
+                sub = df.loc[df["region"] == r, m]
+                cell = mean_sd(sub, 3 if "dice" in m else 2) if len(sub) else "–"
+                if name != reference:
+                    p = paired_wilcoxon(runs[reference], df, m, r)
+                    tests.append({"run": name, "reference": reference, "metric": m, "region": r,
+                                  "p_wilcoxon": p})
+                    cell += " (p –)" if p is None else f" (p {p:.2g})"
+                cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), tests
+
+
+def fusion_quality_table(summaries: dict[str, dict]) -> str | None:
+    rows = {n: s["fusion_quality"] for n, s in summaries.items() if "fusion_quality" in s}
+    if not rows:
+        return None
+    cols = [("psnr_detail", "PSNR vs T1CE (dB)"), ("ssim_detail", "SSIM vs T1CE"),
+            ("psnr_salient", "PSNR vs FLAIR (dB)"), ("ssim_salient", "SSIM vs FLAIR"),
+            ("mi", "MI (bits)"), ("qabf", "Qabf")]
+    lines = ["| run | " + " | ".join(t for _, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    for n, q in rows.items():
+        lines.append(f"| {n} | " + " | ".join(
+            f"{q[c]['mean']:.3f} ± {q[c]['sd']:.3f}" if c in q else "–" for c, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def run_comparison(study: Study, output_dir: Path, progress: bool = True) -> dict:
+    """Run every config of ``study`` with one shared split and write the comparison.
 
     Raises:
         ConfigError: configs disagree on the dataset, or two share a name.
     """
-    if not configs:
-        raise ConfigError("give at least one config")
+    configs = study.configs
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
-        raise ConfigError(f"config names must differ (they name the run folders): {names}")
+        raise ConfigError(f"run names must differ (they name the run folders): {names}")
     roots = {str(Path(c.data.root).resolve()) for c in configs}
     if len(roots) != 1:
-        raise ConfigError(f"all configs of a comparison must use the same data.root; got {sorted(roots)}")
-    out = Path(output_dir) / name
+        raise ConfigError(f"all runs of a comparison must use the same data.root; got {sorted(roots)}")
+    out = Path(output_dir) / study.name
     out.mkdir(parents=True, exist_ok=True)
-    split_path = out / "splits.json"
     first = configs[0]
-    if configs[0].split.file is not None:
-        split_path = Path(configs[0].split.file)
+    split_path = Path(first.split.file) if first.split.file is not None else out / "splits.json"
     if not split_path.exists():
         dataset, _ = load_dataset(first)
         save_splits(make_splits([c.case_id for c in dataset.labelled], first.split), split_path)
@@ -70,35 +203,41 @@ def run_comparison(configs: Sequence[ExperimentConfig], name: str, output_dir: P
                                      "split": cfg.split.model_copy(update={"file": split_path})})
         results[cfg.name] = run_experiment(cfg, progress=progress)
     runs = {n: r.per_case for n, r in results.items()}
-    regions = results[names[0]].summary["label_scheme"]["regions"].keys()
-    table = markdown_table(runs, list(regions))
+    summaries = {n: r.summary for n, r in results.items()}
+    all_regions = list(summaries[names[0]]["label_scheme"]["regions"])
+    lines = [f"# Comparison {study.name}", ""]
+    if study.protocol:
+        lines += [f"Protocol: `{study.protocol}`.", ""]
     tests = []
-    ref = runs[names[0]]
-    for n in names[1:]:
-        for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
-            if metric in ref.columns and metric in runs[n].columns:
-                for r in regions:
-                    tests.append({"run": n, "reference": names[0], "metric": metric, "region": r,
-                                  "p_wilcoxon": paired_wilcoxon(ref, runs[n], metric, r)})
-    lines = [f"# Comparison {name}", "", table, "",
-             f"Mean ± sd over test cases; splits in `{split_path}`."]
-    if tests:
-        lines += ["", f"Paired Wilcoxon signed-rank p-values against `{names[0]}`:", "",
-                  "| run | metric | " + " | ".join(regions) + " |",
-                  "|---|---|" + "---|" * len(list(regions))]
-        for n in names[1:]:
-            for metric in ("dice", "hd95", "lesion_dice", "lesion_hd95"):
-                ps = [t["p_wilcoxon"] for t in tests if t["run"] == n and t["metric"] == metric]
-                if ps:
-                    lines.append(f"| {n} | {metric} | " + " | ".join(
-                        "–" if p is None else f"{p:.3g}" for p in ps) + " |")
+    for table in study.tables:
+        text, t = comparison_table(runs, study.reference, table["metrics"], table.get("regions", all_regions))
+        tests += [{"table": table["name"], **x} for x in t]
+        lines += [f"## {table.get('title', table['name'])}", "", text, ""]
+        with atomic_path(out / f"{table['name']}.md") as tmp:
+            tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n")
+    quality = fusion_quality_table(summaries)
+    if quality:
+        lines += ["## Fused-image quality (test cases, mean ± sd over cases)", "", quality, ""]
+        with atomic_path(out / "fusion_quality.md") as tmp:
+            tmp.write_text(quality + "\n")
+    n_cases = {s["n_cases"] for s in summaries.values()}
+    wall = sum(s["wall_seconds"] for s in summaries.values())
+    lines += [f"Mean ± sd over {sorted(n_cases)} test cases; p = paired Wilcoxon signed-rank test "
+              f"against **{study.reference}** over cases. Splits: `{split_path}`. "
+              f"Total wall time {wall / 60:.1f} min."]
+    run_dirs = {n: r.run_dir for n, r in results.items()}
+    num_classes = len(summaries[names[0]]["label_scheme"]["labels"])
+    figs = [example_figure(run_dirs, runs, out / "examples.png", study.reference, num_classes),
+            lambda_figure(run_dirs, out / "lambdas.png")]
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
+    table_md = "\n".join(lines) + "\n"
     with atomic_path(out / "comparison.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+        tmp.write_text(table_md)
     all_rows = pd.concat([df.assign(run=n) for n, df in runs.items()], ignore_index=True)
     with atomic_path(out / "comparison.csv") as tmp:
         all_rows.to_csv(tmp, index=False)
-    payload = {"name": name, "runs": {n: r.summary for n, r in results.items()}, "wilcoxon": tests,
-               "splits": str(split_path)}
+    payload = {"name": study.name, "protocol": study.protocol, "reference": study.reference,
+               "runs": summaries, "wilcoxon": tests, "splits": str(split_path), "wall_seconds": wall}
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=1, default=str))
-    return {"dir": out, "table": "\n".join(lines), "results": results}
+    return {"dir": out, "table": table_md, "results": results}

@@ -35,6 +35,7 @@ from fusionseg.errors import ConfigError, DataError
 from fusionseg.evaluation.aggregate import summarize
 from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.report import markdown_table, write_overlays
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
 from fusionseg.strategies import build_strategy
@@ -70,6 +71,22 @@ def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
         raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
                           f"(it has {list(dataset.modalities)})")
     return dataset, modalities
+
+
+def describe_strategy(cfg: ExperimentConfig) -> dict:
+    """What a result depends on beyond the model: for fusion strategies the fusion
+    network, source mapping, loss weighting and the VGG-16 features used."""
+    if cfg.strategy == "early":
+        return {}
+    f = cfg.fusion
+    out = {"fusion_model": f.model.name, "detail_source": f.detail, "salient_source": f.salient,
+           "seg_inputs": f.seg_inputs or [f.detail, f.salient]}
+    if cfg.strategy == "joint":
+        out.update(weighting=f.weighting, lambda_f=f.lambda_f if f.weighting == "static" else None,
+                   lambda_s=f.lambda_s if f.weighting == "static" else None)
+    if not (cfg.strategy == "joint" and f.weighting == "seg_only"):
+        out["perceptual_features"] = f.perceptual_features
+    return out
 
 
 def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) -> dict[str, PreparedCase]:
@@ -131,12 +148,18 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
     model = strategy.eval().cpu()
     rows: list[dict] = []
     lesion_rows: list[dict] = []
+    quality: list[dict] = []
     pred_dir = run_dir / "predictions"
     for case_id in fold["test"]:
         case = dataset.case(case_id)
         pred = predict_prepared([model], prepared[case_id], modalities, scheme, divisor)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
+        save_example(model, prepared[case_id], modalities, pred, scheme,
+                     run_dir / "examples" / f"{case_id}.npz")
+        if hasattr(model, "fuse"):
+            quality.append({"case": case_id, "fold": k, **fusion_quality_case(
+                model, prepared[case_id], modalities, cfg.sampling.val_mode)})
         gt_img = load_nifti(case.label)
         gt, _ = load_volume(case.label, dtype="int64")
         region_rows, lesions = evaluate_case(pred, gt, voxel_spacing(gt_img), scheme,
@@ -144,7 +167,8 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
                                              challenge=cfg.evaluation.challenge)
         rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
         lesion_rows += [{"case": case_id, "fold": k, **r} for r in lesions]
-    _write_json(fold_dir / "test_metrics.json", {"rows": rows, "lesions": lesion_rows})
+    _write_json(fold_dir / "test_metrics.json", {"rows": rows, "lesions": lesion_rows,
+                                                 "fusion_quality": quality})
     return rows
 
 
@@ -170,6 +194,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
     rows: list[dict] = []
     lesions: list[dict] = []
+    quality: list[dict] = []
     for fold in folds:
         done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
         if done.exists() and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
@@ -180,6 +205,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
             data = json.loads(done.read_text())
         rows += data["rows"]
         lesions += data["lesions"]
+        quality += data.get("fusion_quality", [])
     per_case = pd.DataFrame(rows)
     wall = time.perf_counter() - start
     summary = {
@@ -188,6 +214,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         "dataset": str(cfg.data.root), "format": dataset.format,
         "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
         "challenge": cfg.evaluation.challenge, "wall_seconds": round(wall, 1),
+        **describe_strategy(cfg),
         "metrics": summarize(per_case, metrics=[c for c in per_case.columns
                                                 if c not in ("case", "region", "fold")]),
     }
@@ -195,6 +222,17 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         per_case.to_csv(tmp, index=False)
     with atomic_path(run_dir / "metrics_per_lesion.csv") as tmp:
         pd.DataFrame(lesions).to_csv(tmp, index=False)
+    if quality:
+        qdf = pd.DataFrame(quality)
+        with atomic_path(run_dir / "fusion_quality.csv") as tmp:
+            qdf.to_csv(tmp, index=False)
+        summary["fusion_quality"] = {
+            c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0,
+                "n": int(len(qdf))} for c in qdf.columns if c not in ("case", "fold", "slices")}
+        summary["fusion_quality"]["conventions"] = (
+            "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
+            "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
+            "(bits, 256 bins); Qabf")
     _write_json(run_dir / "summary.json", summary)
     table = markdown_table({cfg.name: per_case}, dataset.scheme.region_names)
     with atomic_path(run_dir / "results.md") as tmp:

@@ -145,6 +145,14 @@ def _load_trunk_state(module: VGG16Features, state: object, origin: str) -> None
         raise ConfigError(f"{origin}: the tensors do not fit VGG-16 ({err}).") from None
 
 
+def _read_state(path: Path) -> object:
+    """``torch.load`` a weights file on the CPU (tensors only: ``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a config problem
+        raise ConfigError(f"{path}: cannot read a state dict with torch.load ({err}).") from None
+
+
 def vgg16_features(source: str | os.PathLike = "imagenet") -> VGG16Features:
     """Frozen VGG-16 feature extractor for the perceptual terms of the LRRNet loss.
 
@@ -194,7 +202,7 @@ def vgg16_features(source: str | os.PathLike = "imagenet") -> VGG16Features:
         module = VGG16Features(
             "imagenet", f"imagenet (torchvision VGG16_Weights.IMAGENET1K_V1, {path})"
         )
-        _load_trunk_state(module, torch.load(path, map_location="cpu", weights_only=True), str(path))
+        _load_trunk_state(module, _read_state(path), str(path))
         return module
 
     path = Path(source)
@@ -203,12 +211,8 @@ def vgg16_features(source: str | os.PathLike = "imagenet") -> VGG16Features:
             f"VGG-16 weights file {str(path)!r} not found. Fix: give an existing torchvision vgg16 state-dict "
             "file, or 'imagenet' (torch hub cache), or set `perceptual_features: random` in the config."
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is a config problem
-        raise ConfigError(f"{path}: cannot read a state dict with torch.load ({err}).") from None
     module = VGG16Features("file", f"file ({path.resolve()})")
-    _load_trunk_state(module, state, str(path))
+    _load_trunk_state(module, _read_state(path), str(path))
     return module
 
 

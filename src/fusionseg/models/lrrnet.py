@@ -139,7 +139,7 @@ class LISTAEncoder(nn.Module):
         return z[:, : self.n], z[:, self.n :]  # L, S: (B, n, H, W) each
 
 
-@register_model("lrrnet")
+@register_model("lrrnet", task="fusion")
 class LRRNet(nn.Module):
     """LRRNet fusion network: two LISTA encoders + "cat" decoder (S0 B/C; METHODS.md section 2).
 

@@ -25,6 +25,11 @@ from torch import nn
 __all__ = ["register_model", "build_model", "list_models", "get_model_builder"]
 
 _MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_MODEL_TASKS: dict[str, str] = {}
+
+#: What a registered model does: ``segmentation`` (modalities -> class logits) or
+#: ``fusion`` (source images -> one fused image).
+TASKS = ("segmentation", "fusion")
 
 #: Arguments :func:`build_model` always passes; not listed as "extra" arguments.
 _CORE_ARGS = ("in_channels", "num_classes", "spatial_dims")
@@ -32,7 +37,7 @@ _CORE_ARGS = ("in_channels", "num_classes", "spatial_dims")
 B = TypeVar("B", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str) -> Callable[[B], B]:
+def register_model(name: str, task: str = "segmentation") -> Callable[[B], B]:
     """Decorator registering a model builder (class or function) under ``name``.
 
     The builder must accept ``in_channels``, ``num_classes`` and ``spatial_dims`` as
@@ -40,6 +45,7 @@ def register_model(name: str) -> Callable[[B], B]:
 
     Args:
         name: registry key, e.g. ``"unet2stage"``; lower case by convention.
+        task: ``"segmentation"`` (default) or ``"fusion"`` (see :data:`TASKS`).
 
     Returns:
         The decorator; it returns the builder unchanged.
@@ -52,6 +58,8 @@ def register_model(name: str) -> Callable[[B], B]:
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"register_model: name must be a non-empty string, got {name!r}.")
+    if task not in TASKS:
+        raise ValueError(f"register_model({name!r}): task must be one of {TASKS}, got {task!r}.")
 
     def decorator(builder: B) -> B:
         if name in _MODEL_REGISTRY:
@@ -68,14 +76,15 @@ def register_model(name: str) -> Callable[[B], B]:
                 f"arguments {_CORE_ARGS}; missing {tuple(missing)}."
             )
         _MODEL_REGISTRY[name] = builder
+        _MODEL_TASKS[name] = task
         return builder
 
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_MODEL_REGISTRY)
+def list_models(task: str | None = None) -> list[str]:
+    """Names of the registered models (of one ``task`` if given), sorted."""
+    return sorted(n for n in _MODEL_REGISTRY if task is None or _MODEL_TASKS[n] == task)
 
 
 def get_model_builder(name: str) -> Callable[..., nn.Module]:

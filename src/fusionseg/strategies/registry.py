@@ -8,9 +8,14 @@ from fusionseg.config import ExperimentConfig
 from fusionseg.constants import LabelScheme
 from fusionseg.errors import ConfigError
 from fusionseg.losses import build_seg_loss
+from fusionseg.losses.fusion import LRRNetFusionLoss, vgg16_features
+from fusionseg.losses.weighting import DynamicWeighting, StaticWeighting
+from fusionseg.models.fusion_seg import FusionSegNet
 from fusionseg.models import build_model
 from fusionseg.strategies.base import Strategy
+from fusionseg.strategies.decoupled import DecoupledFusion
 from fusionseg.strategies.early import EarlyFusion
+from fusionseg.strategies.joint import JointFusion
 
 
 def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
@@ -21,7 +26,44 @@ def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
     return EarlyFusion(model, modalities, loss)
 
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"early": _early}
+def _fusion_net(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme) -> FusionSegNet:
+    f = cfg.fusion
+    seg_inputs = f.seg_inputs or [f.detail, f.salient]
+    fusion_net = build_model(f.model.name, in_channels=2, num_classes=1, spatial_dims=2, **f.model.kwargs)
+    seg_net = build_model(cfg.model.name, in_channels=len(seg_inputs) + 1, num_classes=scheme.num_classes,
+                          spatial_dims=cfg.spatial_dims, **cfg.model.kwargs)
+    return FusionSegNet(fusion_net, seg_net, modalities, f.detail, f.salient, seg_inputs)
+
+
+def _fusion_loss(cfg: ExperimentConfig) -> LRRNetFusionLoss:
+    f = cfg.fusion
+    return LRRNetFusionLoss(vgg16_features(f.perceptual_features), w_s=f.w_s, w_d=f.w_d, gammas=f.gammas)
+
+
+def _decoupled(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
+        if with_losses else None
+    return DecoupledFusion(_fusion_net(cfg, modalities, scheme), modalities,
+                           _fusion_loss(cfg) if with_losses else None, seg_loss,
+                           fusion_lr=cfg.fusion.lr, fusion_epochs=cfg.fusion.epochs)
+
+
+def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    f = cfg.fusion
+    if f.weighting == "static":
+        weighting = StaticWeighting(f.lambda_f, f.lambda_s)
+    elif f.weighting in ("dynamic", "dwa"):
+        weighting = DynamicWeighting(f.temperature, variant="s0" if f.weighting == "dynamic" else "dwa")
+    else:  # seg_only ablation: L = L_seg, no fusion loss (and no VGG) at all
+        weighting = None
+    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
+        if with_losses else None
+    fusion_loss = _fusion_loss(cfg) if with_losses and weighting is not None else None
+    return JointFusion(_fusion_net(cfg, modalities, scheme), modalities, weighting, fusion_loss, seg_loss,
+                       lr=f.lr)
+
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {"early": _early, "decoupled": _decoupled, "joint": _joint}
 
 
 def build_strategy(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme,

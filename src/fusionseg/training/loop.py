@@ -143,7 +143,7 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     val_loader = fabric.setup_dataloaders(DataLoader(
         val_set, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers))
 
-    state = {"strategy": strategy, "optimizer": optimizer, "epoch": 0, "best_score": -1.0,
+    state = {"strategy": strategy, "optimizer": optimizer, "epoch": 0, "best_score": float("-inf"),
              "best_epoch": -1, "bad_epochs": 0, "history": [], "rng": None}
     last = ckpt_dir / "last.ckpt"
     best = ckpt_dir / "best.ckpt"

@@ -152,22 +152,76 @@ def mask_surface(mask: np.ndarray, spacing: Spacing | None = None) -> Surface:
         :class:`Surface`; empty (N = 0) when the mask is empty. Points are on the voxel
         corner grid, in mm, in a frame shared by all masks of the same shape.
     """
-    mask = np.asarray(mask, dtype=bool)
-    spacing = check_spacing(spacing, mask.ndim)
+    spacing = check_spacing(spacing, np.ndim(mask))
+    index, codes = _surface_elements(np.asarray(mask, dtype=bool))
+    return Surface(index, spacing, _code_to_measure(spacing)[codes])
+
+
+def _surface_elements(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Grid positions (N, ndim) and neighbourhood codes (N,) of the surface elements
+    of a bool mask, in C order of position (see :func:`mask_surface`)."""
     box = bounding_box(mask)
     if box is None:
-        return Surface(np.zeros((0, mask.ndim), dtype=np.int64), spacing, np.zeros(0))
+        return np.zeros((0, mask.ndim), dtype=np.int64), np.zeros(0, dtype=np.intp)
     lo, hi = box
-    padded = np.zeros(tuple(hi - lo + 3), dtype=np.uint8)  # one zero voxel on every side
+    padded = np.zeros(tuple(hi - lo + 3), dtype=bool)  # one zero voxel on every side
     padded[tuple(slice(1, -1) for _ in lo)] = mask[tuple(slice(a, b + 1) for a, b in zip(lo, hi))]
-    codes = _neighbour_codes(padded)
-    full = (1 << (2 ** mask.ndim)) - 1
-    border = (codes != 0) & (codes != full)
-    idx = np.nonzero(border)
+    # A neighbourhood is on the surface when some but not all of its corners are
+    # inside: "any" and "all" over the 2x2(x2) window, one axis at a time.
+    some, every = padded, padded
+    for axis in range(mask.ndim):
+        head = tuple(slice(None, -1) if a == axis else slice(None) for a in range(mask.ndim))
+        tail = tuple(slice(1, None) if a == axis else slice(None) for a in range(mask.ndim))
+        some = some[head] | some[tail]
+        every = every[head] & every[tail]
+    idx = np.nonzero(some & ~every)
+    # neighbourhood code (bit b = corner b inside) of the surface elements only
+    codes = np.zeros(idx[0].size, dtype=np.intp)
+    as_int = padded.view(np.uint8)
+    for bit, corner in enumerate(_corners(mask.ndim)):
+        codes |= as_int[tuple(i + c for i, c in zip(idx, corner))].astype(np.intp) << bit
     # vertex i of the padded grid lies between voxels lo+i-1 and lo+i; call it lo+i
     index = np.stack(idx, axis=1).astype(np.int64) + lo
-    weights = _code_to_measure(spacing)[codes[idx]]
-    return Surface(index, spacing, weights)
+    return index, codes
+
+
+@functools.lru_cache(maxsize=4)
+def _first_inside_corner(ndim: int) -> np.ndarray:
+    """(2**(2**ndim), ndim) offset, from an element's vertex, of the voxel of its lowest
+    inside corner (code 0: unused)."""
+    corners = np.asarray(_corners(ndim), dtype=np.int64) - 1
+    table = np.zeros((1 << (1 << ndim), ndim), dtype=np.int64)
+    for code in range(1, table.shape[0]):
+        table[code] = corners[(code & -code).bit_length() - 1]
+    return table
+
+
+def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
+                     mask: np.ndarray | None = None) -> tuple[Surface, np.ndarray]:
+    """:func:`mask_surface` of ``labels != 0`` with the label of each element.
+
+    ``labels`` holds connected components (26-connectivity in 3-D, 8 in 2-D): every
+    2x2(x2) neighbourhood then holds voxels of one component at most (any two of its
+    voxels are neighbours), so each element belongs to exactly one component, and the
+    surface of a union of components is the subset of elements with those labels, in
+    the same order and with the same weights as :func:`mask_surface` of that union.
+
+    Args:
+        labels: integer array (X, Y[, Z]), 0 = background.
+        spacing: voxel size in mm per axis.
+        mask: ``labels != 0`` if already at hand.
+    Returns:
+        (surface, element_labels) with element_labels (N,) int64.
+    """
+    if mask is None:
+        mask = labels != 0
+    spacing = check_spacing(spacing, labels.ndim)
+    index, codes = _surface_elements(np.asarray(mask, dtype=bool))
+    surface = Surface(index, spacing, _code_to_measure(spacing)[codes])
+    if index.shape[0] == 0:
+        return surface, np.zeros(0, dtype=np.int64)
+    voxel = index + _first_inside_corner(labels.ndim)[codes]  # an inside voxel of each element
+    return surface, labels[tuple(voxel.T)].astype(np.int64)
 
 
 def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface:
@@ -230,36 +284,74 @@ def directed_distances(source: Surface, target: Surface) -> np.ndarray:
     Returns:
         (N_source,) float64; all ``inf`` when ``target`` is empty.
     """
+    return nearest_distances(source, target)[0]
+
+
+def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """:func:`directed_distances` with where each distance comes from.
+
+    Args:
+        source, target: surfaces (same spacing and frame).
+        target_labels: optional (N_target,) positive labels of the target elements
+            (e.g. the connected component each element belongs to).
+    Returns:
+        (dist, nearest, far): ``dist`` as :func:`directed_distances`; ``nearest`` the
+        label of the target element at that distance (None without ``target_labels``);
+        ``far`` the indices of the source elements resolved by the k-d tree (farther
+        than the grid look-up radius), whose values depend on the coordinate frame at
+        the last bit for spacings that are not exactly representable.
+    """
     n = source.index.shape[0]
     if n == 0:
-        return np.zeros(0)
+        return np.zeros(0), (None if target_labels is None else np.zeros(0, np.int64)), np.zeros(0, np.intp)
     if target.empty:
-        return np.full(n, np.inf)
+        return (np.full(n, np.inf), None if target_labels is None else np.zeros(n, np.int64),
+                np.arange(n))
     offsets, lengths, radius = _near_offsets(tuple(source.spacing))
     pad = np.abs(offsets).max(axis=0)
     lo = np.minimum(source.index.min(axis=0), target.index.min(axis=0)) - pad
     hi = np.maximum(source.index.max(axis=0), target.index.max(axis=0)) + pad
     shape = tuple(int(x) for x in hi - lo + 1)
     grid = np.zeros(shape, dtype=bool)
-    grid[tuple((target.index - lo).T)] = True
+    target_pos = tuple((target.index - lo).T)
+    grid[target_pos] = True
     flat_grid = grid.ravel()
     strides = np.asarray(grid.strides, dtype=np.int64)  # bool: 1 byte per element
     flat = (source.index - lo) @ strides
     dist = np.full(n, np.inf)
+    nearest = None
+    if target_labels is not None:
+        label_grid = np.zeros(shape, dtype=np.int32)
+        label_grid[target_pos] = target_labels
+        flat_labels = label_grid.ravel()
+        nearest = np.zeros(n, dtype=np.int64)
     remaining = np.arange(n)
     for offset, length in zip(offsets @ strides, lengths):
         hit = flat_grid[flat + offset]
         if hit.any():
-            dist[remaining[hit]] = length
+            resolved = remaining[hit]
+            dist[resolved] = length
+            if nearest is not None:
+                nearest[resolved] = flat_labels[flat[hit] + offset]  # int32 -> int64
             miss = ~hit
             remaining, flat = remaining[miss], flat[miss]
             if remaining.size == 0:
                 break
     if remaining.size:
         tree = cKDTree(target.points, balanced_tree=False, compact_nodes=False)
-        far, _ = tree.query(source.index[remaining] * np.asarray(source.spacing), k=1)
+        far, which = tree.query(source.index[remaining] * np.asarray(source.spacing), k=1)
         dist[remaining] = far
-    return dist
+        if nearest is not None:
+            nearest[remaining] = np.asarray(target_labels)[which]
+    return dist, nearest, remaining
+
+
+def kd_distances(source_points: np.ndarray, target: Surface) -> np.ndarray:
+    """Nearest-element distances (mm) from ``source_points`` (mm) by the k-d tree of
+    :func:`directed_distances` (same construction, same values)."""
+    tree = cKDTree(target.points, balanced_tree=False, compact_nodes=False)
+    return tree.query(source_points, k=1)[0]
 
 
 def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: float) -> float:
