@@ -1,0 +1,79 @@
+"""Study YAMLs (protocols, runs) and a tiny S0-style comparison end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fusionseg.errors import ConfigError
+from fusionseg.experiments.compare import deep_merge, load_study, run_comparison
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_deep_merge_overrides_recursively():
+    assert deep_merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == \
+        {"a": {"b": 1, "c": 3}, "l": [2]}
+
+
+def test_s0_study_expands_every_row_of_tables_1_and_2():
+    study = load_study(REPO / "configs" / "s0_table1.yaml", "cpu-small")
+    names = [c.name for c in study.configs]
+    assert names == ["A", "B", "C-dynamic", "C-static-5e-7", "C-static-1e-6", "C-static-5e-6",
+                     "C-static-1e-5", "C-static-5e-5", "C-static-1e-4", "C-seg-only"]
+    by = {c.name: c for c in study.configs}
+    assert by["A"].strategy == "early" and by["B"].strategy == "decoupled"
+    assert by["C-static-5e-6"].fusion.lambda_f == 5e-6 and by["C-static-5e-6"].fusion.weighting == "static"
+    assert by["C-dynamic"].fusion.weighting == "dynamic" and by["C-seg-only"].fusion.weighting == "seg_only"
+    assert by["A"].sampling.patch_size == (96, 96)  # protocol applied
+    paper = load_study(REPO / "configs" / "s0_table1.yaml", "paper")
+    assert paper.configs[0].sampling.mode == "central" and paper.configs[0].sampling.central_k == 10
+    assert paper.name == "s0_table1_paper"
+    with pytest.raises(ConfigError, match="unknown protocol"):
+        load_study(REPO / "configs" / "s0_table1.yaml", "gpu-huge")
+
+
+def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path):
+    data = phantom_dataset("brats2018", n_cases=6)
+    study = {
+        "study": "tiny_s0", "reference": "A",
+        "base": {"data": {"root": str(data), "modalities": ["t1ce", "flair"],
+                          "cache_dir": str(tmp_path / "cache")},
+                 "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+                 "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1},
+                 "fusion": {"perceptual_features": "random", "epochs": 1,
+                            "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}}},
+                 "split": {"kind": "holdout", "test_fraction": 0.34, "val_fraction": 0.2},
+                 "evaluation": {"overlays": 0}},
+        "runs": [{"name": "A", "strategy": "early"}, {"name": "B", "strategy": "decoupled"},
+                 {"name": "C-dynamic", "strategy": "joint", "fusion": {"weighting": "dynamic"}}],
+        "tables": [{"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]},
+                   {"name": "table2", "metrics": ["hd95", "lesion_hd95"], "regions": ["ET", "TC", "WT"]}],
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = run_comparison(load_study(path), tmp_path / "runs", progress=False)
+    folder = out["dir"]
+    for table in ("table1.md", "table2.md"):
+        text = (folder / table).read_text()
+        for row in ("| **A** |", "| B |", "| C-dynamic |"):
+            assert row in text, (table, row)
+    assert "LW Dice ET" in (folder / "table1.md").read_text()
+    assert "(p " in (folder / "table1.md").read_text()
+    assert (folder / "examples.png").exists() and (folder / "fusion_quality.md").exists()
+    quality = (folder / "fusion_quality.md").read_text()
+    assert "| B |" in quality and "| C-dynamic |" in quality and "| A |" not in quality
+    summary = json.loads((folder / "B" / "summary.json").read_text())
+    assert summary["perceptual_features"] == "random"  # recorded with the result
+    assert set(summary["fusion_quality"]) >= {"psnr_detail", "ssim_detail", "psnr_salient", "ssim_salient"}
+    rows = pd.read_csv(folder / "comparison.csv")
+    assert set(rows["run"]) == {"A", "B", "C-dynamic"}
+    assert rows[["dice", "hd95", "lesion_dice", "lesion_hd95"]].notna().all().all()
+    # every run used the same split
+    tests = {json.loads((folder / n / "splits.json").read_text())["folds"][0]["test"].__repr__()
+             for n in ("A", "B", "C-dynamic")}
+    assert len(tests) == 1
