@@ -58,10 +58,18 @@ def check_spacing(spacing: Spacing | None, ndim: int) -> tuple[float, ...]:
 
 def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive bounding box ``(lo, hi)`` (index arrays) of a boolean mask; None if empty."""
+    ndim = mask.ndim
+    # Two passes over the volume: the projection along the axis slowest in memory
+    # (cheap to reduce) gives the other axes' projections from a small array.
+    first = ndim - 1 if mask.flags.f_contiguous and not mask.flags.c_contiguous else 0
+    rest = [a for a in range(ndim) if a != first]
+    reduced = np.any(mask, axis=first)
+    projections = [None] * ndim
+    for i, axis in enumerate(rest):
+        projections[axis] = np.any(reduced, axis=tuple(j for j in range(ndim - 1) if j != i))
+    projections[first] = np.any(mask, axis=tuple(rest))
     lo, hi = [], []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        proj = np.any(mask, axis=other)
+    for proj in projections:
         nz = np.flatnonzero(proj)
         if nz.size == 0:
             return None

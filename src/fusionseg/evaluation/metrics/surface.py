@@ -287,7 +287,9 @@ def directed_distances(source: Surface, target: Surface) -> np.ndarray:
     return nearest_distances(source, target)[0]
 
 
-def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None
+def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None,
+                      grid_index: tuple[np.ndarray, np.ndarray] | None = None,
+                      no_near: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`directed_distances` with where each distance comes from.
 
@@ -295,6 +297,13 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         source, target: surfaces (same spacing and frame).
         target_labels: optional (N_target,) positive labels of the target elements
             (e.g. the connected component each element belongs to).
+        grid_index: optional (source, target) element positions used instead of
+            ``source.index`` / ``target.index`` for the grid look-ups only: another
+            placement of the same elements that keeps every offset within the look-up
+            radius R (e.g. far-apart clusters moved closer together, more than R apart);
+            the k-d tree always uses the surfaces' own points.
+        no_near: optional (N_source,) bool, True for source elements known to have no
+            target element within the look-up radius (sent to the k-d tree at once).
     Returns:
         (dist, nearest, far): ``dist`` as :func:`directed_distances`; ``nearest`` the
         label of the target element at that distance (None without ``target_labels``);
@@ -309,25 +318,33 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         return (np.full(n, np.inf), None if target_labels is None else np.zeros(n, np.int64),
                 np.arange(n))
     offsets, lengths, radius = _near_offsets(tuple(source.spacing))
+    src_index, tgt_index = (source.index, target.index) if grid_index is None else grid_index
     pad = np.abs(offsets).max(axis=0)
-    lo = np.minimum(source.index.min(axis=0), target.index.min(axis=0)) - pad
-    hi = np.maximum(source.index.max(axis=0), target.index.max(axis=0)) + pad
+    lo = np.minimum(src_index.min(axis=0), tgt_index.min(axis=0)) - pad
+    hi = np.maximum(src_index.max(axis=0), tgt_index.max(axis=0)) + pad
     shape = tuple(int(x) for x in hi - lo + 1)
     grid = np.zeros(shape, dtype=bool)
-    target_pos = tuple((target.index - lo).T)
+    target_pos = tuple((tgt_index - lo).T)
     grid[target_pos] = True
     flat_grid = grid.ravel()
     strides = np.asarray(grid.strides, dtype=np.int64)  # bool: 1 byte per element
-    flat = (source.index - lo) @ strides
+    flat = (src_index - lo) @ strides
     dist = np.full(n, np.inf)
     nearest = None
     if target_labels is not None:
-        label_grid = np.zeros(shape, dtype=np.int32)
+        label_grid = np.empty(shape, dtype=np.int32)  # only read where ``grid`` is set
         label_grid[target_pos] = target_labels
         flat_labels = label_grid.ravel()
         nearest = np.zeros(n, dtype=np.int64)
     remaining = np.arange(n)
+    skipped = None
+    if no_near is not None and no_near.any():
+        skipped = np.flatnonzero(no_near)
+        remaining = np.flatnonzero(~no_near)
+        flat = flat[remaining]
     for offset, length in zip(offsets @ strides, lengths):
+        if remaining.size == 0:
+            break
         hit = flat_grid[flat + offset]
         if hit.any():
             resolved = remaining[hit]
@@ -336,8 +353,8 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
                 nearest[resolved] = flat_labels[flat[hit] + offset]  # int32 -> int64
             miss = ~hit
             remaining, flat = remaining[miss], flat[miss]
-            if remaining.size == 0:
-                break
+    if skipped is not None:
+        remaining = np.sort(np.concatenate([remaining, skipped]))
     if remaining.size:
         tree = cKDTree(target.points, balanced_tree=False, compact_nodes=False)
         far, which = tree.query(source.index[remaining] * np.asarray(source.spacing), k=1)
