@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from fusionseg.config import PreprocessConfig, SamplingConfig, TrainConfig, load_config
+from fusionseg.config import SamplingConfig, TrainConfig, load_config
 from fusionseg.data.cases import discover
 from fusionseg.data.preprocess import PreprocessCache
 from fusionseg.data.sampling import SliceDataset, common_slice_size

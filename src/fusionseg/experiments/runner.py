@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
 from fusionseg.config import ExperimentConfig
-from fusionseg.constants import LabelScheme, scheme_to_dict
+from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
-from fusionseg.data.io import atomic_path, load_nifti, load_volume, save_label_map, voxel_spacing
+from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
 from fusionseg.data.sampling import SliceDataset, common_slice_size
 from fusionseg.data.splits import load_splits, make_splits, save_splits
@@ -161,7 +162,7 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
             quality.append({"case": case_id, "fold": k, **fusion_quality_case(
                 model, prepared[case_id], modalities, cfg.sampling.val_mode)})
         gt_img = load_nifti(case.label)
-        gt, _ = load_volume(case.label, dtype="int64")
+        gt = read_array(gt_img, case.label, dtype=np.int64)
         region_rows, lesions = evaluate_case(pred, gt, voxel_spacing(gt_img), scheme,
                                              metrics=cfg.evaluation.metrics,
                                              challenge=cfg.evaluation.challenge)

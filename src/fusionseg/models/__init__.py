@@ -11,6 +11,7 @@ from .registry import build_model, get_model_builder, list_models, register_mode
 from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
 
 __all__ = [
+    "LRRNet",
     "build_model",
     "get_model_builder",
     "list_models",
