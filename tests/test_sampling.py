@@ -77,3 +77,11 @@ def test_kfold_splits_are_disjoint_complete_and_reproducible(tmp_path):
         load_splits(path, ids[:3])
     with pytest.raises(ConfigError, match="too few"):
         make_splits(ids[:4], SplitConfig(folds=5))
+
+
+def test_sampled_slab_spans_the_selected_slices_in_the_original_grid():
+    from fusionseg.experiments.runner import sampled_slab
+
+    case = make_case()  # cropped z from 70, original depth 155
+    assert sampled_slab(case, "central", 10) == (slice(None), slice(None), slice(72, 82))
+    assert sampled_slab(case, "tumour", 10) == (slice(None), slice(None), slice(78, 81))

@@ -142,9 +142,16 @@ class SplitConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    """Evaluation of the test predictions (EVALUATION.md conventions)."""
+    """Evaluation of the test predictions (EVALUATION.md conventions).
+
+    ``scope``: ``volume`` evaluates each whole test case in 3-D (default);
+    ``sampled_slices`` evaluates the axial slab spanned by the slices the sampling mode
+    selects in that case (e.g. S0's slices 72-81), as a study that trains and tests on
+    those slices does. Predictions are written for the whole volume either way.
+    """
 
     challenge: str = "GLI"
+    scope: Literal["volume", "sampled_slices"] = "volume"
     metrics: list[str] | None = None
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
 

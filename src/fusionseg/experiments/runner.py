@@ -30,7 +30,7 @@ from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
-from fusionseg.data.sampling import SliceDataset, common_slice_size
+from fusionseg.data.sampling import SliceDataset, common_slice_size, select_slices
 from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.errors import ConfigError, DataError
 from fusionseg.evaluation.aggregate import summarize
@@ -118,6 +118,16 @@ def resolve_splits(cfg: ExperimentConfig, case_ids: list[str], run_dir: Path) ->
     return splits
 
 
+def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
+    """Index window (original grid) of the axial slab spanned by the slices ``mode``
+    selects in ``case`` (``evaluation.scope: sampled_slices``)."""
+    chosen = select_slices(case, "all" if mode == "patch" else mode, central_k)
+    axis, offset = case.axial_axis, case.bbox[case.axial_axis][0]
+    window = [slice(None)] * 3
+    window[axis] = slice(offset + min(chosen), offset + max(chosen) + 1)
+    return tuple(window)
+
+
 def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase], dataset: Dataset,
              modalities: tuple[str, ...], run_dir: Path, progress: bool = True) -> list[dict]:
     """Train one fold, predict and evaluate its test cases; returns per-case rows."""
@@ -163,6 +173,9 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
                 model, prepared[case_id], modalities, cfg.sampling.val_mode)})
         gt_img = load_nifti(case.label)
         gt = read_array(gt_img, case.label, dtype=np.int64)
+        if cfg.evaluation.scope == "sampled_slices":
+            window = sampled_slab(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
+            pred, gt = pred[window], gt[window]
         region_rows, lesions = evaluate_case(pred, gt, voxel_spacing(gt_img), scheme,
                                              metrics=cfg.evaluation.metrics,
                                              challenge=cfg.evaluation.challenge)
@@ -214,7 +227,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         "modalities": list(modalities), "label_scheme": scheme_to_dict(dataset.scheme),
         "dataset": str(cfg.data.root), "format": dataset.format,
         "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
-        "challenge": cfg.evaluation.challenge, "wall_seconds": round(wall, 1),
+        "challenge": cfg.evaluation.challenge, "evaluation_scope": cfg.evaluation.scope,
+        "wall_seconds": round(wall, 1),
         **describe_strategy(cfg),
         "metrics": summarize(per_case, metrics=[c for c in per_case.columns
                                                 if c not in ("case", "region", "fold")]),
