@@ -30,7 +30,7 @@ def test_s0_study_expands_every_row_of_tables_1_and_2():
     assert by["C-static-5e-6"].fusion.lambda_f == 5e-6 and by["C-static-5e-6"].fusion.weighting == "static"
     assert by["C-dynamic"].fusion.weighting == "dynamic" and by["C-seg-only"].fusion.weighting == "seg_only"
     assert by["A"].sampling.mode == "central" and by["A"].evaluation.scope == "sampled_slices"
-    assert by["B"].fusion.model.kwargs == {"n": 16, "blocks": 4}
+    assert by["B"].fusion.model.kwargs == {"n": 8, "blocks": 4}
     paper = load_study(REPO / "configs" / "s0_table1.yaml", "paper")
     assert paper.configs[0].sampling.mode == "central" and paper.configs[0].sampling.central_k == 10
     assert paper.name == "s0_table1_paper"
