@@ -25,6 +25,7 @@ MONAI's behaviour (checked in tests/test_losses.py).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -121,7 +122,7 @@ def _non_negative(value: float, arg: str, loss: str) -> float:
     return value
 
 
-class SegLoss(nn.Module):
+class SegLoss(nn.Module, ABC):
     """Base class: input checks and the target conversion shared by all losses.
 
     Subclasses implement :meth:`components`; ``forward`` returns their sum.
@@ -176,9 +177,9 @@ class SegLoss(nn.Module):
             )
         return target.long().unsqueeze(1)  # (B, 1, *S)
 
+    @abstractmethod
     def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """The weighted loss terms by name (scalars); their sum is ``forward``'s value."""
-        raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Scalar loss for logits ``(B, K, *S)`` and class-index target ``(B, *S)``."""

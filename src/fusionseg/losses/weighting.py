@@ -19,6 +19,7 @@ Both share one protocol, used by the training loop:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 __all__ = ["LossWeighting", "StaticWeighting", "DynamicWeighting", "TASKS"]
@@ -38,7 +39,7 @@ def _finite_non_negative(value: float, arg: str, owner: str) -> float:
     return value
 
 
-class LossWeighting:
+class LossWeighting(ABC):
     """Base class: epoch-mean loss history, weight history and (de)serialisation.
 
     Subclasses implement :meth:`weights` and :meth:`_config`.
@@ -50,9 +51,9 @@ class LossWeighting:
         self.loss_history: list[dict[str, float]] = []
 
     # -- protocol -----------------------------------------------------------------
+    @abstractmethod
     def weights(self, epoch: int) -> dict[str, float]:
         """``{"fusion": lambda_f, "seg": lambda_s}`` for 0-based ``epoch``."""
-        raise NotImplementedError
 
     def record_epoch(self, epoch_means: dict[str, float]) -> None:
         """Append the epoch-mean unweighted training losses of the next epoch.
@@ -103,8 +104,9 @@ class LossWeighting:
         return epoch
 
     # -- serialisation ------------------------------------------------------------
+    @abstractmethod
     def _config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Constructor settings, stored with the state and checked on load."""
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state: ``{"kind", "config", "loss_history"}`` (JSON/torch.save friendly)."""
