@@ -33,17 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 import yaml
-from scipy.stats import wilcoxon
 
 from fusionseg.config import ExperimentConfig, apply_override, load_config, validate_config
 from fusionseg.data.io import atomic_path
 from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.errors import ConfigError
 from fusionseg.experiments.figures import example_figure, lambda_figure
-from fusionseg.experiments.report import mean_sd, METRIC_TITLES
+from fusionseg.experiments.report import comparison_table
 from fusionseg.experiments.runner import load_dataset, run_experiment
 
 DEFAULT_TABLES = [{"name": "overlap", "title": "Dice and lesion-wise Dice",
@@ -122,44 +120,6 @@ def load_study_or_configs(paths: Sequence[Path], protocol: str | None, overrides
     if name:
         study.name = name
     return study
-
-
-def paired_wilcoxon(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: str) -> float | None:
-    """Two-sided Wilcoxon signed-rank p-value over cases present in both runs
-    (None when fewer than 2 paired cases or all differences are zero)."""
-    a = reference[reference["region"] == region].set_index("case")[metric]
-    b = other[other["region"] == region].set_index("case")[metric]
-    common = a.index.intersection(b.index)
-    if len(common) < 2:
-        return None
-    diff = (b[common] - a[common]).to_numpy(dtype=float)
-    if np.allclose(diff, 0):
-        return None
-    return float(wilcoxon(diff).pvalue)
-
-
-def comparison_table(runs: dict[str, pd.DataFrame], reference: str, metrics: Sequence[str],
-                     regions: Sequence[str]) -> tuple[str, list[dict]]:
-    """Markdown table (mean ± sd, and the Wilcoxon p against ``reference`` for every
-    other run) and the test records."""
-    present = [m for m in metrics if all(m in df.columns for df in runs.values())]
-    header = ["run"] + [f"{METRIC_TITLES.get(m, m)} {r}" for m in present for r in regions]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    tests = []
-    for name, df in runs.items():
-        cells = [f"**{name}**" if name == reference else name]
-        for m in present:
-            for r in regions:
-                sub = df.loc[df["region"] == r, m]
-                cell = mean_sd(sub, 3 if "dice" in m else 2) if len(sub) else "–"
-                if name != reference:
-                    p = paired_wilcoxon(runs[reference], df, m, r)
-                    tests.append({"run": name, "reference": reference, "metric": m, "region": r,
-                                  "p_wilcoxon": p})
-                    cell += " (p –)" if p is None else f" (p {p:.2g})"
-                cells.append(cell)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), tests
 
 
 def fusion_quality_table(summaries: dict[str, dict]) -> str | None:

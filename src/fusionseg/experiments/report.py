@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 
 from fusionseg.data.io import atomic_path, load_volume  # noqa: E402
 from fusionseg.data.sampling import axial_slice  # noqa: E402
+from fusionseg.evaluation.aggregate import paired_wilcoxon  # noqa: E402
 
 #: Column titles of the tables (metric column -> heading).
 METRIC_TITLES = {"dice": "Dice", "hd95": "HD95 (mm)", "lesion_dice": "LW Dice",
@@ -26,27 +27,48 @@ def mean_sd(values: pd.Series, digits: int) -> str:
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
 
 
-def markdown_table(runs: Mapping[str, pd.DataFrame], regions: Sequence[str],
-                   metrics: Sequence[str] = ("dice", "hd95", "lesion_dice", "lesion_hd95")) -> str:
-    """One row per run, one column per (metric, region): mean ± sd over cases.
+def paired_p(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: str) -> float | None:
+    """Two-sided paired Wilcoxon p-value of ``metric`` in ``region`` over the cases both
+    runs have (:func:`fusionseg.evaluation.aggregate.paired_wilcoxon`); None when fewer
+    than 2 paired cases or all differences are zero."""
+    a = reference[reference["region"] == region].set_index("case")[metric]
+    b = other[other["region"] == region].set_index("case")[metric]
+    common = a.index.intersection(b.index)
+    if len(common) < 2 or np.allclose(b[common].to_numpy(float) - a[common].to_numpy(float), 0):
+        return None
+    return paired_wilcoxon(b[common].to_numpy(float), a[common].to_numpy(float))["p_value"]
+
+
+def comparison_table(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str],
+                     regions: Sequence[str]) -> tuple[str, list[dict]]:
+    """Markdown table, one row per run and one column per (metric, region): mean ± sd
+    over cases; with a ``reference`` run (shown bold) every other cell also gets the
+    paired Wilcoxon p against it. Returns the table and the test records.
 
     Args:
         runs: run name -> tidy per-case DataFrame (columns case, region, metrics...).
+        reference: name of the reference run, or None for no tests.
+        metrics: metric columns to show (those missing from any run are skipped).
         regions: region order (e.g. WT, TC, ET).
-        metrics: metric columns to show (missing ones are skipped).
     """
-    present = [m for m in metrics if any(m in df.columns for df in runs.values())]
+    present = [m for m in metrics if all(m in df.columns for df in runs.values())]
     header = ["run"] + [f"{METRIC_TITLES.get(m, m)} {r}" for m in present for r in regions]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    tests = []
     for name, df in runs.items():
-        cells = [name]
+        cells = [f"**{name}**" if name == reference else name]
         for m in present:
             for r in regions:
-                sub = df.loc[df["region"] == r, m] if m in df.columns else pd.Series(dtype=float)
-                digits = 3 if "dice" in m else 2
-                cells.append(mean_sd(sub, digits) if len(sub) else "–")
+                sub = df.loc[df["region"] == r, m]
+                cell = mean_sd(sub, 3 if "dice" in m else 2) if len(sub) else "–"
+                if reference is not None and name != reference:
+                    p = paired_p(runs[reference], df, m, r)
+                    tests.append({"run": name, "reference": reference, "metric": m, "region": r,
+                                  "p_wilcoxon": p})
+                    cell += " (p –)" if p is None else f" (p {p:.2g})"
+                cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines), tests
 
 
 def _overlay(ax, image: np.ndarray, labels: np.ndarray, title: str, num_classes: int) -> None:

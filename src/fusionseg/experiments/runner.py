@@ -37,7 +37,7 @@ from fusionseg.evaluation.aggregate import summarize
 from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.experiments.environment import environment_info
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
-from fusionseg.experiments.report import markdown_table, write_overlays
+from fusionseg.experiments.report import comparison_table, write_overlays
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
 from fusionseg.strategies import build_strategy
 from fusionseg.training.loop import fit, make_progress
@@ -249,7 +249,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
             "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
             "(bits, 256 bins); Qabf")
     _write_json(run_dir / "summary.json", summary)
-    table = markdown_table({cfg.name: per_case}, dataset.scheme.region_names)
+    table, _ = comparison_table({cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"),
+                                dataset.scheme.region_names)
     with atomic_path(run_dir / "results.md") as tmp:
         tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
                        f"wall time {wall / 60:.1f} min.\n")
