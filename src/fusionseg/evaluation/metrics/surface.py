@@ -104,16 +104,6 @@ def _code_to_measure(spacing: tuple[float, ...]) -> np.ndarray:
     return table
 
 
-def _neighbour_codes(padded: np.ndarray) -> np.ndarray:
-    """Code of every 2x2(x2) window of a uint8 0/1 array; shape = padded.shape - 1."""
-    shape = tuple(n - 1 for n in padded.shape)
-    code = np.zeros(shape, dtype=np.uint8)
-    for bit, corner in enumerate(_corners(padded.ndim)):
-        window = tuple(slice(c, c + n) for c, n in zip(corner, shape))
-        code |= padded[window] << np.uint8(bit)
-    return code
-
-
 # ------------------------------------------------------------------ surfaces
 @dataclass(frozen=True)
 class Surface:
