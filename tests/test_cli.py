@@ -51,8 +51,7 @@ def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     test_cases = json.loads((run / "splits.json").read_text())["folds"][0]["test"]
 
     out = tmp_path / "pred"
-    args = ["predict", str(run), str(data), str(out), "--fold", "0", "--no-progress"] \
-        if False else ["predict", str(run), str(data), str(out), "--fold", "0"]
+    args = ["predict", str(run), str(data), str(out), "--fold", "0"]
     for c in test_cases:
         args += ["--case", c]
     result = runner.invoke(app, args)

@@ -150,6 +150,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
+    postprocess: Annotated[bool, typer.Option(help="Apply the connected-component post-processing the run chose (fit.json; the folds' median setting for an ensemble).")] = True,
 ):
     """Predict label maps for new cases.
 
@@ -157,14 +158,16 @@ def predict(
     and written as OUTPUT/<case>.nii.gz in the dataset's own label convention (e.g.
     BraTS 2018: 0/1/2/4), with the input image's exact affine and header. Cases need
     only the modalities the model was trained on; segmentations are not needed.
-    Existing files are never replaced without --overwrite.
+    Existing files are never replaced without --overwrite. Small whole-tumour
+    components are removed as the run's post-processing decided (see config
+    `postprocess`); --no-postprocess gives the network's raw arg-max.
     """
     from fusionseg.data.cases import discover
     from fusionseg.errors import DataError
     from fusionseg.inference.predict import load_predictor
     from fusionseg.training.loop import make_progress
 
-    predictor = load_predictor(model, fold=fold, device=device)
+    predictor = load_predictor(model, fold=fold, device=device, postprocess=postprocess)
     try:
         dataset = discover(input, format=format)
         selected = list(dataset.cases)
@@ -180,7 +183,8 @@ def predict(
             raise FusionsegError(f"{output}: {len(clash)} output file(s) exist (e.g. {clash[0]}.nii.gz); "
                                  "pass --overwrite to replace them.")
     console.print(f"{len(selected)} case(s), model(s): {len(predictor.models)} "
-                  f"({', '.join(str(p) for p in predictor.sources)}), modalities {list(predictor.modalities)}")
+                  f"({', '.join(str(p) for p in predictor.sources)}), modalities {list(predictor.modalities)}, "
+                  f"post-processing: {predictor.postprocess.label()}")
     with make_progress() as bar:
         task = bar.add_task("predict", total=len(selected), info="")
         for case in selected:

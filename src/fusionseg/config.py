@@ -156,6 +156,28 @@ class EvalConfig(_Strict):
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
 
 
+class PostprocessConfig(_Strict):
+    """Connected-component post-processing of whole-volume predictions
+    (:mod:`fusionseg.inference.postprocess`), applied before evaluation and by
+    ``fusionseg predict``.
+
+    ``method``: ``none``; ``fixed`` (remove whole-tumour components under
+    ``min_volume_mm3``, then optionally ``keep_largest``); ``validation`` (per fold,
+    the setting among no post-processing, each of ``candidates_mm3`` and, with
+    ``try_keep_largest``, keep-largest that scores best on the fold's validation cases
+    predicted as whole volumes, by ``criterion``: mean Dice or lesion-wise Dice over
+    regions). The choice is recorded in each fold's ``fit.json``.
+    """
+
+    method: Literal["none", "fixed", "validation"] = "none"
+    min_volume_mm3: float = Field(0.0, ge=0)
+    keep_largest: bool = False
+    candidates_mm3: list[float] = Field(
+        default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
+    try_keep_largest: bool = True
+    criterion: Literal["dice", "lesion_dice"] = "dice"
+
+
 class FusionConfig(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
     source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
@@ -218,6 +240,7 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     output_dir: Path = Path("runs")
 
     def run_dir(self) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from fusionseg.config import ExperimentConfig
+from fusionseg.config import ExperimentConfig, PostprocessConfig
 from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
@@ -38,6 +38,7 @@ from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.experiments.environment import environment_info
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.report import comparison_table, write_overlays
+from fusionseg.inference.postprocess import Postprocess, candidate_settings, choose_postprocess
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
 from fusionseg.strategies import build_strategy
 from fusionseg.training.loop import fit, make_progress
@@ -128,6 +129,67 @@ def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, 
     return tuple(window)
 
 
+def _previous_fit(fold_dir: Path) -> dict[str, dict]:
+    """Stage records of an earlier ``fit.json`` of this fold (for resumed runs)."""
+    path = fold_dir / "fit.json"
+    if not path.exists():
+        return {}
+    try:
+        return {s["stage"]: s for s in json.loads(path.read_text()).get("stages", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
+    """What a fold's test results depend on after training; a resumed run whose
+    evaluation or post-processing settings changed re-predicts (without retraining)."""
+    return {"postprocess": cfg.postprocess.model_dump(mode="json"),
+            "evaluation": cfg.evaluation.model_dump(mode="json", exclude={"overlays"})}
+
+
+def _legacy_inputs(cfg: ExperimentConfig) -> dict:
+    """Inputs assumed for folds written before ``inputs`` was recorded: no
+    post-processing, this config's evaluation settings."""
+    return {**_evaluation_inputs(cfg), "postprocess": PostprocessConfig().model_dump(mode="json")}
+
+
+def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:
+    gt_img = load_nifti(case.label)
+    return read_array(gt_img, case.label, dtype=np.int64), voxel_spacing(gt_img)
+
+
+def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[str, PreparedCase],
+                       dataset: Dataset, modalities: tuple[str, ...],
+                       divisor: int) -> tuple[Postprocess, dict]:
+    """The fold's post-processing: none, the config's fixed setting, or the candidate
+    that scores best on the fold's validation cases predicted as whole volumes (with
+    the evaluation scope of the test cases). Returns (setting, record for fit.json)."""
+    pc = cfg.postprocess
+    if pc.method == "none":
+        return Postprocess(), {"method": "none", "setting": Postprocess().to_dict()}
+    if pc.method == "fixed":
+        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest)
+        return setting, {"method": "fixed", "setting": setting.to_dict()}
+    if not fold["val"]:
+        raise ConfigError("postprocess.method: validation needs validation cases; set "
+                          "split.val_fraction > 0 or use postprocess.method: fixed")
+    cases = []
+    for case_id in fold["val"]:
+        gt, spacing = _ground_truth(dataset.case(case_id))
+        pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor)
+        if cfg.evaluation.scope == "sampled_slices":
+            window = sampled_slab(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
+            pred, gt = pred[window], gt[window]
+        cases.append((pred, gt, spacing))
+    setting, table = choose_postprocess(cases, dataset.scheme,
+                                        candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
+                                        criterion=pc.criterion, challenge=cfg.evaluation.challenge)
+    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: "
+                  f"{setting.label()}")
+    return setting, {"method": "validation", "criterion": pc.criterion, "setting": setting.to_dict(),
+                     "validation_cases": list(fold["val"]), "candidates": table}
+
+
 def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase], dataset: Dataset,
              modalities: tuple[str, ...], run_dir: Path, progress: bool = True) -> list[dict]:
     """Train one fold, predict and evaluate its test cases; returns per-case rows."""
@@ -143,27 +205,34 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
                        mode=cfg.sampling.val_mode, train=False)
     meta = checkpoint_meta(cfg, modalities, scheme, divisor)
     stages = strategy.stages()
+    previous = _previous_fit(fold_dir)
     fits = []
     for stage in stages:
         stage_dir = fold_dir if len(stages) == 1 else fold_dir / stage.name
         result = fit(strategy, train, val, cfg.train, stage_dir, scheme, meta=meta, progress=progress,
                      description=f"fold {k} {stage.name}", stage=stage)
+        seconds = result.seconds
+        earlier = previous.get(stage.name)
+        if earlier and earlier.get("epochs_run") == result.epochs_run:
+            seconds = max(seconds, float(earlier.get("seconds", 0.0)))  # resumed a finished stage
         fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
                      "best_val_score": result.best_score, "epochs_run": result.epochs_run,
-                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+                     "stopped_early": result.stopped_early, "seconds": round(seconds, 1),
                      "checkpoint": str(result.best_checkpoint.relative_to(run_dir))})
+    model = strategy.eval().cpu()
+    post, post_info = decide_postprocess(cfg, model, fold, prepared, dataset, modalities, divisor)
     _write_json(fold_dir / "fit.json", {
         "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"],
         "train_slices": len(train), "val_slices": len(val), "slice_size": list(size),
-        "seconds": round(sum(f["seconds"] for f in fits), 1)})
-    model = strategy.eval().cpu()
+        "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info})
     rows: list[dict] = []
     lesion_rows: list[dict] = []
     quality: list[dict] = []
     pred_dir = run_dir / "predictions"
     for case_id in fold["test"]:
         case = dataset.case(case_id)
-        pred = predict_prepared([model], prepared[case_id], modalities, scheme, divisor)
+        gt, spacing = _ground_truth(case)
+        pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor), spacing)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
         save_example(model, prepared[case_id], modalities, pred, scheme,
@@ -171,18 +240,17 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         if hasattr(model, "fuse"):
             quality.append({"case": case_id, "fold": k, **fusion_quality_case(
                 model, prepared[case_id], modalities, cfg.sampling.val_mode)})
-        gt_img = load_nifti(case.label)
-        gt = read_array(gt_img, case.label, dtype=np.int64)
         if cfg.evaluation.scope == "sampled_slices":
             window = sampled_slab(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
             pred, gt = pred[window], gt[window]
-        region_rows, lesions = evaluate_case(pred, gt, voxel_spacing(gt_img), scheme,
+        region_rows, lesions = evaluate_case(pred, gt, spacing, scheme,
                                              metrics=cfg.evaluation.metrics,
                                              challenge=cfg.evaluation.challenge)
         rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
         lesion_rows += [{"case": case_id, "fold": k, **r} for r in lesions]
-    _write_json(fold_dir / "test_metrics.json", {"rows": rows, "lesions": lesion_rows,
-                                                 "fusion_quality": quality})
+    _write_json(fold_dir / "test_metrics.json", {
+        "rows": rows, "lesions": lesion_rows, "fusion_quality": quality,
+        "postprocess": post.to_dict(), "inputs": _evaluation_inputs(cfg)})
     return rows
 
 
@@ -209,10 +277,15 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
     rows: list[dict] = []
     lesions: list[dict] = []
     quality: list[dict] = []
+    post_per_fold: dict[int, dict] = {}
     for fold in folds:
         done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
-        if done.exists() and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
-            data = json.loads(done.read_text())
+        data = json.loads(done.read_text()) if done.exists() else None
+        if data is not None and data.get("inputs", _legacy_inputs(cfg)) != _evaluation_inputs(cfg):
+            console.print(f"fold {fold['fold']}: evaluation or post-processing settings changed; "
+                          "predicting again with the trained model")
+            data = None
+        if data is not None and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
             console.print(f"fold {fold['fold']}: finished earlier, results read back")
         else:
             run_fold(cfg, fold, prepared, dataset, modalities, run_dir, progress)
@@ -220,6 +293,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         rows += data["rows"]
         lesions += data["lesions"]
         quality += data.get("fusion_quality", [])
+        post_per_fold[fold["fold"]] = data.get("postprocess", Postprocess().to_dict())
     per_case = pd.DataFrame(rows)
     wall = time.perf_counter() - start
     summary = {
@@ -230,6 +304,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         "challenge": cfg.evaluation.challenge, "evaluation_scope": cfg.evaluation.scope,
         "wall_seconds": round(wall, 1),
         **describe_strategy(cfg),
+        "postprocess": {"method": cfg.postprocess.method,
+                        "per_fold": {str(k): Postprocess.from_dict(v).label() for k, v in post_per_fold.items()}},
         "metrics": summarize(per_case, metrics=[c for c in per_case.columns
                                                 if c not in ("case", "region", "fold")]),
     }

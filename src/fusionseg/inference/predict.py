@@ -10,7 +10,7 @@ affine and header (only the data type changes to an integer type).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -21,10 +21,11 @@ from torch import nn
 from fusionseg.config import ExperimentConfig, PreprocessConfig, validate_config
 from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
 from fusionseg.data.cases import Case
-from fusionseg.data.io import save_label_map
+from fusionseg.data.io import load_nifti, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import round_up
 from fusionseg.errors import FusionsegError
+from fusionseg.inference.postprocess import Postprocess, combine_settings
 
 
 @torch.no_grad()
@@ -84,9 +85,11 @@ class Predictor:
     divisor: int
     sources: list[Path]
     device: str = "cpu"
+    postprocess: Postprocess = field(default_factory=Postprocess)
 
     def predict_case(self, case: Case, batch_size: int = 16) -> np.ndarray:
-        """Raw label map (X, Y, Z) of a case in the original grid.
+        """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
+        :attr:`postprocess` (the run's choice; identity when none).
 
         Raises:
             DataError: a modality the model needs is missing or unreadable.
@@ -99,8 +102,12 @@ class Predictor:
         prepared = prepare_case_arrays(
             Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
             self.scheme, self.preprocess, self.modalities)
-        return predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
-                                batch_size, self.device)
+        labels = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
+                                  batch_size, self.device)
+        if self.postprocess.is_identity:
+            return labels
+        ref = case.images[self.modalities[0]].path
+        return self.postprocess(labels, voxel_spacing(load_nifti(ref)))
 
     def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
         """Predict ``case`` and write ``out`` with the affine and header of the case's
@@ -158,9 +165,25 @@ def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
     return found
 
 
-def load_predictor(source: str | Path, fold: int | None = None, device: str = "cpu") -> Predictor:
+def _fit_record(checkpoint: Path) -> dict:
+    """The ``fit.json`` of the fold a checkpoint belongs to ({} when there is none)."""
+    for parent in list(checkpoint.parents)[:4]:
+        if (parent / "fit.json").exists():
+            try:
+                return json.loads((parent / "fit.json").read_text())
+            except ValueError:
+                return {}
+    return {}
+
+
+def load_predictor(source: str | Path, fold: int | None = None, device: str = "cpu",
+                   postprocess: bool = True) -> Predictor:
     """Predictor from a run folder (ensemble of its folds' best checkpoints, or one
-    fold) or from one checkpoint file."""
+    fold) or from one checkpoint file.
+
+    With ``postprocess`` the connected-component post-processing each fold chose
+    (``fit.json``) is applied; for an ensemble of folds their settings are combined
+    (:func:`~fusionseg.inference.postprocess.combine_settings`)."""
     paths = find_checkpoints(Path(source), fold)
     models, metas = zip(*(model_from_checkpoint(p, device) for p in paths))
     first = metas[0]
@@ -170,4 +193,7 @@ def load_predictor(source: str | Path, fold: int | None = None, device: str = "c
     return Predictor(models=list(models), modalities=tuple(first["modalities"]),
                      scheme=scheme_from_dict(first["scheme"]),
                      preprocess=PreprocessConfig.model_validate(first["preprocess"]),
-                     divisor=int(first["divisor"]), sources=list(paths), device=device)
+                     divisor=int(first["divisor"]), sources=list(paths), device=device,
+                     postprocess=combine_settings(
+                         [Postprocess.from_dict(_fit_record(p).get("postprocess", {}).get("setting"))
+                          for p in paths]) if postprocess else Postprocess())

@@ -1,0 +1,136 @@
+"""Connected-component post-processing: removal by volume in mm³, keep-largest, the
+choice on validation cases, and the run folder's resume-without-retraining path."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fusionseg.cli import app
+from fusionseg.constants import BRATS2017
+from fusionseg.inference.postprocess import (
+    Postprocess,
+    candidate_settings,
+    choose_postprocess,
+    combine_settings,
+)
+
+
+def _scene() -> np.ndarray:
+    """A 27-voxel tumour of labels 1/2/4, a 4-voxel ET speck, a 1-voxel ED speck."""
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[2:5, 2:5, 2:5] = 2
+    seg[3, 3, 2:5] = 1
+    seg[3, 3, 3] = 4
+    seg[10:12, 10:12, 10] = 4
+    seg[17, 17, 17] = 2
+    return seg
+
+
+def test_removes_whole_tumour_components_under_the_volume_keeping_labels():
+    seg = _scene()
+    out = Postprocess(min_volume_mm3=5)(seg, (1, 1, 1))
+    assert out.dtype == seg.dtype
+    assert np.array_equal(out[:6, :6, :6], seg[:6, :6, :6])  # labels of kept voxels unchanged
+    assert out[10:12, 10:12, 10].sum() == 0 and out[17, 17, 17] == 0
+    # the threshold is a volume: 0.5 mm slices make the 4-voxel speck 2 mm³
+    thin = Postprocess(min_volume_mm3=3)(seg, (1, 1, 0.5))
+    assert thin[10:12, 10:12, 10].sum() == 0 and thin[2:5, 2:5, 2:5].any()
+    assert np.array_equal(Postprocess(min_volume_mm3=2)(seg, (1, 1, 1))[10:12, 10:12, 10], seg[10:12, 10:12, 10])
+
+
+def test_keep_largest_identity_and_bad_spacing():
+    seg = _scene()
+    largest = Postprocess(keep_largest=True)(seg, (1, 1, 1))
+    assert np.count_nonzero(largest) == 27 and largest[17, 17, 17] == 0
+    same = Postprocess()(seg, (1, 1, 1))
+    assert np.array_equal(same, seg) and same is not seg
+    empty = np.zeros((4, 4, 4), np.uint8)
+    assert not Postprocess(10, True)(empty, (1, 1, 1)).any()
+    with pytest.raises(ValueError, match="spacing"):
+        Postprocess(5)(seg, (1, 1))
+    assert Postprocess().label() == "none" and "keep largest" in Postprocess(5, True).label()
+
+
+def test_choice_on_validation_cases():
+    gt = np.zeros((20, 20, 20), np.uint8)
+    gt[2:5, 2:5, 2:5] = 2
+    pred = gt.copy()
+    pred[10:12, 10:12, 10] = 2  # a false-positive 4-voxel component
+    settings = candidate_settings([2, 5, 50])
+    assert [s.label() for s in settings] == ["none", "remove < 2 mm3", "remove < 5 mm3",
+                                             "remove < 50 mm3", "keep largest"]
+    best, rows = choose_postprocess([(pred, gt, (1, 1, 1))], BRATS2017, settings)
+    assert best == Postprocess(5.0)  # the mildest setting that removes the FP
+    wt_dice_none = 2 * 27 / (31 + 27)
+    assert rows[0]["val_dice"] == pytest.approx(np.mean([wt_dice_none, 1.0, 1.0]))
+    # a true small lesion in GT: removing it costs Dice, so nothing is removed
+    gt2 = pred.copy()
+    best2, _ = choose_postprocess([(pred, gt2, (1, 1, 1))], BRATS2017, settings)
+    assert best2 == Postprocess()
+    best3, rows3 = choose_postprocess([(pred, gt, (1, 1, 1))], BRATS2017, settings, criterion="lesion_dice")
+    assert best3 == Postprocess(5.0) and rows3[0]["val_lesion_dice"] < rows3[2]["val_lesion_dice"]
+    with pytest.raises(ValueError, match="criterion"):
+        choose_postprocess([(pred, gt, (1, 1, 1))], BRATS2017, settings, criterion="hd95")
+
+
+def test_combined_setting_for_an_ensemble():
+    s = combine_settings([Postprocess(10), Postprocess(100, True), Postprocess(1000, True)])
+    assert s == Postprocess(100.0, True)
+    assert combine_settings([]) == Postprocess()
+
+
+def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_dataset, tmp_path):
+    data = phantom_dataset("brats2018", n_cases=6)
+    cfg = {
+        "name": "pp",
+        "data": {"root": str(data), "cache_dir": str(tmp_path / "cache")},
+        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
+        "split": {"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
+        "evaluation": {"overlays": 0, "metrics": ["dice", "fp"]},
+        "postprocess": {"method": "validation", "candidates_mm3": [10, 100]},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "pp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "pp"
+    fit = json.loads((run / "fold_0" / "fit.json").read_text())
+    post = fit["postprocess"]
+    assert post["method"] == "validation" and post["validation_cases"]
+    assert [c["setting"] for c in post["candidates"]] == ["none", "remove < 10 mm3", "remove < 100 mm3",
+                                                          "keep largest"]
+    assert all(np.isfinite(c["val_dice"]) for c in post["candidates"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["postprocess"]["per_fold"]["0"] == Postprocess.from_dict(post["setting"]).label()
+
+    # a changed post-processing re-predicts with the trained model, without retraining
+    last = run / "fold_0" / "checkpoints" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    cfg["postprocess"] = {"method": "fixed", "min_volume_mm3": 1e9}
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "predicting again" in result.output
+    assert last.stat().st_mtime_ns == stamp
+    again = json.loads((run / "fold_0" / "fit.json").read_text())
+    assert again["seconds"] == fit["seconds"] and again["postprocess"]["method"] == "fixed"
+    test_cases = json.loads((run / "splits.json").read_text())["folds"][0]["test"]
+    for c in test_cases:  # every component is under 1e9 mm³
+        assert not np.asanyarray(nib.load(run / "predictions" / f"{c}.nii.gz").dataobj).any()
+    # fusionseg predict applies the fold's recorded setting, or not with --no-postprocess
+    args = ["predict", str(run), str(data), str(tmp_path / "p1"), "--fold", "0", "--case", test_cases[0]]
+    assert runner.invoke(app, args).exit_code == 0
+    assert not np.asanyarray(nib.load(tmp_path / "p1" / f"{test_cases[0]}.nii.gz").dataobj).any()
+    args = ["predict", str(run), str(data), str(tmp_path / "p2"), "--fold", "0", "--case", test_cases[0],
+            "--no-postprocess"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "post-processing: none" in " ".join(result.output.split())
