@@ -85,3 +85,27 @@ def test_sampled_slab_spans_the_selected_slices_in_the_original_grid():
     case = make_case()  # cropped z from 70, original depth 155
     assert sampled_slab(case, "central", 10) == (slice(None), slice(None), slice(72, 82))
     assert sampled_slab(case, "tumour", 10) == (slice(None), slice(None), slice(78, 81))
+
+
+def test_augmentation_moves_image_and_label_together_reproducibly():
+    case = make_case()
+    case.image[0, 4:6, 3:5, :] = 5.0  # a bright marker exactly where the tumour is
+    cfg = SamplingConfig(mode="tumour", augment=True)
+    ds = SliceDataset([case], ["t1ce"], cfg, slice_size=(16, 16), seed=3)
+    flipped = changed = False
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        a, b = ds[0], ds[0]
+        assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+        image, label = a["image"][0].numpy(), a["label"].numpy()
+        marker = image > image[label == 0].max()  # brighter than every non-tumour pixel
+        assert np.array_equal(marker, label > 0) and int((label > 0).sum()) == 4
+        flipped |= not np.array_equal(label, _padded_label(case))
+        changed |= not np.isclose(image[label > 0].max(), 5.0)
+    assert flipped and changed  # some epoch flipped and some rescaled / shifted
+    val = SliceDataset([case], ["t1ce"], cfg, slice_size=(16, 16), train=False)
+    assert np.array_equal(val[0]["label"].numpy(), _padded_label(case))
+
+
+def _padded_label(case) -> np.ndarray:
+    return pad_to(case.label[..., 8].astype(np.int64), (16, 16))[0]

@@ -77,9 +77,13 @@ class SamplingConfig(_Strict):
     For slice modes ``patch_size`` optionally crops a random window (centred on tumour
     with ``tumour_probability``) from each slice; None keeps whole slices padded to a
     common size.
+    ``augment`` (training samples only): random flips of both in-plane axes (p = 0.5
+    each) and per-channel intensity scaling by 1 + U(-0.1, 0.1) and shift by
+    U(-0.1, 0.1) (p = 0.5 each; MONAI transforms), seeded per sample and epoch.
     """
 
     mode: Literal["central", "tumour", "all", "patch"] = "tumour"
+    augment: bool = False
     central_k: int = Field(10, ge=1)
     patch_size: tuple[int, int] | None = None
     tumour_probability: float = Field(0.5, ge=0, le=1)

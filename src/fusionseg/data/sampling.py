@@ -11,7 +11,9 @@ For slice modes a ``patch_size`` crops the same way; without it whole slices are
 zero-padded (centred) to one common size so they batch.
 
 Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str,
-"slice": int}``; channels follow the requested modality names.
+"slice": int}``; channels follow the requested modality names. Training samples are
+optionally augmented (``SamplingConfig.augment``: flips, intensity scale and shift,
+with MONAI's transforms).
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ def common_slice_size(cases: Sequence[PreparedCase], divisor: int) -> tuple[int,
     return round_up(h, divisor), round_up(w, divisor)
 
 
+def _augmentation():
+    """Training augmentation (``SamplingConfig.augment``) on channel-first 2-D arrays."""
+    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+
+    keys = ["image", "label"]
+    return Compose([
+        RandFlipd(keys, prob=0.5, spatial_axis=0),
+        RandFlipd(keys, prob=0.5, spatial_axis=1),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
+        RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
+    ])
+
+
 class SliceDataset(TorchDataset):
     """Axial 2-D samples from preprocessed cases (see module docstring).
 
@@ -118,6 +133,7 @@ class SliceDataset(TorchDataset):
         ]
         if not self.index:
             raise ValueError(f"sampling mode {self.mode!r} selects no slice from {len(self.cases)} case(s)")
+        self._augment = _augmentation() if (train and cfg.augment) else None
 
     def set_epoch(self, epoch: int) -> None:
         """Vary random patch positions per epoch (reproducibly)."""
@@ -159,6 +175,12 @@ class SliceDataset(TorchDataset):
         else:
             image, _ = pad_to(image, self.slice_size)
             label, _ = pad_to(label, self.slice_size)
+        if self._augment is not None:
+            seed = int(np.random.default_rng((self.seed, self.epoch, i, 1)).integers(2**31))
+            self._augment.set_random_state(seed=seed)
+            out = self._augment({"image": np.ascontiguousarray(image, dtype=np.float32),
+                                 "label": np.ascontiguousarray(label)[None]})
+            image, label = np.asarray(out["image"]), np.asarray(out["label"])[0]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
