@@ -87,6 +87,24 @@ def test_sampled_slab_spans_the_selected_slices_in_the_original_grid():
     assert sampled_slab(case, "tumour", 10) == (slice(None), slice(None), slice(78, 81))
 
 
+def test_example_slice_is_taken_from_the_evaluated_slab(tmp_path):
+    from fusionseg.constants import BRATS2017
+    from fusionseg.experiments.fusion_report import save_example
+    from fusionseg.experiments.runner import slab_slices
+
+    case = make_case(tumour=(12, 16))  # most tumour: cropped slices 12-15, outside 2-11
+    case.label[4:6, 3:5, 13] = 0
+    case.label[:, :, 11] = 0
+    case.label[4, 3, 11] = 1  # a little tumour on the slab's last slice
+    prediction = np.zeros(case.original_shape, np.uint8)
+    save_example(object(), case, ["t1ce"], prediction, BRATS2017, tmp_path / "all.npz")
+    slab = slab_slices(case, "central", 10)
+    assert list(slab) == list(range(2, 12))
+    save_example(object(), case, ["t1ce"], prediction, BRATS2017, tmp_path / "slab.npz", slices=slab)
+    assert int(np.load(tmp_path / "all.npz")["slice"]) in (70 + 12, 70 + 14, 70 + 15)
+    assert int(np.load(tmp_path / "slab.npz")["slice"]) == 70 + 11
+
+
 def test_augmentation_moves_image_and_label_together_reproducibly():
     case = make_case()
     case.image[0, 4:6, 3:5, :] = 5.0  # a bright marker exactly where the tumour is

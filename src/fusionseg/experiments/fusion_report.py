@@ -49,13 +49,19 @@ def fusion_quality_case(strategy, case: PreparedCase, modalities: Sequence[str],
 
 @torch.no_grad()
 def save_example(strategy, case: PreparedCase, modalities: Sequence[str], prediction: np.ndarray,
-                 scheme, path: Path) -> None:
-    """Save the axial slice with the most tumour: every modality, ground truth,
+                 scheme, path: Path, slices: Sequence[int] | None = None) -> None:
+    """Save the axial slice with the most tumour (among ``slices``, cropped-grid
+    indices, when given, e.g. the evaluated slab): every modality, ground truth,
     prediction (class indices) and, for fusion strategies, the fused image and its
     [0, 1] sources, as ``.npz`` (read by the comparison figures)."""
     label = np.asarray(case.label)
     other = tuple(a for a in range(3) if a != case.axial_axis)
-    z = int(np.argmax((label > 0).sum(axis=other)))
+    per_slice = (label > 0).sum(axis=other)
+    if slices:
+        allowed = np.asarray(sorted(slices))
+        z = int(allowed[np.argmax(per_slice[allowed])])
+    else:
+        z = int(np.argmax(per_slice))
     window = tuple(slice(a, b) for a, b in case.bbox)
     pred = scheme.to_classes(prediction[window])
     data = {"slice": z + case.bbox[case.axial_axis][0], "modalities": np.array(list(modalities)),

@@ -119,13 +119,19 @@ def resolve_splits(cfg: ExperimentConfig, case_ids: list[str], run_dir: Path) ->
     return splits
 
 
-def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
-    """Index window (original grid) of the axial slab spanned by the slices ``mode``
-    selects in ``case`` (``evaluation.scope: sampled_slices``)."""
+def slab_slices(case: PreparedCase, mode: str, central_k: int) -> range:
+    """Axial indices (cropped grid) of the slab spanned by the slices ``mode`` selects
+    in ``case`` (``evaluation.scope: sampled_slices``)."""
     chosen = select_slices(case, "all" if mode == "patch" else mode, central_k)
+    return range(min(chosen), max(chosen) + 1)
+
+
+def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
+    """Index window (original grid) of :func:`slab_slices`."""
+    slab = slab_slices(case, mode, central_k)
     axis, offset = case.axial_axis, case.bbox[case.axial_axis][0]
     window = [slice(None)] * 3
-    window[axis] = slice(offset + min(chosen), offset + max(chosen) + 1)
+    window[axis] = slice(offset + slab.start, offset + slab.stop)
     return tuple(window)
 
 
@@ -235,8 +241,10 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor), spacing)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
+        slab = (slab_slices(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
+                if cfg.evaluation.scope == "sampled_slices" else None)
         save_example(model, prepared[case_id], modalities, pred, scheme,
-                     run_dir / "examples" / f"{case_id}.npz")
+                     run_dir / "examples" / f"{case_id}.npz", slices=slab)
         if hasattr(model, "fuse"):
             quality.append({"case": case_id, "fold": k, **fusion_quality_case(
                 model, prepared[case_id], modalities, cfg.sampling.val_mode)})
