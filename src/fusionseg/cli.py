@@ -165,7 +165,7 @@ def predict(
     from fusionseg.data.cases import discover
     from fusionseg.errors import DataError
     from fusionseg.inference.predict import load_predictor
-    from fusionseg.training.loop import make_progress
+    from fusionseg.progress import make_progress
 
     predictor = load_predictor(model, fold=fold, device=device, postprocess=postprocess)
     try:

@@ -23,7 +23,6 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
@@ -31,6 +30,7 @@ from fusionseg.constants import LABEL_SCHEMES, LabelScheme
 from fusionseg.data.cases import LAYOUTS, Case, Dataset, ImageRef, discover
 from fusionseg.data.io import affines_close, atomic_path, load_nifti, read_array, voxel_spacing
 from fusionseg.errors import DataError
+from fusionseg.progress import make_progress
 
 Severity = Literal["error", "warning"]
 
@@ -325,12 +325,11 @@ def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1
     if not dataset.cases:
         report.problems.append(Problem("-", str(dataset.root), "no cases found.",
                                        "point to the folder that holds the cases."))
-    with Progress(console=console or Console(stderr=True), transient=True,
-                  disable=not progress) as bar:
-        task = bar.add_task("checking cases", total=len(dataset.cases))
+    with make_progress(disable=not progress, transient=True, console=console or Console(stderr=True)) as bar:
+        task = bar.add_task("check", total=len(dataset.cases), info="")
         for case in dataset.cases:
             report.cases.append(_inspect_case(case, dataset, affine_tol))
-            bar.advance(task)
+            bar.update(task, advance=1, info=case.case_id)
     return report
 
 

@@ -464,16 +464,15 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
     workers = max(1, int(workers))
 
     results: dict[str, tuple[list[dict], list[dict]]] = {}
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from fusionseg.progress import make_progress
 
-    with Progress(TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), disable=not progress, transient=True) as bar:
-        task = bar.add_task("", total=len(pairs))
+    with make_progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluate", total=len(pairs), info="")
         if workers == 1:
             for case_id, p, g in pairs:
                 _, rows, les = _evaluate_files(case_id, p, g, scheme_obj, names, params)
                 results[case_id] = (rows, les)
-                bar.update(task, advance=1, description=case_id)
+                bar.update(task, advance=1, info=case_id)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(_evaluate_files, c, p, g, scheme_obj, names, params)
@@ -481,7 +480,7 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
                 for fut in as_completed(futures):
                     case_id, rows, les = fut.result()
                     results[case_id] = (rows, les)
-                    bar.update(task, advance=1, description=case_id)
+                    bar.update(task, advance=1, info=case_id)
 
     region_rows = [r for c in sorted(results) for r in results[c][0]]
     lesion_rows = [r for c in sorted(results) for r in results[c][1]]

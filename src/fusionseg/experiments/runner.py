@@ -40,8 +40,9 @@ from fusionseg.experiments.fusion_report import fusion_quality_case, save_exampl
 from fusionseg.experiments.report import comparison_table, write_overlays
 from fusionseg.inference.postprocess import Postprocess, candidate_settings, choose_postprocess
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
+from fusionseg.progress import make_progress
 from fusionseg.strategies import build_strategy
-from fusionseg.training.loop import fit, make_progress
+from fusionseg.training.loop import fit
 
 console = Console()
 

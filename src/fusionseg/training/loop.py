@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.loggers import TensorBoardLogger
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
 from fusionseg.config import TrainConfig
 from fusionseg.constants import LabelScheme
+from fusionseg.progress import make_progress
 from fusionseg.strategies.base import Stage
 
 
@@ -49,15 +49,6 @@ class FitResult:
     best_checkpoint: Path | None = None
     stopped_early: bool = False
     seconds: float = 0.0
-
-
-def make_progress(disable: bool = False) -> Progress:
-    """A rich progress bar used by every long-running step."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=disable, transient=False,
-    )
 
 
 def region_dice_counts(pred: torch.Tensor, target: torch.Tensor, scheme: LabelScheme) -> np.ndarray:
