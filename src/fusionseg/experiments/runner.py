@@ -136,17 +136,6 @@ def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, 
     return tuple(window)
 
 
-def _previous_fit(fold_dir: Path) -> dict[str, dict]:
-    """Stage records of an earlier ``fit.json`` of this fold (for resumed runs)."""
-    path = fold_dir / "fit.json"
-    if not path.exists():
-        return {}
-    try:
-        return {s["stage"]: s for s in json.loads(path.read_text()).get("stages", [])}
-    except (ValueError, KeyError, TypeError):
-        return {}
-
-
 def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
     """What a fold's test results depend on after training; a resumed run whose
     evaluation or post-processing settings changed re-predicts (without retraining)."""
@@ -158,6 +147,16 @@ def _legacy_inputs(cfg: ExperimentConfig) -> dict:
     """Inputs assumed for folds written before ``inputs`` was recorded: no
     post-processing, this config's evaluation settings."""
     return {**_evaluation_inputs(cfg), "postprocess": PostprocessConfig().model_dump(mode="json")}
+
+
+def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
+              gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``gt`` cut to what ``evaluation.scope`` evaluates (the whole volume,
+    or the slab of the sampled slices)."""
+    if cfg.evaluation.scope != "sampled_slices":
+        return pred, gt
+    window = sampled_slab(case, cfg.sampling.mode, cfg.sampling.central_k)
+    return pred[window], gt[window]
 
 
 def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -184,10 +183,7 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[
     for case_id in fold["val"]:
         gt, spacing = _ground_truth(dataset.case(case_id))
         pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor)
-        if cfg.evaluation.scope == "sampled_slices":
-            window = sampled_slab(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
-            pred, gt = pred[window], gt[window]
-        cases.append((pred, gt, spacing))
+        cases.append((*_in_scope(cfg, prepared[case_id], pred, gt), spacing))
     setting, table = choose_postprocess(cases, dataset.scheme,
                                         candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
                                         criterion=pc.criterion, challenge=cfg.evaluation.challenge)
@@ -212,19 +208,14 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
                        mode=cfg.sampling.val_mode, train=False)
     meta = checkpoint_meta(cfg, modalities, scheme, divisor)
     stages = strategy.stages()
-    previous = _previous_fit(fold_dir)
     fits = []
     for stage in stages:
         stage_dir = fold_dir if len(stages) == 1 else fold_dir / stage.name
         result = fit(strategy, train, val, cfg.train, stage_dir, scheme, meta=meta, progress=progress,
                      description=f"fold {k} {stage.name}", stage=stage)
-        seconds = result.seconds
-        earlier = previous.get(stage.name)
-        if earlier and earlier.get("epochs_run") == result.epochs_run:
-            seconds = max(seconds, float(earlier.get("seconds", 0.0)))  # resumed a finished stage
         fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
                      "best_val_score": result.best_score, "epochs_run": result.epochs_run,
-                     "stopped_early": result.stopped_early, "seconds": round(seconds, 1),
+                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
                      "checkpoint": str(result.best_checkpoint.relative_to(run_dir))})
     model = strategy.eval().cpu()
     post, post_info = decide_postprocess(cfg, model, fold, prepared, dataset, modalities, divisor)
@@ -249,9 +240,7 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         if hasattr(model, "fuse"):
             quality.append({"case": case_id, "fold": k, **fusion_quality_case(
                 model, prepared[case_id], modalities, cfg.sampling.val_mode)})
-        if cfg.evaluation.scope == "sampled_slices":
-            window = sampled_slab(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
-            pred, gt = pred[window], gt[window]
+        pred, gt = _in_scope(cfg, prepared[case_id], pred, gt)
         region_rows, lesions = evaluate_case(pred, gt, spacing, scheme,
                                              metrics=cfg.evaluation.metrics,
                                              challenge=cfg.evaluation.challenge)

@@ -17,13 +17,14 @@ Components are found with connected-components-3d (``cc3d.dust`` and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import cc3d
 import numpy as np
 
 from fusionseg.constants import LabelScheme
+from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.evaluation.metrics.overlap import dice
 
 
@@ -87,7 +88,7 @@ class Postprocess:
             keep = cc3d.dust(keep, threshold=threshold, connectivity=connectivity, binary_image=True)
         if self.keep_largest and keep.any():
             keep = cc3d.largest_k(keep, k=1, connectivity=connectivity, binary_image=True) != 0
-        return np.where(keep, labels, np.zeros((), dtype=labels.dtype)).astype(labels.dtype, copy=False)
+        return np.where(keep, labels, 0).astype(labels.dtype, copy=False)
 
 
 def candidate_settings(volumes_mm3: Sequence[float], try_keep_largest: bool = True) -> list[Postprocess]:
@@ -121,8 +122,6 @@ def choose_postprocess(cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[fl
         raise ValueError("choose_postprocess needs at least one validation case and one candidate")
     if criterion not in ("dice", "lesion_dice"):
         raise ValueError(f"unknown post-processing criterion {criterion!r} (dice, lesion_dice)")
-    from fusionseg.evaluation.evaluate import evaluate_case
-
     rows = []
     best, best_score = candidates[0], -np.inf
     for setting in candidates:

@@ -21,7 +21,7 @@ from torch import nn
 from fusionseg.config import ExperimentConfig, PreprocessConfig, validate_config
 from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
 from fusionseg.data.cases import Case
-from fusionseg.data.io import load_nifti, save_label_map, voxel_spacing
+from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import round_up
 from fusionseg.errors import FusionsegError
@@ -104,10 +104,7 @@ class Predictor:
             self.scheme, self.preprocess, self.modalities)
         labels = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
                                   batch_size, self.device)
-        if self.postprocess.is_identity:
-            return labels
-        ref = case.images[self.modalities[0]].path
-        return self.postprocess(labels, voxel_spacing(load_nifti(ref)))
+        return labels if self.postprocess.is_identity else self.postprocess(labels, prepared.spacing)
 
     def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
         """Predict ``case`` and write ``out`` with the affine and header of the case's

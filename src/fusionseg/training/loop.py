@@ -48,7 +48,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_checkpoint: Path | None = None
     stopped_early: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time summed over every invocation (resumes included)
 
 
 def region_dice_counts(pred: torch.Tensor, target: torch.Tensor, scheme: LabelScheme) -> np.ndarray:
@@ -135,7 +135,8 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
         val_set, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers))
 
     state = {"strategy": strategy, "optimizer": optimizer, "epoch": 0, "best_score": float("-inf"),
-             "best_epoch": -1, "bad_epochs": 0, "history": [], "rng": None}
+             "best_epoch": -1, "bad_epochs": 0, "history": [], "rng": None,
+             "seconds": 0.0}
     last = ckpt_dir / "last.ckpt"
     best = ckpt_dir / "best.ckpt"
     if resume and last.exists():
@@ -145,7 +146,7 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
         fabric.print(f"resumed from {last} at epoch {state['epoch']}")
     steps_per_epoch = len(train_loader) if cfg.max_steps_per_epoch is None \
         else min(len(train_loader), cfg.max_steps_per_epoch)
-    start = time.perf_counter()
+    start, seconds_before = time.perf_counter(), state["seconds"]  # training time survives resumes
     stopped = False
     with make_progress(disable=not progress or not fabric.is_global_zero) as bar:
         task = bar.add_task(description, total=epochs * steps_per_epoch,
@@ -202,6 +203,7 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
             else:
                 state["bad_epochs"] += 1
             state["rng"] = generator.get_state()
+            state["seconds"] = seconds_before + time.perf_counter() - start
             _atomic_save(fabric, last, state)
             if fabric.is_global_zero:
                 _write_log(out_dir / "train_log.csv", state["history"])
@@ -212,7 +214,7 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     return FitResult(best_epoch=state["best_epoch"], best_score=state["best_score"],
                      epochs_run=state["epoch"], history=state["history"],
                      best_checkpoint=best if best.exists() else None, stopped_early=stopped,
-                     seconds=time.perf_counter() - start)
+                     seconds=state["seconds"])
 
 
 @torch.no_grad()
