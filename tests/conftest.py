@@ -60,3 +60,17 @@ def rewrite_nifti(path: Path, edit, dtype=None, affine=None) -> None:
         new.set_qform(affine, code=1)
         new.set_sform(affine, code=1)
     nib.save(new, path)
+
+
+def train_via_cli(cfg: dict, folder: Path):
+    """Write ``cfg`` as ``<folder>/<name>.yaml`` and run ``fusionseg train`` on it.
+    Returns (the CliRunner result, the run folder)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+
+    path = Path(folder) / f"{cfg['name']}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["train", str(path), "--no-progress"])
+    return result, Path(cfg["output_dir"]) / cfg["name"]

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
+from conftest import train_via_cli
 from fusionseg.cli import app
 
 runner = CliRunner()
@@ -36,11 +36,8 @@ def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
         "evaluation": {"overlays": 1, "metrics": ["dice", "hd95"]},
         "output_dir": str(tmp_path / "runs"),
     }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "tiny"
     for name in ("config.yaml", "environment.json", "splits.json", "metrics_per_case.csv",
                  "summary.json", "results.md", "fold_0/train_log.csv",
                  "fold_0/checkpoints/best.ckpt", "fold_0/checkpoints/last.ckpt"):

@@ -9,10 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from fusionseg.cli import app
+from conftest import train_via_cli
 
 BRATS18 = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats18"
 
@@ -34,12 +32,8 @@ def test_train_on_two_real_cases_and_predict_a_whole_case(tmp_path):
         "evaluation": {"overlays": 0},
         "output_dir": str(tmp_path / "runs"),
     }
-    path = tmp_path / "real.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    runner = CliRunner()
-    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "real_tiny"
     preds = list((run / "predictions").glob("*.nii.gz"))
     assert len(preds) == 1  # one whole test case (2 cases trained, 1 validated)
     case = preds[0].name.replace(".nii.gz", "")

@@ -8,9 +8,9 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
+from conftest import train_via_cli
 from fusionseg.cli import app
 from fusionseg.constants import BRATS2017
 from fusionseg.inference.postprocess import (
@@ -97,12 +97,9 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
         "postprocess": {"method": "validation", "candidates_mm3": [10, 100]},
         "output_dir": str(tmp_path / "runs"),
     }
-    path = tmp_path / "pp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
-    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    run = tmp_path / "runs" / "pp"
     fit = json.loads((run / "fold_0" / "fit.json").read_text())
     post = fit["postprocess"]
     assert post["method"] == "validation" and post["validation_cases"]
@@ -116,8 +113,7 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
     last = run / "fold_0" / "checkpoints" / "last.ckpt"
     stamp = last.stat().st_mtime_ns
     cfg["postprocess"] = {"method": "fixed", "min_volume_mm3": 1e9}
-    path.write_text(yaml.safe_dump(cfg))
-    result = runner.invoke(app, ["train", str(path), "--no-progress"])
+    result, _ = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
     assert "predicting again" in result.output
     assert last.stat().st_mtime_ns == stamp
