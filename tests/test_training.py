@@ -16,7 +16,7 @@ from fusionseg.data.sampling import SliceDataset
 from fusionseg.losses import build_seg_loss
 from fusionseg.models import build_model
 from fusionseg.strategies import EarlyFusion
-from fusionseg.training.loop import dice_from_counts, fit, region_dice_counts
+from fusionseg.training.loop import dice_from_counts, epoch_lr, fit, region_dice_counts
 
 MODALITIES = ["t1", "t1ce", "t2", "flair"]
 
@@ -78,3 +78,16 @@ def test_early_stopping_stops_after_patience(slice_sets, tmp_path):
     # with a learning rate of ~0 (and no batch-norm statistics) the score never
     # improves after epoch 1
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_poly_lr_schedule_by_hand_and_in_the_log(slice_sets, tmp_path):
+    assert epoch_lr(1e-3, 5, 10, "constant") == 1e-3
+    assert epoch_lr(1e-3, 0, 10, "poly") == pytest.approx(1e-3)
+    assert epoch_lr(1e-3, 5, 10, "poly") == pytest.approx(1e-3 * 0.5 ** 0.9)
+    with pytest.raises(ValueError, match="lr schedule"):
+        epoch_lr(1e-3, 0, 10, "cosine")
+    train, val = slice_sets
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, lr_schedule="poly", max_steps_per_epoch=1)
+    fit(tiny_strategy(), train, val, cfg, tmp_path, BRATS2017, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "train_log.csv")))
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-2 * (1 - e / 3) ** 0.9 for e in range(3)])

@@ -117,6 +117,9 @@ class TrainConfig(_Strict):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "poly"] = Field(
+        "constant", description="constant, or poly decay lr * (1 - epoch / epochs) ** 0.9 per "
+        "epoch (nnU-Net, Isensee et al. 2021)")
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1, description="epochs without validation improvement")
     min_epochs: int = Field(1, ge=1)

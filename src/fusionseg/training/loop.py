@@ -92,11 +92,27 @@ def _write_log(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str = "constant") -> float:
+    """Learning rate of 0-based ``epoch`` out of ``epochs``: ``constant`` -> ``base_lr``;
+    ``poly`` -> ``base_lr * (1 - epoch / epochs) ** 0.9`` (nnU-Net's schedule, Isensee et
+    al. 2021, applied per epoch). A function of the epoch alone, so resuming needs no state.
+
+    Raises:
+        ValueError: unknown schedule.
+    """
+    if schedule == "constant":
+        return float(base_lr)
+    if schedule == "poly":
+        return float(base_lr) * (1.0 - epoch / max(epochs, 1)) ** 0.9
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose 'constant' or 'poly'.")
+
+
 def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
         out_dir: str | Path, scheme: LabelScheme, meta: dict | None = None,
         resume: bool = True, progress: bool = True, description: str = "train",
         stage: Stage | None = None) -> FitResult:
-    """Train ``strategy`` with Adam and early stopping on validation Dice.
+    """Train ``strategy`` with Adam (learning rate per epoch from ``cfg.lr_schedule``,
+    see :func:`epoch_lr`) and early stopping on validation Dice.
 
     Args:
         strategy: module with ``training_loss(batch)`` and ``forward(image)``.
@@ -156,6 +172,8 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
                 stopped = True
                 break
             epoch = state["epoch"]
+            for group in optimizer.param_groups:
+                group["lr"] = epoch_lr(lr, epoch, epochs, cfg.lr_schedule)
             if hasattr(train_set, "set_epoch"):
                 train_set.set_epoch(epoch)
             strategy.train()
