@@ -18,6 +18,7 @@ with MONAI's transforms).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -92,6 +93,21 @@ def _augmentation():
         RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
         RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
     ])
+
+
+@contextlib.contextmanager
+def _plain_tensors():
+    """Run MONAI transforms without MetaTensor bookkeeping (``set_track_meta(False)``):
+    the samples carry no affine to track, and the metadata copies cost more than the
+    transforms themselves (about 2 of 3 ms per slice)."""
+    from monai.data import get_track_meta, set_track_meta
+
+    before = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(before)
 
 
 class SliceDataset(TorchDataset):
@@ -178,8 +194,9 @@ class SliceDataset(TorchDataset):
         if self._augment is not None:
             seed = int(np.random.default_rng((self.seed, self.epoch, i, 1)).integers(2**31))
             self._augment.set_random_state(seed=seed)
-            out = self._augment({"image": np.ascontiguousarray(image, dtype=np.float32),
-                                 "label": np.ascontiguousarray(label)[None]})
+            with _plain_tensors():
+                out = self._augment({"image": np.ascontiguousarray(image, dtype=np.float32),
+                                     "label": np.ascontiguousarray(label)[None]})
             image, label = np.asarray(out["image"]), np.asarray(out["label"])[0]
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
