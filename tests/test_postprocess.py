@@ -115,7 +115,7 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
     cfg["postprocess"] = {"method": "fixed", "min_volume_mm3": 1e9}
     result, _ = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    assert "predicting again" in result.output
+    assert "predicting again" in " ".join(result.output.split())
     assert last.stat().st_mtime_ns == stamp
     again = json.loads((run / "fold_0" / "fit.json").read_text())
     assert again["seconds"] == fit["seconds"] and again["postprocess"]["method"] == "fixed"
@@ -130,3 +130,15 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
             "--no-postprocess"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "post-processing: none" in " ".join(result.output.split())
+
+    # test-time mirroring switched on: predicted again, and `predict` follows the run
+    cfg["postprocess"] = {"method": "none"}
+    cfg["inference"] = {"tta": "mirror"}
+    result, _ = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0 and "predicting again" in " ".join(result.output.split()), result.output
+    assert last.stat().st_mtime_ns == stamp
+    args = ["predict", str(run), str(data), str(tmp_path / "p3"), "--fold", "0", "--case", test_cases[0]]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "mirroring: on" in " ".join(result.output.split()), result.output
+    ours = np.asanyarray(nib.load(tmp_path / "p3" / f"{test_cases[0]}.nii.gz").dataobj)
+    assert np.array_equal(ours, np.asanyarray(nib.load(run / "predictions" / f"{test_cases[0]}.nii.gz").dataobj))

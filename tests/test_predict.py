@@ -12,7 +12,7 @@ from fusionseg.config import PreprocessConfig
 from fusionseg.constants import BRATS2017
 from fusionseg.data.cases import discover
 from fusionseg.data.preprocess import prepare_case_arrays
-from fusionseg.inference.predict import Predictor, predict_probabilities
+from fusionseg.inference.predict import MIRRORS, Predictor, class_probabilities, predict_probabilities
 
 
 class ThresholdNet(nn.Module):
@@ -34,6 +34,22 @@ def test_slicewise_probabilities_keep_geometry():
         assert probs.shape == (4, 6, 7, 5)
         assert np.allclose(probs.sum(axis=0), 1, atol=1e-5)
         assert probs.argmax(0)[2, 3, 1] == 3 and probs.argmax(0).sum() == 3
+
+
+def test_test_time_mirroring_averages_the_four_flips():
+    torch.manual_seed(0)
+    net = nn.Conv2d(2, 3, kernel_size=3, padding=1)  # not mirror-symmetric
+    x = torch.randn(2, 2, 8, 6)
+    with torch.no_grad():
+        plain = class_probabilities(net, x)
+        tta = class_probabilities(net, x, mirror=True)
+        by_hand = sum(torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d
+                      else torch.softmax(net(x), 1) for d in MIRRORS) / 4
+        assert torch.allclose(tta, by_hand, atol=1e-6)
+        assert not torch.allclose(tta, plain, atol=1e-3)
+        # the average over the mirror group is mirror-equivariant; the plain output is not
+        assert torch.allclose(class_probabilities(net, x.flip(3), mirror=True), tta.flip(3), atol=1e-6)
+        assert not torch.allclose(class_probabilities(net, x.flip(3)), plain.flip(3), atol=1e-3)
 
 
 def test_written_prediction_has_input_affine_header_and_raw_labels(brats18_phantom, tmp_path):

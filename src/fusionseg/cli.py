@@ -151,6 +151,7 @@ def predict(
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
     postprocess: Annotated[bool, typer.Option(help="Apply the connected-component post-processing the run chose (fit.json; the folds' median setting for an ensemble).")] = True,
+    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time mirroring: average the 4 in-plane flips of each slice (4x slower). Default: as the run predicted its test cases (config inference.tta).")] = None,
 ):
     """Predict label maps for new cases.
 
@@ -167,7 +168,7 @@ def predict(
     from fusionseg.inference.predict import load_predictor
     from fusionseg.progress import make_progress
 
-    predictor = load_predictor(model, fold=fold, device=device, postprocess=postprocess)
+    predictor = load_predictor(model, fold=fold, device=device, postprocess=postprocess, tta=tta)
     try:
         dataset = discover(input, format=format)
         selected = list(dataset.cases)
@@ -184,7 +185,8 @@ def predict(
                                  "pass --overwrite to replace them.")
     console.print(f"{len(selected)} case(s), model(s): {len(predictor.models)} "
                   f"({', '.join(str(p) for p in predictor.sources)}), modalities {list(predictor.modalities)}, "
-                  f"post-processing: {predictor.postprocess.label()}")
+                  f"post-processing: {predictor.postprocess.label()}, "
+                  f"test-time mirroring: {'on' if predictor.mirror else 'off'}")
     with make_progress() as bar:
         task = bar.add_task("predict", total=len(selected), info="")
         for case in selected:

@@ -185,6 +185,18 @@ class PostprocessConfig(_Strict):
     criterion: Literal["dice", "lesion_dice"] = "dice"
 
 
+class InferenceConfig(_Strict):
+    """Whole-volume prediction of the test (and validation) cases, and the default of
+    ``fusionseg predict`` for the trained run.
+
+    ``tta``: ``none``, or ``mirror``: test-time augmentation averaging the class
+    probabilities over the four in-plane mirrorings of each slice (none, either axis,
+    both), as nnU-Net's mirroring (Isensee et al. 2021); 4x the prediction time.
+    """
+
+    tta: Literal["none", "mirror"] = "none"
+
+
 class FusionConfig(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
     source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
@@ -248,6 +260,7 @@ class ExperimentConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output_dir: Path = Path("runs")
 
     def run_dir(self) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from fusionseg.config import ExperimentConfig, PostprocessConfig
+from fusionseg.config import ExperimentConfig, InferenceConfig, PostprocessConfig
 from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
@@ -140,13 +140,21 @@ def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
     """What a fold's test results depend on after training; a resumed run whose
     evaluation or post-processing settings changed re-predicts (without retraining)."""
     return {"postprocess": cfg.postprocess.model_dump(mode="json"),
-            "evaluation": cfg.evaluation.model_dump(mode="json", exclude={"overlays"})}
+            "evaluation": cfg.evaluation.model_dump(mode="json", exclude={"overlays"}),
+            "inference": cfg.inference.model_dump(mode="json")}
+
+
+def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
+    """The inputs a finished fold recorded, with the defaults of settings added since."""
+    recorded = data.get("inputs", _legacy_inputs(cfg))
+    return {"inference": InferenceConfig().model_dump(mode="json"), **recorded}
 
 
 def _legacy_inputs(cfg: ExperimentConfig) -> dict:
     """Inputs assumed for folds written before ``inputs`` was recorded: no
     post-processing, this config's evaluation settings."""
-    return {**_evaluation_inputs(cfg), "postprocess": PostprocessConfig().model_dump(mode="json")}
+    return {**_evaluation_inputs(cfg), "postprocess": PostprocessConfig().model_dump(mode="json"),
+            "inference": InferenceConfig().model_dump(mode="json")}
 
 
 def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
@@ -182,7 +190,8 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[
     cases = []
     for case_id in fold["val"]:
         gt, spacing = _ground_truth(dataset.case(case_id))
-        pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor)
+        pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor,
+                                mirror=cfg.inference.tta == "mirror")
         cases.append((*_in_scope(cfg, prepared[case_id], pred, gt), spacing))
     setting, table = choose_postprocess(cases, dataset.scheme,
                                         candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
@@ -222,7 +231,8 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
     _write_json(fold_dir / "fit.json", {
         "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"],
         "train_slices": len(train), "val_slices": len(val), "slice_size": list(size),
-        "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info})
+        "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info,
+        "inference": cfg.inference.model_dump(mode="json")})
     rows: list[dict] = []
     lesion_rows: list[dict] = []
     quality: list[dict] = []
@@ -230,7 +240,8 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
     for case_id in fold["test"]:
         case = dataset.case(case_id)
         gt, spacing = _ground_truth(case)
-        pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor), spacing)
+        pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor,
+                                     mirror=cfg.inference.tta == "mirror"), spacing)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
         slab = (slab_slices(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
@@ -279,8 +290,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
     for fold in folds:
         done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
         data = json.loads(done.read_text()) if done.exists() else None
-        if data is not None and data.get("inputs", _legacy_inputs(cfg)) != _evaluation_inputs(cfg):
-            console.print(f"fold {fold['fold']}: evaluation or post-processing settings changed; "
+        if data is not None and _recorded_inputs(data, cfg) != _evaluation_inputs(cfg):
+            console.print(f"fold {fold['fold']}: evaluation, inference or post-processing settings changed; "
                           "predicting again with the trained model")
             data = None
         if data is not None and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):

@@ -28,10 +28,29 @@ from fusionseg.errors import FusionsegError
 from fusionseg.inference.postprocess import Postprocess, combine_settings
 
 
+#: In-plane mirrorings of a (B, C, H, W) batch used by test-time augmentation.
+MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
+
+
+def class_probabilities(model: nn.Module, batch: torch.Tensor, mirror: bool = False) -> torch.Tensor:
+    """Softmax of ``model(batch)``, (B, K, H, W) float32; with ``mirror``, the mean over
+    the :data:`MIRRORS` of the input, each output mirrored back (nnU-Net's test-time
+    mirroring)."""
+    if not mirror:
+        return torch.softmax(model(batch).float(), dim=1)
+    total = None
+    for dims in MIRRORS:
+        x = batch.flip(dims) if dims else batch
+        p = torch.softmax(model(x).float(), dim=1)
+        p = p.flip(dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(MIRRORS)
+
+
 @torch.no_grad()
 def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_axis: int,
                           divisor: int, batch_size: int = 16,
-                          device: torch.device | str = "cpu") -> np.ndarray:
+                          device: torch.device | str = "cpu", mirror: bool = False) -> np.ndarray:
     """Slice-wise class probabilities of a volume, averaged over ``models``.
 
     Args:
@@ -39,6 +58,7 @@ def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_
         image: float32 (C, X, Y, Z) preprocessed volume.
         axial_axis: spatial axis (0-2) to slice along.
         divisor: in-plane sizes are zero-padded to a multiple of this.
+        mirror: test-time mirroring (:func:`class_probabilities`).
     Returns:
         float32 (K, X, Y, Z) probabilities.
     """
@@ -51,7 +71,7 @@ def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_
         chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
         chunk[:, :, top:top + h, left:left + w] = torch.from_numpy(np.array(stack[start:start + batch_size]))
         chunk = chunk.to(device)
-        probs = sum(torch.softmax(m(chunk).float(), dim=1) for m in models) / len(models)
+        probs = sum(class_probabilities(m, chunk, mirror) for m in models) / len(models)
         probs = probs[:, :, top:top + h, left:left + w].cpu().numpy()  # (b, K, H, W)
         if out is None:
             out = np.empty((z, probs.shape[1], h, w), dtype=np.float32)
@@ -62,10 +82,11 @@ def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_
 
 def predict_prepared(models: Sequence[nn.Module], case: PreparedCase, modalities: Sequence[str],
                      scheme: LabelScheme, divisor: int, batch_size: int = 16,
-                     device: torch.device | str = "cpu") -> np.ndarray:
-    """Raw label map (original grid, scheme values) for a preprocessed case."""
+                     device: torch.device | str = "cpu", mirror: bool = False) -> np.ndarray:
+    """Raw label map (original grid, scheme values) for a preprocessed case
+    (``mirror``: test-time mirroring, see :func:`class_probabilities`)."""
     probs = predict_probabilities(models, case.select(list(modalities)), case.axial_axis, divisor,
-                                  batch_size, device)
+                                  batch_size, device, mirror)
     classes = probs.argmax(axis=0).astype(np.uint8)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
@@ -86,6 +107,7 @@ class Predictor:
     sources: list[Path]
     device: str = "cpu"
     postprocess: Postprocess = field(default_factory=Postprocess)
+    mirror: bool = False  # test-time mirroring
 
     def predict_case(self, case: Case, batch_size: int = 16) -> np.ndarray:
         """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
@@ -103,7 +125,7 @@ class Predictor:
             Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
             self.scheme, self.preprocess, self.modalities)
         labels = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
-                                  batch_size, self.device)
+                                  batch_size, self.device, self.mirror)
         return labels if self.postprocess.is_identity else self.postprocess(labels, prepared.spacing)
 
     def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
@@ -174,13 +196,15 @@ def _fit_record(checkpoint: Path) -> dict:
 
 
 def load_predictor(source: str | Path, fold: int | None = None, device: str = "cpu",
-                   postprocess: bool = True) -> Predictor:
+                   postprocess: bool = True, tta: bool | None = None) -> Predictor:
     """Predictor from a run folder (ensemble of its folds' best checkpoints, or one
     fold) or from one checkpoint file.
 
     With ``postprocess`` the connected-component post-processing each fold chose
     (``fit.json``) is applied; for an ensemble of folds their settings are combined
-    (:func:`~fusionseg.inference.postprocess.combine_settings`)."""
+    (:func:`~fusionseg.inference.postprocess.combine_settings`). ``tta``: test-time
+    mirroring on/off; None = as the fold predicted its test cases (``inference`` in
+    its ``fit.json``, from config ``inference.tta``)."""
     paths = find_checkpoints(Path(source), fold)
     models, metas = zip(*(model_from_checkpoint(p, device) for p in paths))
     first = metas[0]
@@ -193,4 +217,11 @@ def load_predictor(source: str | Path, fold: int | None = None, device: str = "c
                      divisor=int(first["divisor"]), sources=list(paths), device=device,
                      postprocess=combine_settings(
                          [Postprocess.from_dict(_fit_record(p).get("postprocess", {}).get("setting"))
-                          for p in paths]) if postprocess else Postprocess())
+                          for p in paths]) if postprocess else Postprocess(),
+                     mirror=_run_mirrors(paths[0]) if tta is None else bool(tta))
+
+
+def _run_mirrors(checkpoint: Path) -> bool:
+    """Whether the fold of a checkpoint predicted its test cases with test-time
+    mirroring (``fit.json`` "inference"; folds from before it was recorded: no)."""
+    return _fit_record(checkpoint).get("inference", {}).get("tta", "none") == "mirror"
