@@ -18,7 +18,6 @@ with MONAI's transforms).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Sequence
 
@@ -31,8 +30,31 @@ from fusionseg.data.preprocess import PreparedCase
 
 
 def axial_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``volume`` (..., X, Y, Z) at ``index`` along spatial ``axis`` (0-2)."""
-    return np.take(volume, index, axis=volume.ndim - 3 + axis)
+    """Slice ``volume`` (..., X, Y, Z) at ``index`` along spatial ``axis`` (0-2).
+
+    Returns a view (basic indexing, no copy; ``np.take`` copies at about twice the cost
+    on memory-mapped volumes); copy it before writing."""
+    key = (Ellipsis,) + tuple(index if a == axis else slice(None) for a in range(3))
+    return volume[key]
+
+
+def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, int],
+            dtype) -> tuple[np.ndarray, tuple[int, int]]:
+    """``view`` (selected ``channels`` of a (C, h, w) view, or an (h, w) view when
+    ``channels`` is None) copied once into a zero array of in-plane ``size``, centred
+    as :func:`pad_to` centres. Returns (array, (top, left))."""
+    h, w = view.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"slice {h}x{w} larger than pad size {size}")
+    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    if channels is None:
+        out = np.zeros(size, dtype=dtype)
+        out[top:top + h, left:left + w] = view
+    else:
+        out = np.zeros((len(channels), *size), dtype=dtype)
+        for k, c in enumerate(channels):
+            out[k, top:top + h, left:left + w] = view[c]
+    return out, (top, left)
 
 
 def inplane_shape(case: PreparedCase) -> tuple[int, int]:
@@ -82,32 +104,45 @@ def common_slice_size(cases: Sequence[PreparedCase], divisor: int) -> tuple[int,
     return round_up(h, divisor), round_up(w, divisor)
 
 
-def _augmentation():
-    """Training augmentation (``SamplingConfig.augment``) on channel-first 2-D arrays."""
-    from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+class _Augmentation:
+    """Training augmentation (``SamplingConfig.augment``) of channel-first 2-D samples:
+    MONAI's RandFlipd on both in-plane axes, RandScaleIntensityd and RandShiftIntensityd
+    (channel-wise, +-10 %), each with probability 0.5.
 
-    keys = ["image", "label"]
-    return Compose([
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
-    ])
+    Every transform draws from one shared ``RandomState`` that is re-seeded in place for
+    each sample, so a sample's augmentation depends only on its seed (reproducible
+    whatever the loading order or worker); building new RandomStates per sample, as
+    ``Compose.set_random_state`` does, cost more than the transforms themselves. MONAI
+    runs without MetaTensor bookkeeping (``set_track_meta(False)``): the samples carry
+    no affine to track.
+    """
 
+    def __init__(self):
+        from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
-@contextlib.contextmanager
-def _plain_tensors():
-    """Run MONAI transforms without MetaTensor bookkeeping (``set_track_meta(False)``):
-    the samples carry no affine to track, and the metadata copies cost more than the
-    transforms themselves (about 2 of 3 ms per slice)."""
-    from monai.data import get_track_meta, set_track_meta
+        keys = ["image", "label"]
+        self.transforms = Compose([
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
+        ])
+        self.state = np.random.RandomState(0)
+        for t in self.transforms.transforms:
+            t.set_random_state(state=self.state)
 
-    before = get_track_meta()
-    set_track_meta(False)
-    try:
-        yield
-    finally:
-        set_track_meta(before)
+    def __call__(self, image: np.ndarray, label: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Augment float32 (C, H, W) ``image`` and int64 (H, W) ``label`` together."""
+        from monai.data import get_track_meta, set_track_meta
+
+        self.state.seed(seed)
+        before = get_track_meta()
+        set_track_meta(False)
+        try:
+            out = self.transforms({"image": image, "label": label[None]})
+        finally:
+            set_track_meta(before)
+        return np.asarray(out["image"]), np.asarray(out["label"])[0]
 
 
 class SliceDataset(TorchDataset):
@@ -149,7 +184,7 @@ class SliceDataset(TorchDataset):
         ]
         if not self.index:
             raise ValueError(f"sampling mode {self.mode!r} selects no slice from {len(self.cases)} case(s)")
-        self._augment = _augmentation() if (train and cfg.augment) else None
+        self._augment = _Augmentation() if (train and cfg.augment) else None
 
     def set_epoch(self, epoch: int) -> None:
         """Vary random patch positions per epoch (reproducibly)."""
@@ -174,30 +209,26 @@ class SliceDataset(TorchDataset):
     def __getitem__(self, i: int) -> dict:
         ci, z = self.index[i]
         case = self.cases[ci]
-        image = axial_slice(case.image, case.axial_axis, z)[self.channels[ci]]  # (C, H, W)
-        if case.label is not None:
-            label = axial_slice(case.label, case.axial_axis, z).astype(np.int64)  # (H, W)
+        view = axial_slice(case.image, case.axial_axis, z)  # (C_all, h, w), no copy yet
+        h, w = view.shape[-2:]
+        if self.patch_size is not None:
+            size = (max(self.patch_size[0], h), max(self.patch_size[1], w))
         else:
-            label = np.zeros(image.shape[1:], dtype=np.int64)
+            size = self.slice_size
+        image, _ = _padded(view, self.channels[ci], size, np.float32)  # (C, H, W)
+        if case.label is not None:
+            label, _ = _padded(axial_slice(case.label, case.axial_axis, z), None, size, np.int64)
+        else:
+            label = np.zeros(size, dtype=np.int64)
         if self.patch_size is not None:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             ph, pw = self.patch_size
-            size = (max(ph, label.shape[0]), max(pw, label.shape[1]))
-            image, _ = pad_to(image, size)
-            label, _ = pad_to(label, size)
             top, left = self._window(label, rng)
             image = image[:, top:top + ph, left:left + pw]
             label = label[top:top + ph, left:left + pw]
-        else:
-            image, _ = pad_to(image, self.slice_size)
-            label, _ = pad_to(label, self.slice_size)
         if self._augment is not None:
             seed = int(np.random.default_rng((self.seed, self.epoch, i, 1)).integers(2**31))
-            self._augment.set_random_state(seed=seed)
-            with _plain_tensors():
-                out = self._augment({"image": np.ascontiguousarray(image, dtype=np.float32),
-                                     "label": np.ascontiguousarray(label)[None]})
-            image, label = np.asarray(out["image"]), np.asarray(out["label"])[0]
+            image, label = self._augment(np.ascontiguousarray(image), np.ascontiguousarray(label), seed)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
