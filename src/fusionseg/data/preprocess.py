@@ -31,7 +31,9 @@ from fusionseg.data.cases import Case
 from fusionseg.data.io import axial_axis, load_nifti, read_array, voxel_spacing
 from fusionseg.errors import DataError
 
-CACHE_VERSION = 1
+#: Cache format; 2: arrays stored with the axial axis first (one contiguous read per
+#: axial slice).
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -189,9 +191,10 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
 class PreprocessCache:
     """On-disk cache of :class:`PreparedCase` arrays.
 
-    Layout: ``<root>/<config key>/<case id>/{image.npy, label.npy, meta.json}``; every
-    case folder is written to a temporary folder and renamed, so an interrupted run
-    leaves nothing half-written.
+    Layout: ``<root>/v<CACHE_VERSION>-<config key>/<case id>/{image.npy, label.npy,
+    meta.json}``; the arrays are stored with the axial axis first and read back
+    (memory-mapped) as (C, X, Y, Z) / (X, Y, Z) views. Every case folder is written to
+    a temporary folder and renamed, so an interrupted run leaves nothing half-written.
     """
 
     def __init__(self, cfg: PreprocessConfig, root: Path | None = None):
@@ -219,9 +222,11 @@ class PreprocessCache:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            np.save(tmp / "image.npy", p.image)
+            # axial axis first on disk: a 2-D training slice is then one contiguous read
+            # instead of one cache line per voxel (about 10x less memory traffic)
+            np.save(tmp / "image.npy", np.ascontiguousarray(np.moveaxis(p.image, 1 + p.axial_axis, 0)))
             if p.label is not None:
-                np.save(tmp / "label.npy", p.label)
+                np.save(tmp / "label.npy", np.ascontiguousarray(np.moveaxis(p.label, p.axial_axis, 0)))
             meta = {
                 "case_id": p.case_id, "modalities": list(p.modalities), "bbox": [list(b) for b in p.bbox],
                 "original_shape": list(p.original_shape), "affine": p.affine.tolist(),
@@ -239,8 +244,11 @@ class PreprocessCache:
 
     @staticmethod
     def _read(folder: Path, meta: dict) -> PreparedCase:
-        image = np.load(folder / "image.npy", mmap_mode="r")
-        label = np.load(folder / "label.npy", mmap_mode="r") if meta["has_label"] else None
+        axis = int(meta["axial_axis"])
+        # stored axial-first; exposed as the usual (C, X, Y, Z) / (X, Y, Z) views
+        image = np.moveaxis(np.load(folder / "image.npy", mmap_mode="r"), 0, 1 + axis)
+        label = (np.moveaxis(np.load(folder / "label.npy", mmap_mode="r"), 0, axis)
+                 if meta["has_label"] else None)
         return PreparedCase(
             case_id=meta["case_id"], modalities=tuple(meta["modalities"]), image=image, label=label,
             bbox=tuple(tuple(b) for b in meta["bbox"]), original_shape=tuple(meta["original_shape"]),
