@@ -66,12 +66,14 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40, help="optimiser steps per timed loop")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="config override as for fusionseg train, e.g. --set train.num_workers=1")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"skipped: real data not found at {args.data} (pass --data)")
         return 0
-    cfg = load_config(CONFIG, [f"data.root={args.data}"])
+    cfg = load_config(CONFIG, [f"data.root={args.data}", *args.overrides])
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     ds = discover(args.data)
     cases = list(ds.labelled)[: args.cases]
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "train_throughput",
         "data": str(args.data), "cases": [c.case_id for c in cases],
-        "config": str(CONFIG.relative_to(ROOT)), "model": cfg.model.model_dump(),
+        "config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides, "model": cfg.model.model_dump(),
+        "num_workers": cfg.train.num_workers, "threads": cfg.train.threads,
         "batch_size": cfg.train.batch_size, "steps": args.steps, "repeats": args.repeats,
         "sampling": cfg.sampling.model_dump(mode="json"),
         "cold_cache_seconds": round(cold, 2), "cold_cache_seconds_per_case": round(cold / len(cases), 2),
