@@ -94,3 +94,24 @@ def test_nan_voxel_is_an_error_naming_the_file(brats18_copy):
     with pytest.raises(DataError, match="NaN") as info:
         prepare_case_arrays(case, ds.scheme, PreprocessConfig())
     assert str(path) in str(info.value)
+
+
+def test_msd_4d_file_read_once_gives_the_per_channel_arrays(phantom_dataset, monkeypatch):
+    import fusionseg.data.preprocess as pre
+    from fusionseg.data.io import load_volume
+
+    ds = discover(phantom_dataset("msd", n_cases=1))
+    case = ds.cases[0]
+    assert len({ref.path for ref in case.images.values()}) == 1  # one 4-D file
+    calls = []
+    real = pre.read_all_channels
+    monkeypatch.setattr(pre, "read_all_channels", lambda img, path: calls.append(path) or real(img, path))
+    prepared = prepare_case_arrays(case, ds.scheme, PreprocessConfig(crop="none"))
+    assert len(calls) == 1
+    cfg = PreprocessConfig(crop="none")
+    brain = np.zeros(prepared.original_shape, bool)
+    vols = {m: load_volume(case.images[m])[0] for m in case.modalities}  # channel by channel
+    for v in vols.values():
+        brain |= v != 0
+    for i, m in enumerate(case.modalities):
+        assert np.array_equal(prepared.image[i], normalise(vols[m], m, brain, cfg).astype(np.float32)), m

@@ -63,6 +63,27 @@ def read_array(img: nib.Nifti1Image, path: str | Path, dtype=np.float32,
     return np.asarray(data, dtype=dtype)
 
 
+def read_all_channels(img: nib.Nifti1Image, path: str | Path, dtype=np.float32) -> np.ndarray:
+    """Read every channel of a 4-D image at once, (X, Y, Z, C) of ``dtype``.
+
+    One pass over the file: reading channels one by one from a gzipped NIfTI
+    decompresses the file from its start for each of them (MSD Task01 keeps the four
+    MRI modalities in one 4-D file).
+
+    Raises:
+        DataError: data cannot be decoded, or the image is not 4-D.
+    """
+    if img.ndim != 4:
+        raise DataError(f"expected a 4-D image with one channel per modality, got {img.ndim}-D.",
+                        path, "check dataset.json channel names against the images.")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise DataError(f"cannot decode voxel data ({exc}).", path,
+                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+    return np.asarray(data, dtype=dtype)
+
+
 def load_volume(ref: ImageRef | str | Path, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Load one image volume.
 

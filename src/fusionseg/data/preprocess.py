@@ -28,7 +28,7 @@ import numpy as np
 from fusionseg.config import PreprocessConfig
 from fusionseg.constants import CT, PET, LabelScheme
 from fusionseg.data.cases import Case
-from fusionseg.data.io import axial_axis, load_nifti, read_array, voxel_spacing
+from fusionseg.data.io import axial_axis, load_nifti, read_all_channels, read_array, voxel_spacing
 from fusionseg.errors import DataError
 
 #: Cache format; 2: arrays stored with the axial axis first (one contiguous read per
@@ -137,6 +137,7 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
     """
     modalities = tuple(modalities or case.modalities)
     arrays, affine, spacing, shape, first = [], None, None, None, None
+    four_d: dict[Path, np.ndarray] = {}
     for m in modalities:
         if m not in case.images:
             raise DataError(f"case {case.case_id} has no {m!r} image.", case.images and
@@ -144,7 +145,17 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
                             f"provide the {m} file or drop {m!r} from data.modalities.")
         ref = case.images[m]
         img = load_nifti(ref.path)
-        vol = read_array(img, ref.path, channel=ref.channel)
+        if ref.channel is not None and sum(o in case.images and case.images[o].path == ref.path
+                                          for o in modalities) > 1:
+            # several modalities in one 4-D file (MSD): decompress it once
+            if ref.path not in four_d:
+                four_d[ref.path] = read_all_channels(img, ref.path)
+            if not 0 <= ref.channel < four_d[ref.path].shape[3]:
+                raise DataError(f"has {four_d[ref.path].shape[3]} channels, no channel {ref.channel}.",
+                                ref.path, "check dataset.json channel names against the images.")
+            vol = four_d[ref.path][..., ref.channel]
+        else:
+            vol = read_array(img, ref.path, channel=ref.channel)
         if shape is None:
             shape, affine, spacing, first = vol.shape, img.affine.astype(np.float64), voxel_spacing(img), ref
         elif vol.shape != shape:
