@@ -44,6 +44,29 @@ def test_removes_whole_tumour_components_under_the_volume_keeping_labels():
     assert np.array_equal(Postprocess(min_volume_mm3=2)(seg, (1, 1, 1))[10:12, 10:12, 10], seg[10:12, 10:12, 10])
 
 
+def test_nested_region_specks_take_the_enclosing_label():
+    from fusionseg.constants import PETCT
+    from fusionseg.inference.postprocess import nested_regions
+
+    assert nested_regions(BRATS2017) == [("TC", 2), ("ET", 1)]
+    assert nested_regions(PETCT) == []
+    seg = np.zeros((20, 20, 20), np.uint8)
+    seg[2:8, 2:8, 2:8] = 2  # ED
+    seg[3:6, 3:6, 3:6] = 1  # NCR core (TC, 27 voxels)
+    seg[4, 4, 4] = 4  # a 1-voxel ET inside the core
+    seg[7, 7, 2] = 4  # a 1-voxel ET speck in the oedema, apart from the core (a TC speck too)
+    out = Postprocess(inner_min_volume_mm3=2)(seg, (1, 1, 1), BRATS2017)
+    assert out[7, 7, 2] == 2  # TC speck -> ED
+    assert out[4, 4, 4] == 1  # ET speck inside TC -> NCR
+    assert np.array_equal(out != 0, seg != 0)  # the whole tumour is untouched
+    changed = out != seg
+    assert changed.sum() == 2
+    assert Postprocess.from_dict(Postprocess(0, False, 2).to_dict()) == Postprocess(0, False, 2)
+    assert "nested regions < 2 mm3" in Postprocess(0, False, 2).label()
+    with pytest.raises(ValueError, match="label scheme"):
+        Postprocess(inner_min_volume_mm3=2)(seg, (1, 1, 1))
+
+
 def test_keep_largest_identity_and_bad_spacing():
     seg = _scene()
     largest = Postprocess(keep_largest=True)(seg, (1, 1, 1))
@@ -94,7 +117,7 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
         "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
         "split": {"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
         "evaluation": {"overlays": 0, "metrics": ["dice", "fp"]},
-        "postprocess": {"method": "validation", "candidates_mm3": [10, 100]},
+        "postprocess": {"method": "validation", "candidates_mm3": [10, 100], "inner_candidates_mm3": [5]},
         "output_dir": str(tmp_path / "runs"),
     }
     runner = CliRunner()
@@ -103,8 +126,9 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
     fit = json.loads((run / "fold_0" / "fit.json").read_text())
     post = fit["postprocess"]
     assert post["method"] == "validation" and post["validation_cases"]
-    assert [c["setting"] for c in post["candidates"]] == ["none", "remove < 10 mm3", "remove < 100 mm3",
-                                                          "keep largest"]
+    names = [c["setting"] for c in post["candidates"]]
+    assert names[:4] == ["none", "remove < 10 mm3", "remove < 100 mm3", "keep largest"]
+    assert len(names) == 5 and names[4].endswith("nested regions < 5 mm3 relabelled")
     assert all(np.isfinite(c["val_dice"]) for c in post["candidates"])
     summary = json.loads((run / "summary.json").read_text())
     assert summary["postprocess"]["per_fold"]["0"] == Postprocess.from_dict(post["setting"]).label()

@@ -173,7 +173,10 @@ class PostprocessConfig(_Strict):
     the setting among no post-processing, each of ``candidates_mm3`` and, with
     ``try_keep_largest``, keep-largest that scores best on the fold's validation cases
     predicted as whole volumes, by ``criterion``: mean Dice or lesion-wise Dice over
-    regions). The choice is recorded in each fold's ``fit.json``.
+    regions); then, given that choice, no nested-region clean-up or each of
+    ``inner_candidates_mm3`` (TC/ET components under the volume relabelled to the
+    enclosing region's label: ED for TC specks, NCR for ET specks). The choice is
+    recorded in each fold's ``fit.json``.
     """
 
     method: Literal["none", "fixed", "validation"] = "none"
@@ -182,6 +185,11 @@ class PostprocessConfig(_Strict):
     candidates_mm3: list[float] = Field(
         default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
     try_keep_largest: bool = True
+    inner_min_volume_mm3: float = Field(0.0, ge=0, description="fixed: nested-region (TC/ET) "
+                                        "components under this are relabelled to the enclosing label")
+    inner_candidates_mm3: list[float] = Field(
+        default_factory=list, description="validation: nested-region thresholds tried after the "
+        "whole-tumour choice (empty: none)")
     criterion: Literal["dice", "lesion_dice"] = "dice"
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
-from fusionseg.config import ExperimentConfig, InferenceConfig, PostprocessConfig
+from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig
 from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
@@ -38,7 +38,13 @@ from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.experiments.environment import environment_info
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.report import comparison_table, write_overlays
-from fusionseg.inference.postprocess import Postprocess, candidate_settings, choose_postprocess
+from fusionseg.inference.postprocess import (
+    Postprocess,
+    candidate_settings,
+    choose_postprocess,
+    inner_settings,
+    nested_regions,
+)
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
 from fusionseg.progress import make_progress
 from fusionseg.strategies import build_strategy
@@ -147,7 +153,10 @@ def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
 def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
     """The inputs a finished fold recorded, with the defaults of settings added since."""
     recorded = data.get("inputs", _legacy_inputs(cfg))
-    return {"inference": InferenceConfig().model_dump(mode="json"), **recorded}
+    defaults = {"postprocess": PostprocessConfig().model_dump(mode="json"),
+                "evaluation": EvalConfig().model_dump(mode="json", exclude={"overlays"}),
+                "inference": InferenceConfig().model_dump(mode="json")}
+    return {key: {**value, **recorded.get(key, {})} for key, value in defaults.items()}
 
 
 def _legacy_inputs(cfg: ExperimentConfig) -> dict:
@@ -182,7 +191,7 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[
     if pc.method == "none":
         return Postprocess(), {"method": "none", "setting": Postprocess().to_dict()}
     if pc.method == "fixed":
-        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest)
+        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest, pc.inner_min_volume_mm3)
         return setting, {"method": "fixed", "setting": setting.to_dict()}
     if not fold["val"]:
         raise ConfigError("postprocess.method: validation needs validation cases; set "
@@ -196,6 +205,12 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[
     setting, table = choose_postprocess(cases, dataset.scheme,
                                         candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
                                         criterion=pc.criterion, challenge=cfg.evaluation.challenge)
+    if pc.inner_candidates_mm3 and nested_regions(dataset.scheme):
+        # second stage, given the whole-tumour setting: nested-region (TC/ET) specks
+        setting, inner = choose_postprocess(cases, dataset.scheme,
+                                            inner_settings(setting, pc.inner_candidates_mm3),
+                                            criterion=pc.criterion, challenge=cfg.evaluation.challenge)
+        table += inner[1:]
     console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: "
                   f"{setting.label()}")
     return setting, {"method": "validation", "criterion": pc.criterion, "setting": setting.to_dict(),
@@ -241,7 +256,7 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         case = dataset.case(case_id)
         gt, spacing = _ground_truth(case)
         pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor,
-                                     mirror=cfg.inference.tta == "mirror"), spacing)
+                                     mirror=cfg.inference.tta == "mirror"), spacing, scheme)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
         slab = (slab_slices(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)

@@ -126,7 +126,7 @@ class Predictor:
             self.scheme, self.preprocess, self.modalities)
         labels = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
                                   batch_size, self.device, self.mirror)
-        return labels if self.postprocess.is_identity else self.postprocess(labels, prepared.spacing)
+        return labels if self.postprocess.is_identity else self.postprocess(labels, prepared.spacing, self.scheme)
 
     def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
         """Predict ``case`` and write ``out`` with the affine and header of the case's
