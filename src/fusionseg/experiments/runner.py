@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 
 from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig
@@ -223,6 +224,9 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
     k = fold["fold"]
     fold_dir = run_dir / f"fold_{k}"
     scheme = dataset.scheme
+    # torch seeds its default generator at random per process: seed before the weights
+    # are initialised, or the same config trains a different network each time
+    seed_everything(cfg.train.seed, verbose=False)
     strategy = build_strategy(cfg, modalities, scheme)
     divisor = strategy.required_divisor
     size = common_slice_size(list(prepared.values()), max(divisor, 16))
