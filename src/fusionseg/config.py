@@ -204,6 +204,10 @@ class InferenceConfig(_Strict):
 
     tta: Literal["none", "mirror"] = "none"
 
+    @property
+    def mirror(self) -> bool:
+        return self.tta == "mirror"
+
 
 class FusionConfig(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail

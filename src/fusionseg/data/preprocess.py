@@ -145,9 +145,8 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
                             f"provide the {m} file or drop {m!r} from data.modalities.")
         ref = case.images[m]
         img = load_nifti(ref.path)
-        if ref.channel is not None and sum(o in case.images and case.images[o].path == ref.path
-                                          for o in modalities) > 1:
-            # several modalities in one 4-D file (MSD): decompress it once
+        if ref.channel is not None:
+            # modalities stored as channels of one 4-D file (MSD): decompress it once
             if ref.path not in four_d:
                 four_d[ref.path] = read_all_channels(img, ref.path)
             if not 0 <= ref.channel < four_d[ref.path].shape[3]:

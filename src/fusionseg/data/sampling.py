@@ -38,15 +38,20 @@ def axial_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return volume[key]
 
 
-def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, int],
-            dtype) -> tuple[np.ndarray, tuple[int, int]]:
-    """``view`` (selected ``channels`` of a (C, h, w) view, or an (h, w) view when
-    ``channels`` is None) copied once into a zero array of in-plane ``size``, centred
-    as :func:`pad_to` centres. Returns (array, (top, left))."""
-    h, w = view.shape[-2:]
+def _centre(h: int, w: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) offsets that centre an h x w slice in ``size``; ValueError if larger."""
     if h > size[0] or w > size[1]:
         raise ValueError(f"slice {h}x{w} larger than pad size {size}")
-    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    return (size[0] - h) // 2, (size[1] - w) // 2
+
+
+def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, int],
+            dtype) -> np.ndarray:
+    """``view`` (selected ``channels`` of a (C, h, w) view, or an (h, w) view when
+    ``channels`` is None) copied once into a zero array of in-plane ``size``, centred
+    as :func:`pad_to` centres."""
+    h, w = view.shape[-2:]
+    top, left = _centre(h, w, size)
     if channels is None:
         out = np.zeros(size, dtype=dtype)
         out[top:top + h, left:left + w] = view
@@ -54,7 +59,7 @@ def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, i
         out = np.zeros((len(channels), *size), dtype=dtype)
         for k, c in enumerate(channels):
             out[k, top:top + h, left:left + w] = view[c]
-    return out, (top, left)
+    return out
 
 
 def inplane_shape(case: PreparedCase) -> tuple[int, int]:
@@ -90,9 +95,7 @@ def pad_to(array: np.ndarray, size: tuple[int, int], value=0) -> tuple[np.ndarra
     """Zero-pad the last two axes of ``array`` centred to ``size``; returns the padded
     array and the (top, left) offsets. Raises ValueError if ``array`` is larger."""
     h, w = array.shape[-2:]
-    if h > size[0] or w > size[1]:
-        raise ValueError(f"slice {h}x{w} larger than pad size {size}")
-    top, left = (size[0] - h) // 2, (size[1] - w) // 2
+    top, left = _centre(h, w, size)
     pad = [(0, 0)] * (array.ndim - 2) + [(top, size[0] - h - top), (left, size[1] - w - left)]
     return np.pad(array, pad, constant_values=value), (top, left)
 
@@ -215,9 +218,9 @@ class SliceDataset(TorchDataset):
             size = (max(self.patch_size[0], h), max(self.patch_size[1], w))
         else:
             size = self.slice_size
-        image, _ = _padded(view, self.channels[ci], size, np.float32)  # (C, H, W)
+        image = _padded(view, self.channels[ci], size, np.float32)  # (C, H, W)
         if case.label is not None:
-            label, _ = _padded(axial_slice(case.label, case.axial_axis, z), None, size, np.int64)
+            label = _padded(axial_slice(case.label, case.axial_axis, z), None, size, np.int64)
         else:
             label = np.zeros(size, dtype=np.int64)
         if self.patch_size is not None:

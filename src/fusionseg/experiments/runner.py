@@ -143,28 +143,26 @@ def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, 
     return tuple(window)
 
 
+def _inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
+    return {"postprocess": postprocess.model_dump(mode="json"),
+            "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
+            "inference": inference.model_dump(mode="json")}
+
+
 def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
     """What a fold's test results depend on after training; a resumed run whose
-    evaluation or post-processing settings changed re-predicts (without retraining)."""
-    return {"postprocess": cfg.postprocess.model_dump(mode="json"),
-            "evaluation": cfg.evaluation.model_dump(mode="json", exclude={"overlays"}),
-            "inference": cfg.inference.model_dump(mode="json")}
+    evaluation, inference or post-processing settings changed re-predicts (without
+    retraining)."""
+    return _inputs(cfg.postprocess, cfg.evaluation, cfg.inference)
 
 
 def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
-    """The inputs a finished fold recorded, with the defaults of settings added since."""
-    recorded = data.get("inputs", _legacy_inputs(cfg))
-    defaults = {"postprocess": PostprocessConfig().model_dump(mode="json"),
-                "evaluation": EvalConfig().model_dump(mode="json", exclude={"overlays"}),
-                "inference": InferenceConfig().model_dump(mode="json")}
+    """The inputs a finished fold recorded, with defaults for settings added since.
+    Folds written before ``inputs`` was recorded are taken to have used this config's
+    evaluation settings (and defaults for the rest: no post-processing)."""
+    recorded = data.get("inputs", {"evaluation": _evaluation_inputs(cfg)["evaluation"]})
+    defaults = _inputs(PostprocessConfig(), EvalConfig(), InferenceConfig())
     return {key: {**value, **recorded.get(key, {})} for key, value in defaults.items()}
-
-
-def _legacy_inputs(cfg: ExperimentConfig) -> dict:
-    """Inputs assumed for folds written before ``inputs`` was recorded: no
-    post-processing, this config's evaluation settings."""
-    return {**_evaluation_inputs(cfg), "postprocess": PostprocessConfig().model_dump(mode="json"),
-            "inference": InferenceConfig().model_dump(mode="json")}
 
 
 def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
@@ -201,7 +199,7 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[
     for case_id in fold["val"]:
         gt, spacing = _ground_truth(dataset.case(case_id))
         pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor,
-                                mirror=cfg.inference.tta == "mirror")
+                                mirror=cfg.inference.mirror)
         cases.append((*_in_scope(cfg, prepared[case_id], pred, gt), spacing))
     setting, table = choose_postprocess(cases, dataset.scheme,
                                         candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
@@ -260,7 +258,7 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         case = dataset.case(case_id)
         gt, spacing = _ground_truth(case)
         pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor,
-                                     mirror=cfg.inference.tta == "mirror"), spacing, scheme)
+                                     mirror=cfg.inference.mirror), spacing, scheme)
         ref = case.images[modalities[0]].path
         save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
         slab = (slab_slices(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)

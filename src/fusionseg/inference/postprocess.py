@@ -101,22 +101,26 @@ class Postprocess:
         connectivity = 26 if labels.ndim == 3 else 8
         keep = foreground
         if self.min_volume_mm3 > 0:
-            voxel_mm3 = float(np.prod(spacing))
-            threshold = int(np.ceil(self.min_volume_mm3 / voxel_mm3 - 1e-9))
-            keep = cc3d.dust(keep, threshold=threshold, connectivity=connectivity, binary_image=True)
+            keep = cc3d.dust(keep, threshold=_voxels(self.min_volume_mm3, spacing),
+                             connectivity=connectivity, binary_image=True)
         if self.keep_largest and keep.any():
             keep = cc3d.largest_k(keep, k=1, connectivity=connectivity, binary_image=True) != 0
         out = np.where(keep, labels, 0).astype(labels.dtype, copy=False)
         if self.inner_min_volume_mm3 > 0:
             if scheme is None:
                 raise ValueError("nested-region clean-up (inner_min_volume_mm3) needs the label scheme")
-            voxel_mm3 = float(np.prod(spacing))
-            threshold = int(np.ceil(self.inner_min_volume_mm3 / voxel_mm3 - 1e-9))
+            threshold = _voxels(self.inner_min_volume_mm3, spacing)
             for region, fill in nested_regions(scheme):
                 mask = np.ascontiguousarray(np.isin(out, scheme.regions[region]))
                 kept = cc3d.dust(mask, threshold=threshold, connectivity=connectivity, binary_image=True)
                 out[mask & ~kept] = fill
         return out
+
+
+def _voxels(volume_mm3: float, spacing: Sequence[float]) -> int:
+    """Smallest whole number of voxels of ``spacing`` (mm) whose volume reaches
+    ``volume_mm3``: components with fewer voxels are under the volume."""
+    return int(np.ceil(volume_mm3 / float(np.prod(spacing)) - 1e-9))
 
 
 def nested_regions(scheme: LabelScheme) -> list[tuple[str, int]]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.config import ExperimentConfig, PreprocessConfig, validate_config
+from fusionseg.config import ExperimentConfig, InferenceConfig, PreprocessConfig, validate_config
 from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
 from fusionseg.data.cases import Case
 from fusionseg.data.io import save_label_map
@@ -224,4 +224,4 @@ def load_predictor(source: str | Path, fold: int | None = None, device: str = "c
 def _run_mirrors(checkpoint: Path) -> bool:
     """Whether the fold of a checkpoint predicted its test cases with test-time
     mirroring (``fit.json`` "inference"; folds from before it was recorded: no)."""
-    return _fit_record(checkpoint).get("inference", {}).get("tta", "none") == "mirror"
+    return InferenceConfig.model_validate(_fit_record(checkpoint).get("inference", {})).mirror
