@@ -62,6 +62,21 @@ def rewrite_nifti(path: Path, edit, dtype=None, affine=None) -> None:
     nib.save(new, path)
 
 
+def tiny_config(name: str, data: Path, tmp_path: Path, output: str = "runs", **sections) -> dict:
+    """A seconds-long experiment config on phantom ``data``: a 4-8 channel 2-stage U-Net,
+    1 epoch of 2 steps, fold 0 of 2; ``sections`` replace whole config sections."""
+    cfg = {
+        "name": name,
+        "data": {"root": str(data), "cache_dir": str(tmp_path / "cache")},
+        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
+        "split": {"kind": "kfold", "folds": 2, "run_folds": [0]},
+        "output_dir": str(tmp_path / output),
+    }
+    cfg.update(sections)
+    return cfg
+
+
 def train_via_cli(cfg: dict, folder: Path):
     """Write ``cfg`` as ``<folder>/<name>.yaml`` and run ``fusionseg train`` on it.
     Returns (the CliRunner result, the run folder)."""

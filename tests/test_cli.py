@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import train_via_cli
+from conftest import tiny_config, train_via_cli
 from fusionseg.cli import app
 
 runner = CliRunner()
@@ -27,15 +27,7 @@ def test_help_of_every_command(command):
 
 def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=6)
-    cfg = {
-        "name": "tiny",
-        "data": {"root": str(data), "cache_dir": str(tmp_path / "cache")},
-        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
-        "split": {"kind": "kfold", "folds": 2, "run_folds": [0]},
-        "evaluation": {"overlays": 1, "metrics": ["dice", "hd95"]},
-        "output_dir": str(tmp_path / "runs"),
-    }
+    cfg = tiny_config("tiny", data, tmp_path, evaluation={"overlays": 1, "metrics": ["dice", "hd95"]})
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
     for name in ("config.yaml", "environment.json", "splits.json", "metrics_per_case.csv",
@@ -87,15 +79,10 @@ def test_same_config_trains_the_same_network(phantom_dataset, tmp_path):
     logs = []
     for out in ("a", "b"):
         torch.manual_seed(len(out) + len(logs))  # a different global state each time
-        cfg = {
-            "name": "seeded",
-            "data": {"root": str(data), "cache_dir": str(tmp_path / "cache")},
-            "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-            "train": {"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
-            "split": {"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
-            "evaluation": {"overlays": 0, "metrics": ["dice"]},
-            "output_dir": str(tmp_path / out),
-        }
+        cfg = tiny_config("seeded", data, tmp_path, output=out,
+                          train={"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
+                          split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
+                          evaluation={"overlays": 0, "metrics": ["dice"]})
         result, run = train_via_cli(cfg, tmp_path)
         assert result.exit_code == 0, result.output
         logs.append(pd.read_csv(run / "fold_0" / "train_log.csv")[["train_loss", "val_score"]])

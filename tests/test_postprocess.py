@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import train_via_cli
+from conftest import tiny_config, train_via_cli
 from fusionseg.cli import app
 from fusionseg.constants import BRATS2017
 from fusionseg.inference.postprocess import (
@@ -110,16 +110,11 @@ def test_combined_setting_for_an_ensemble():
 
 def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=6)
-    cfg = {
-        "name": "pp",
-        "data": {"root": str(data), "cache_dir": str(tmp_path / "cache")},
-        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-        "train": {"epochs": 1, "batch_size": 8, "max_steps_per_epoch": 2},
-        "split": {"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
-        "evaluation": {"overlays": 0, "metrics": ["dice", "fp"]},
-        "postprocess": {"method": "validation", "candidates_mm3": [10, 100], "inner_candidates_mm3": [5]},
-        "output_dir": str(tmp_path / "runs"),
-    }
+    cfg = tiny_config("pp", data, tmp_path,
+                      split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
+                      evaluation={"overlays": 0, "metrics": ["dice", "fp"]},
+                      postprocess={"method": "validation", "candidates_mm3": [10, 100],
+                                   "inner_candidates_mm3": [5]})
     runner = CliRunner()
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
