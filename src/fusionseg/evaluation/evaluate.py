@@ -33,6 +33,7 @@ import pandas as pd
 from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, get_label_scheme
 from fusionseg.errors import DataError
 from fusionseg.evaluation.aggregate import BOOTSTRAP_SEED, N_BOOTSTRAP, summarize
+from fusionseg.evaluation.metrics import kernels
 from fusionseg.evaluation.metrics.lesionwise import (
     LesionWiseParams,
     LesionWiseResult,
@@ -229,6 +230,19 @@ def _region_mask(seg: np.ndarray, values: Sequence[int], scheme_values: Sequence
     return mask
 
 
+def _foreground_box(pred: np.ndarray, gt: np.ndarray):
+    """Inclusive bounding box (lo, hi) of the voxels labelled in ``pred`` or ``gt``; None
+    when both are all background."""
+    if pred.ndim == 3 and pred.dtype == gt.dtype and pred.dtype.kind in "iu":
+        # one pass in memory order, no temporary masks (NIfTI arrays are F-ordered)
+        fortran = all(a.flags.f_contiguous and not a.flags.c_contiguous for a in (pred, gt))
+        box = kernels.nonzero_box(pred.T, gt.T) if fortran else kernels.nonzero_box(pred, gt)
+        if box[0] > box[3]:
+            return None
+        return (box[2::-1], box[:2:-1]) if fortran else (box[:3], box[3:])
+    return bounding_box((pred != 0) | (gt != 0))
+
+
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                   scheme: LabelScheme | str, metrics: Sequence[str] | str | None = None,
                   challenge: str | LesionWiseParams = "GLI") -> tuple[list[dict], list[dict]]:
@@ -268,7 +282,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
 
     # Crop once to the foreground of both maps (+ margin so that GT dilation and the
     # padded surface extraction see exactly what they would on the full grid).
-    box = bounding_box((pred != 0) | (gt != 0))
+    box = _foreground_box(pred, gt)
     if box is None:
         crop = tuple(slice(0, 0) for _ in pred.shape)
     else:

@@ -1,0 +1,367 @@
+"""Compiled (numba) inner loops of the surface-distance and lesion-wise metrics.
+
+Each kernel is a plain loop that replaces a chain of whole-array numpy operations
+(several temporaries per step) with one pass that stops as early as the answer is
+known. They compute exactly what the numpy expressions named in their docstrings
+compute; the metric definitions live in :mod:`.surface` and :mod:`.lesionwise`.
+
+Kernels are compiled on first use and cached on disk (numba ``cache=True``, next to
+this file or in numba's user cache directory), so only the first process pays the
+compilation (a few seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def surface_elements_3d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Marching-cube elements of a zero-padded 3-D mask.
+
+    Args:
+        padded: uint8 (A, B, C), 0/1, with at least one zero voxel on every side.
+    Returns:
+        (index, codes): index (N, 3) int64 positions of the 2x2x2 windows (window
+        (i, j, k) spans voxels i..i+1, j..j+1, k..k+1 of ``padded``) whose code is
+        neither 0 nor 255, in C order; codes (N,) int64 with bit ``4 c0 + 2 c1 + c2``
+        set when corner (c0, c1, c2) is inside (the order of
+        ``itertools.product((0, 1), repeat=3)``).
+    """
+    a, b, c = padded.shape
+    # rows (i, j) holding any voxel: windows whose four rows are empty are skipped
+    row = np.zeros((a, b), dtype=np.uint8)
+    count = 0
+    for i in range(a):
+        for j in range(b):
+            for k in range(c):
+                if padded[i, j, k]:
+                    row[i, j] = 1
+                    count += 1
+                    break
+    cap = 0
+    for i in range(a):
+        for j in range(b):
+            if row[i, j]:
+                for k in range(c):
+                    cap += padded[i, j, k]
+    cap *= 8  # a voxel is a corner of at most 8 windows
+    index = np.empty((cap, 3), dtype=np.int64)
+    codes = np.empty(cap, dtype=np.int64)
+    n = 0
+    for i in range(a - 1):
+        for j in range(b - 1):
+            if not (row[i, j] or row[i, j + 1] or row[i + 1, j] or row[i + 1, j + 1]):
+                continue
+            prev = (padded[i, j, 0] | (padded[i, j + 1, 0] << 2)
+                    | (padded[i + 1, j, 0] << 4) | (padded[i + 1, j + 1, 0] << 6))
+            for k in range(c - 1):
+                col = (padded[i, j, k + 1] | (padded[i, j + 1, k + 1] << 2)
+                       | (padded[i + 1, j, k + 1] << 4) | (padded[i + 1, j + 1, k + 1] << 6))
+                code = prev | (col << 1)
+                prev = col
+                if code != 0 and code != 255:
+                    index[n, 0] = i
+                    index[n, 1] = j
+                    index[n, 2] = k
+                    codes[n] = code
+                    n += 1
+    return index[:n], codes[:n]
+
+
+@njit(cache=True, nogil=True)
+def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """2-D :func:`surface_elements_3d`: 2x2 windows of a zero-padded uint8 (A, B) mask,
+    code bit ``2 c0 + c1`` for corner (c0, c1); codes 0 and 15 are left out."""
+    a, b = padded.shape
+    cap = 0
+    for i in range(a):
+        for j in range(b):
+            cap += padded[i, j]
+    cap *= 4
+    index = np.empty((cap, 2), dtype=np.int64)
+    codes = np.empty(cap, dtype=np.int64)
+    n = 0
+    for i in range(a - 1):
+        prev = padded[i, 0] | (padded[i + 1, 0] << 2)
+        for j in range(b - 1):
+            col = padded[i, j + 1] | (padded[i + 1, j + 1] << 2)
+            code = prev | (col << 1)
+            prev = col
+            if code != 0 and code != 15:
+                index[n, 0] = i
+                index[n, 1] = j
+                codes[n] = code
+                n += 1
+    return index[:n], codes[:n]
+
+
+@njit(cache=True, nogil=True)
+def grid_nearest(grid: np.ndarray, labels: np.ndarray, source: np.ndarray, offsets: np.ndarray,
+                 lengths: np.ndarray, dist: np.ndarray, nearest: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Nearest target element of each source element by grid look-ups.
+
+    For each source position, the offsets are tried in order (shortest first) and the
+    first one that lands on a target element gives the distance and that element's
+    label: the same result as trying each offset on all unresolved positions at once.
+
+    Args:
+        grid: flat uint8 array, 1 where a target element is.
+        labels: flat int32 array of the same size, label of each target element (read
+            only where ``grid`` is 1); a 1-element array when labels are not wanted.
+        source: (N,) int64 flat positions of the source elements in ``grid``; every
+            ``source + offset`` must be inside the grid.
+        offsets: (K,) int64 flat offsets, sorted by length.
+        lengths: (K,) float64 offset lengths in mm.
+        dist: (N,) float64 output, written where resolved.
+        nearest: (N,) int64 output label, written where resolved (when labels given).
+    Returns:
+        indices (int64, ascending) of the source elements no offset resolved.
+    """
+    n = source.shape[0]
+    with_labels = labels.shape[0] == grid.shape[0]
+    unresolved = np.empty(n, dtype=np.int64)
+    m = 0
+    for s in range(n):
+        pos = source[s]
+        found = False
+        for o in range(offsets.shape[0]):
+            q = pos + offsets[o]
+            if grid[q]:
+                dist[s] = lengths[o]
+                if with_labels:
+                    nearest[s] = labels[q]
+                found = True
+                break
+        if not found:
+            unresolved[m] = s
+            m += 1
+    return unresolved[:m]
+
+
+# ------------------------------------------------------------------ k-d tree
+@njit(cache=True, nogil=True)
+def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
+    """k-d tree over ``points`` (M, D) float64 (M >= 1): each node's points are split at
+    the middle of its tight bounding box along its widest axis, so both halves are
+    non-empty; leaves hold at most ``leaf_size`` points (or identical points).
+
+    Returns:
+        (sorted_points (M, D), order (M,) original index of each sorted point, start,
+        stop (nodes,) point range of each node, left, right (nodes,) child nodes (-1 for
+        leaves), lo, hi (nodes, D) bounding box of each node).
+    """
+    m, nd = points.shape
+    pts = points.copy()  # rows are swapped in place, together with ``order``
+    order = np.arange(m)
+    cap = 2 * m
+    start = np.empty(cap, dtype=np.int64)
+    stop = np.empty(cap, dtype=np.int64)
+    left = np.full(cap, -1, dtype=np.int64)
+    right = np.full(cap, -1, dtype=np.int64)
+    lo = np.empty((cap, nd))
+    hi = np.empty((cap, nd))
+    start[0], stop[0] = 0, m
+    n_nodes = 1
+    todo = np.empty(cap, dtype=np.int64)
+    todo[0] = 0
+    n_todo = 1
+    while n_todo:
+        n_todo -= 1
+        node = todo[n_todo]
+        a, b = start[node], stop[node]
+        for k in range(nd):
+            lo[node, k] = pts[a, k]
+            hi[node, k] = pts[a, k]
+        for i in range(a + 1, b):
+            for k in range(nd):
+                v = pts[i, k]
+                if v < lo[node, k]:
+                    lo[node, k] = v
+                elif v > hi[node, k]:
+                    hi[node, k] = v
+        if b - a <= leaf_size:
+            continue
+        axis = 0
+        for k in range(1, nd):
+            if hi[node, k] - lo[node, k] > hi[node, axis] - lo[node, axis]:
+                axis = k
+        if hi[node, axis] <= lo[node, axis]:
+            continue  # identical points: a leaf
+        split = 0.5 * (lo[node, axis] + hi[node, axis])
+        i, j = a, b - 1
+        while i <= j:  # points below ``split`` first
+            if pts[i, axis] < split:
+                i += 1
+            else:
+                for k in range(nd):
+                    pts[i, k], pts[j, k] = pts[j, k], pts[i, k]
+                order[i], order[j] = order[j], order[i]
+                j -= 1
+        left[node], right[node] = n_nodes, n_nodes + 1
+        start[n_nodes], stop[n_nodes] = a, i
+        start[n_nodes + 1], stop[n_nodes + 1] = i, b
+        todo[n_todo], todo[n_todo + 1] = n_nodes, n_nodes + 1
+        n_todo += 2
+        n_nodes += 2
+    return (pts, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes],
+            right[:n_nodes], lo[:n_nodes], hi[:n_nodes])
+
+
+@njit(cache=True, nogil=True)
+def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Exact nearest tree point of each query point (Q, D) float64.
+
+    Writes ``dist[q]`` (Euclidean distance, ``sqrt`` of the sum of squared coordinate
+    differences) and ``index[q]`` (original index of a nearest point). Queries are
+    answered in order and each search starts from the distance to the previous query's
+    nearest point, which prunes almost the whole tree when consecutive queries are
+    neighbours (surface elements in raster order).
+    """
+    points, order, start, stop, left, right, lo, hi = tree
+    nq, nd = queries.shape
+    stack = np.empty(2 * start.shape[0] + 1, dtype=np.int64)
+    best_i = 0
+    for q in range(nq):
+        best2 = 0.0
+        for k in range(nd):
+            diff = queries[q, k] - points[best_i, k]
+            best2 += diff * diff
+        stack[0] = 0
+        n_stack = 1
+        while n_stack:
+            n_stack -= 1
+            node = stack[n_stack]
+            box2 = 0.0
+            for k in range(nd):
+                v = queries[q, k]
+                if v < lo[node, k]:
+                    diff = lo[node, k] - v
+                    box2 += diff * diff
+                elif v > hi[node, k]:
+                    diff = v - hi[node, k]
+                    box2 += diff * diff
+            if box2 >= best2:
+                continue
+            if left[node] < 0:
+                for i in range(start[node], stop[node]):
+                    d2 = 0.0
+                    for k in range(nd):
+                        diff = queries[q, k] - points[i, k]
+                        d2 += diff * diff
+                    if d2 < best2:
+                        best2 = d2
+                        best_i = i
+                continue
+            # nearer child last, so that it is searched first
+            l, r = left[node], right[node]
+            mid_l = 0.0
+            mid_r = 0.0
+            for k in range(nd):
+                v = queries[q, k]
+                c = 0.5 * (lo[l, k] + hi[l, k]) - v
+                mid_l += c * c
+                c = 0.5 * (lo[r, k] + hi[r, k]) - v
+                mid_r += c * c
+            if mid_l <= mid_r:
+                stack[n_stack] = r
+                stack[n_stack + 1] = l
+            else:
+                stack[n_stack] = l
+                stack[n_stack + 1] = r
+            n_stack += 2
+        dist[q] = np.sqrt(best2)
+        index[q] = order[best_i]
+
+
+# ------------------------------------------------------------------ voxel passes
+@njit(cache=True, nogil=True)
+def nonzero_box(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Inclusive bounding box of the voxels where ``a`` or ``b`` (same-shape 3-D integer
+    arrays) is non-zero: int64 [lo0, lo1, lo2, hi0, hi1, hi2]; lo > hi when there are none.
+    One pass; each row is OR-reduced first and scanned for its ends only when non-zero."""
+    n0, n1, n2 = a.shape
+    box = np.array([n0, n1, n2, -1, -1, -1], dtype=np.int64)
+    for i in range(n0):
+        for j in range(n1):
+            acc = 0
+            for k in range(n2):
+                acc |= a[i, j, k] | b[i, j, k]
+            if acc == 0:
+                continue
+            first = 0
+            while a[i, j, first] == 0 and b[i, j, first] == 0:
+                first += 1
+            last = n2 - 1
+            while a[i, j, last] == 0 and b[i, j, last] == 0:
+                last -= 1
+            box[0] = min(box[0], i)
+            box[3] = max(box[3], i)
+            box[1] = min(box[1], j)
+            box[4] = max(box[4], j)
+            box[2] = min(box[2], first)
+            box[5] = max(box[5], last)
+    return box
+
+
+@njit(cache=True, nogil=True)
+def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Binary dilation of a 3-D uint8 mask by the 18-neighbourhood (3x3x3 cube without
+    its 8 corners, ``generate_binary_structure(3, 2)``) repeated ``iterations`` times,
+    voxels outside the array counting as background: the same result as
+    ``scipy.ndimage.binary_dilation(mask, structure, iterations=iterations)``.
+
+    Each iteration grows only from the voxels the previous one added (a voxel reached
+    at step k has a neighbour added at step k - 1), and the first from the voxels with
+    a face neighbour outside, so the cost follows the surface.
+    Returns a new uint8 array.
+    """
+    n0, n1, n2 = mask.shape
+    out = mask.copy()
+    cap = mask.size
+    front = np.empty((cap, 3), dtype=np.int64)
+    n_front = 0
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                # only voxels with a face neighbour outside can add anything: an
+                # outside 18-neighbour is a face neighbour of the voxel or of a
+                # face neighbour of it that is inside (and then has one outside)
+                if mask[i, j, k] and (
+                        (i > 0 and not mask[i - 1, j, k]) or (i + 1 < n0 and not mask[i + 1, j, k])
+                        or (j > 0 and not mask[i, j - 1, k]) or (j + 1 < n1 and not mask[i, j + 1, k])
+                        or (k > 0 and not mask[i, j, k - 1]) or (k + 1 < n2 and not mask[i, j, k + 1])):
+                    front[n_front, 0] = i
+                    front[n_front, 1] = j
+                    front[n_front, 2] = k
+                    n_front += 1
+    nxt = np.empty((cap, 3), dtype=np.int64)
+    for _ in range(iterations):
+        n_next = 0
+        for f in range(n_front):
+            i, j, k = front[f, 0], front[f, 1], front[f, 2]
+            for di in range(-1, 2):
+                x = i + di
+                if x < 0 or x >= n0:
+                    continue
+                for dj in range(-1, 2):
+                    y = j + dj
+                    if y < 0 or y >= n1:
+                        continue
+                    for dk in range(-1, 2):
+                        if di != 0 and dj != 0 and dk != 0:
+                            continue  # corner: not in the 18-neighbourhood
+                        z = k + dk
+                        if z < 0 or z >= n2 or out[x, y, z]:
+                            continue
+                        out[x, y, z] = 1
+                        nxt[n_next, 0] = x
+                        nxt[n_next, 1] = y
+                        nxt[n_next, 2] = z
+                        n_next += 1
+        front, nxt = nxt, front
+        n_front = n_next
+        if n_front == 0:
+            break
+    return out

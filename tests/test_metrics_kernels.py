@@ -1,0 +1,107 @@
+"""The compiled metric kernels against the numpy / scipy expressions they replace."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from fusionseg.evaluation.evaluate import _foreground_box
+from fusionseg.evaluation.metrics import kernels
+from fusionseg.evaluation.metrics.overlap import bounding_box
+
+
+def _reference_elements(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface windows and codes by whole-array numpy operations."""
+    ndim = padded.ndim
+    windows = tuple(n - 1 for n in padded.shape)
+    codes = np.zeros(windows, dtype=np.int64)
+    for bit, corner in enumerate(itertools.product((0, 1), repeat=ndim)):
+        part = padded[tuple(slice(c, c + n) for c, n in zip(corner, windows))]
+        codes |= part.astype(np.int64) << bit
+    full = (1 << (1 << ndim)) - 1
+    on = (codes != 0) & (codes != full)
+    return np.stack(np.nonzero(on), axis=1), codes[on]
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_surface_elements_match_numpy(ndim):
+    rng = np.random.default_rng(ndim)
+    kernel = kernels.surface_elements_3d if ndim == 3 else kernels.surface_elements_2d
+    for _ in range(30):
+        shape = tuple(int(n) for n in rng.integers(1, 12, ndim))
+        padded = np.zeros(tuple(n + 2 for n in shape), dtype=np.uint8)
+        padded[(slice(1, -1),) * ndim] = rng.random(shape) < rng.uniform(0.05, 0.9)
+        index, codes = kernel(padded)
+        ref_index, ref_codes = _reference_elements(padded)
+        np.testing.assert_array_equal(index, ref_index)
+        np.testing.assert_array_equal(codes, ref_codes)
+
+
+def test_grid_nearest_takes_the_first_offset_that_hits():
+    rng = np.random.default_rng(0)
+    shape = (20, 20, 20)
+    grid = (rng.random(shape) < 0.01).astype(np.uint8)
+    labels = rng.integers(1, 9, shape).astype(np.int32)
+    pts = rng.integers(4, 16, (300, 3))
+    off = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    length = np.sqrt((off ** 2).sum(1) * 1.0)
+    order = np.argsort(length, kind="stable")
+    off, length = off[order], length[order]
+    strides = np.asarray(grid.strides, dtype=np.int64)
+    dist = np.full(300, np.inf)
+    near = np.zeros(300, dtype=np.int64)
+    missed = kernels.grid_nearest(grid.ravel(), labels.ravel(), pts @ strides, off @ strides,
+                                  length, dist, near)
+    for s, p in enumerate(pts):
+        hits = [k for k, o in enumerate(off) if grid[tuple(p + o)]]
+        if not hits:
+            assert s in missed and np.isinf(dist[s])
+        else:
+            assert s not in missed
+            assert dist[s] == length[hits[0]]
+            assert near[s] == labels[tuple(p + off[hits[0]])]
+
+
+@pytest.mark.parametrize("n_points, ndim, leaf", [(1, 3, 4), (2, 3, 1), (7, 2, 2), (500, 3, 8),
+                                                  (3000, 3, 32), (400, 2, 16)])
+def test_kd_tree_matches_scipy(n_points, ndim, leaf):
+    rng = np.random.default_rng(n_points)
+    points = rng.integers(0, 30, (n_points, ndim)) * rng.uniform(0.5, 2.0, ndim)  # duplicates too
+    queries = rng.uniform(-20, 50, (700, ndim))
+    queries = queries[np.lexsort(queries.T[::-1])]  # coherent order, as surfaces come
+    tree = kernels.kd_build(points, leaf)
+    dist = np.empty(len(queries))
+    which = np.empty(len(queries), dtype=np.int64)
+    kernels.kd_query(tree, queries, dist, which)
+    ref, _ = cKDTree(points).query(queries)
+    np.testing.assert_allclose(dist, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(queries - points[which], axis=1), dist, rtol=0, atol=1e-12)
+
+
+def test_dilate_18_matches_scipy():
+    rng = np.random.default_rng(1)
+    structure = ndimage.generate_binary_structure(3, 2)
+    for _ in range(100):
+        shape = tuple(int(n) for n in rng.integers(1, 14, 3))
+        mask = rng.random(shape) < rng.uniform(0.005, 0.6)
+        d = int(rng.integers(1, 5))
+        ref = ndimage.binary_dilation(mask, structure, iterations=d)
+        np.testing.assert_array_equal(kernels.dilate_18(mask.view(np.uint8), d).view(bool), ref)
+
+
+def test_foreground_box_matches_bounding_box_in_both_memory_orders():
+    rng = np.random.default_rng(2)
+    for _ in range(40):
+        a = (rng.random((7, 9, 11)) < 0.01).astype(np.uint8) * 2
+        b = (rng.random((7, 9, 11)) < 0.005).astype(np.uint8)
+        ref = bounding_box((a != 0) | (b != 0))
+        for x, y in ((a, b), (np.asfortranarray(a), np.asfortranarray(b)), (a, np.asfortranarray(b))):
+            got = _foreground_box(x, y)
+            if ref is None:
+                assert got is None
+            else:
+                assert [list(v) for v in got] == [list(v) for v in ref]
