@@ -190,3 +190,32 @@ def test_cluster_packing_gives_the_unpacked_results_bit_for_bit(monkeypatch):
     plain = [lw.hd95_and_lesion_wise(p, g, s, d, 10.0) for p, g, s, d in cases]
     for a, b in zip(packed, plain):
         assert repr(a) == repr(b)
+
+
+def test_lesion_hd95_from_whole_image_distances_equals_the_per_lesion_computation(monkeypatch):
+    """Lesion HD95s read off the whole-image distances (all lesions at once) equal the
+    per-lesion computation bit for bit, for every challenge dilation."""
+    import fusionseg.evaluation.metrics.lesionwise as lw
+
+    rng = np.random.default_rng(5)
+    shape = (80, 70, 50)
+    grid = np.indices(shape)
+    gt = np.zeros(shape, bool)
+    pred = np.zeros(shape, bool)
+    for _ in range(12):
+        c = rng.uniform(6, np.asarray(shape) - 6)
+        gt |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(1.5, 5)
+        shift = rng.integers(-3, 4, 3)
+        pred |= np.sqrt(sum((g - ci - s) ** 2 for g, ci, s in zip(grid, c, shift))) <= rng.uniform(1.5, 5)
+    for _ in range(6):
+        c = rng.uniform(2, np.asarray(shape) - 2)
+        pred |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.8, 3)
+    fast = lw._lesion_hd95s
+    answered = []
+    monkeypatch.setattr(lw, "_lesion_hd95s", lambda *a: answered.append(fast(*a)) or answered[-1])
+    results = [lw.lesion_wise(pred, gt, (1.0, 1.0, 1.0), d, 10.0) for d in (0, 1, 3)]
+    assert sum(int(np.isfinite(v).sum()) for v in answered) > 10  # most lesions take the fast path
+    monkeypatch.setattr(lw, "_lesion_hd95s", lambda n_gt, *a: np.full(n_gt + 1, np.nan))
+    general = [lw.lesion_wise(pred, gt, (1.0, 1.0, 1.0), d, 10.0) for d in (0, 1, 3)]
+    for a, b in zip(results, general):
+        assert repr(a) == repr(b)

@@ -365,3 +365,128 @@ def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:  # pragma: no co
         if n_front == 0:
             break
     return out
+
+
+@njit(cache=True, nogil=True)
+def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
+                    pred: np.ndarray, n_pred: int, dilated: np.ndarray, dlo: np.ndarray):  # pragma: no cover - compiled
+    """Dilate each GT component on its own box and find the predicted components its
+    dilation touches (BraTS 2023 lesion matching, before lesions are formed).
+
+    Args:
+        gt: 3-D integer component labels.
+        ids: (C,) label in ``gt`` of each component to process.
+        lo, hi: (C, 3) int64 box of each component's dilation in ``gt`` coordinates
+            (``hi`` exclusive); the component's voxels are those of its box with its label.
+        d: dilation iterations (18-neighbourhood, as :func:`dilate_18`; 0: none).
+        pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred.
+        dilated: uint8 array; each dilated component is OR-ed into it at ``box - dlo``.
+        dlo: (3,) origin of ``dilated`` in ``gt`` coordinates.
+    Returns:
+        (counts (C,) voxels per component, first (C, 3) its first voxel in C order,
+        piece_first (C, 3) first voxel of its dilation, pairs (P, 3) int64 rows
+        (component index, predicted label, voxels of the component inside that predicted
+        component) for every predicted label the dilation touches, by component then
+        first touch in C order).
+    """
+    n = ids.shape[0]
+    counts = np.zeros(n, dtype=np.int64)
+    first = np.zeros((n, 3), dtype=np.int64)
+    piece_first = np.zeros((n, 3), dtype=np.int64)
+    pairs = np.empty((max(16, 4 * n), 3), dtype=np.int64)
+    n_pairs = 0
+    row_of = np.full(n_pred + 1, -1, dtype=np.int64)  # pair row of a label, this component
+    for c in range(n):
+        a0, a1, a2 = lo[c, 0], lo[c, 1], lo[c, 2]
+        s0, s1, s2 = hi[c, 0] - a0, hi[c, 1] - a1, hi[c, 2] - a2
+        sub = np.zeros((s0, s1, s2), dtype=np.uint8)
+        found = False
+        for i in range(s0):
+            for j in range(s1):
+                for k in range(s2):
+                    if gt[a0 + i, a1 + j, a2 + k] == ids[c]:
+                        sub[i, j, k] = 1
+                        counts[c] += 1
+                        if not found:
+                            first[c, 0], first[c, 1], first[c, 2] = a0 + i, a1 + j, a2 + k
+                            found = True
+        piece = dilate_18(sub, d) if d > 0 else sub
+        start = n_pairs
+        found = False
+        for i in range(s0):
+            for j in range(s1):
+                for k in range(s2):
+                    if not piece[i, j, k]:
+                        continue
+                    if not found:
+                        piece_first[c, 0], piece_first[c, 1], piece_first[c, 2] = a0 + i, a1 + j, a2 + k
+                        found = True
+                    dilated[a0 + i - dlo[0], a1 + j - dlo[1], a2 + k - dlo[2]] = 1
+                    lab = pred[a0 + i, a1 + j, a2 + k]
+                    if lab <= 0:
+                        continue
+                    r = row_of[lab]
+                    if r < start:  # first touch by this component
+                        if n_pairs == pairs.shape[0]:
+                            grown = np.empty((2 * n_pairs, 3), dtype=np.int64)
+                            grown[:n_pairs] = pairs[:n_pairs]
+                            pairs = grown
+                        r = n_pairs
+                        row_of[lab] = r
+                        pairs[r, 0], pairs[r, 1], pairs[r, 2] = c, lab, 0
+                        n_pairs += 1
+                    if sub[i, j, k]:
+                        pairs[r, 2] += 1
+    return counts, first, piece_first, pairs[:n_pairs]
+
+
+@njit(cache=True, nogil=True)
+def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: np.ndarray,
+                                n_groups: int, percent: float) -> np.ndarray:  # pragma: no cover - compiled
+    """Weighted percentile of ``values`` within each group.
+
+    For group g, its elements (in index order) are sorted by value (stable) and the
+    result is the first value whose cumulative weight share reaches ``percent`` %
+    (``searchsorted(cumsum(w) / sum(w), percent / 100)``, clipped to the last one).
+    Elements with ``group < 0`` are ignored; groups without elements give NaN.
+
+    Args:
+        values, weights: (N,) float64.
+        group: (N,) int64 group of each element, < n_groups.
+    Returns:
+        (n_groups,) float64.
+    """
+    n = values.shape[0]
+    sizes = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(n):
+        if group[i] >= 0:
+            sizes[group[i] + 1] += 1
+    starts = np.cumsum(sizes)
+    members = np.empty(starts[-1], dtype=np.int64)
+    fill = starts[:-1].copy()
+    for i in range(n):
+        g = group[i]
+        if g >= 0:
+            members[fill[g]] = i
+            fill[g] += 1
+    out = np.full(n_groups, np.nan)
+    share = percent / 100.0
+    for g in range(n_groups):
+        idx = members[starts[g]:starts[g + 1]]
+        m = idx.shape[0]
+        if m == 0:
+            continue
+        vals = values[idx]
+        order = np.argsort(vals, kind="mergesort")
+        total = 0.0
+        for i in range(m):
+            total += weights[idx[i]]
+        cum = 0.0
+        pick = m - 1
+        for i in range(m):
+            cum += weights[idx[order[i]]]
+            if cum / total >= share:
+                pick = i
+                break
+        out[g] = vals[order[pick]]
+    return out

@@ -438,16 +438,6 @@ def _shelf_pack(ext: np.ndarray) -> np.ndarray:
     return place
 
 
-def _dilate(mask: np.ndarray, d: int) -> np.ndarray:
-    """``mask`` (bool, 2-D or 3-D) dilated ``d`` times by the connectivity-2 structuring
-    element (18-neighbourhood in 3-D, 8 in 2-D), as ``scipy.ndimage.binary_dilation``."""
-    if d == 0:
-        return mask
-    volume = mask if mask.ndim == 3 else mask[..., None]  # 18-nbhd within a plane = 8-nbhd
-    out = kernels.dilate_18(np.ascontiguousarray(volume).view(np.uint8), d).view(bool)
-    return out if mask.ndim == 3 else out[..., 0]
-
-
 def _upsample(blocks: np.ndarray, block: int, shape: tuple[int, ...]) -> np.ndarray:
     """Voxel mask of a block mask, cut to ``shape``."""
     out = blocks
@@ -548,96 +538,80 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
 
     # GT: dilate each 26-component on its own small box (dilation distributes over
     # union, so OR-ing the pieces gives the dilation of the whole GT), then label the
-    # dilated mask: a lesion = the GT components inside one dilated component.
-    cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
-    pieces = []
+    # dilated mask: a lesion = the GT components inside one dilated component. The
+    # kernel also lists, per component, the predicted components its dilation touches
+    # (the lesion's matches) and its voxels inside each (the lesion's overlap).
     frame = np.asarray(crop_shape)
-    boxes = []  # dilation box of each GT component: crop frame, then voxel array frame
-    for cc in range(1, n_cc + 1):
-        lo = np.maximum(g_lo[cc] - d, 0)
-        hi = np.minimum(g_hi[cc] + d, frame)
-        boxes.append((lo - g_shift[cc], hi - g_shift[cc]))
+    lesion_of_cc = np.zeros(n_cc + 1, dtype=np.int64)
+    cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
+    pairs = np.zeros((0, 3), dtype=np.int64)
+    n_gt = 0
     if n_cc:
-        dlo = np.min([b[0] for b in boxes], axis=0)
-        dhi = np.max([b[1] for b in boxes], axis=0)
-        dilated = np.zeros(tuple(int(x) for x in dhi - dlo), dtype=bool)
-    for cc, (lo, hi) in enumerate(boxes, start=1):
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        comp = gt_cc[box] == g_old[cc]
-        cc_counts[cc] = np.count_nonzero(comp)
-        piece = _dilate(comp, d)
-        local = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(lo, hi, dlo))
-        dilated[local] |= piece
-        pieces.append((box, local, comp, piece))
-    if n_cc:
-        dil_lab, n_gt = cc3d.connected_components(dilated, connectivity=connectivity, return_N=True)
-    else:
-        n_gt = 0
-    lesion_ccs: list[list[int]] = [[] for _ in range(n_gt + 1)]
-    lesion_match: list[set[int]] = [set() for _ in range(n_gt + 1)]
-    overlap: list[dict[int, int]] = [{} for _ in range(n_cc + 1)]
-    lesion_of = np.arange(n_gt + 1)
-    if pk is not None and n_gt > 1:
-        # number the lesions as labelling the dilated crop (C order) would: by the
-        # first voxel (C order) of each dilated component, the first of its pieces'
-        first = np.full(n_gt + 1, np.iinfo(np.int64).max)
-        dims = tuple(int(x) for x in frame)
-        for cc, (box, local, comp, piece) in enumerate(pieces, start=1):
-            lesion = int(dil_lab[local].ravel()[np.argmax(comp.ravel())])
-            pos = np.unravel_index(int(np.argmax(piece.ravel())), piece.shape)
-            key = np.ravel_multi_index(tuple(int(sl.start + q + o) for sl, q, o
-                                             in zip(box, pos, g_shift[cc])), dims)
-            first[lesion] = min(first[lesion], key)
-        lesion_of[np.argsort(first[1:]) + 1] = np.arange(1, n_gt + 1)
-    for cc, (box, local, comp, piece) in enumerate(pieces, start=1):
-        lesion = int(lesion_of[dil_lab[local].ravel()[np.argmax(comp.ravel())]])
-        lesion_ccs[lesion].append(cc)
-        labs = pred_lab[box]
-        touched = labs[piece]
-        lesion_match[lesion].update(int(c) for c in p_new[np.unique(touched[touched > 0])])
-        inside = labs[comp]
-        inside = inside[inside > 0]
-        if inside.size:
-            ids, cnt = np.unique(inside, return_counts=True)
-            overlap[cc] = dict(zip(p_new[ids].tolist(), cnt.tolist()))
+        box_lo = np.maximum(g_lo[1:] - d, 0) - g_shift[1:]  # crop frame -> voxel array frame
+        box_hi = np.minimum(g_hi[1:] + d, frame) - g_shift[1:]
+        dlo, dhi = box_lo.min(axis=0), box_hi.max(axis=0)
+        dilated = np.zeros(tuple(int(x) for x in dhi - dlo), dtype=np.uint8)
+        if ndim == 3:
+            vol = lambda a: a  # noqa: E731
+            lo3, hi3, dlo3 = box_lo, box_hi, dlo
+        else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
+            vol = lambda a: a[..., None]  # noqa: E731
+            lo3 = np.concatenate([box_lo, np.zeros((n_cc, 1), np.int64)], axis=1)
+            hi3 = np.concatenate([box_hi, np.ones((n_cc, 1), np.int64)], axis=1)
+            dlo3 = np.append(dlo, 0)
+        counts, first, piece_first, pairs = kernels.link_components(
+            vol(gt_cc), g_old[1:].astype(np.int64), lo3, hi3, d, vol(pred_lab), n_pred,
+            vol(dilated), dlo3)
+        first, piece_first = first[:, :ndim], piece_first[:, :ndim]
+        cc_counts[1:] = counts
+        dil_lab, n_gt = cc3d.connected_components(dilated.view(bool), connectivity=connectivity,
+                                                  return_N=True)
+        lesion_of_cc[1:] = dil_lab[tuple((first - dlo).T)]
+        if pk is not None and n_gt > 1:
+            # number the lesions as labelling the dilated crop (C order) would: by the
+            # first voxel (C order) of each dilated component, the first of its pieces'
+            key = np.ravel_multi_index(tuple((piece_first + g_shift[1:]).T), tuple(int(x) for x in frame))
+            lesion_first = np.full(n_gt + 1, np.iinfo(np.int64).max)
+            np.minimum.at(lesion_first, lesion_of_cc[1:], key)
+            renumber = np.zeros(n_gt + 1, dtype=np.int64)
+            renumber[np.argsort(lesion_first[1:]) + 1] = np.arange(1, n_gt + 1)
+            lesion_of_cc = renumber[lesion_of_cc]
+        pairs = pairs.copy()
+        pairs[:, 0] += 1  # component index -> GT component label
+        pairs[:, 1] = p_new[pairs[:, 1]]  # voxel-array label -> crop-frame label
+    # lesion -> matched predicted components, as unique (lesion, component) rows
+    pair_lesion = lesion_of_cc[pairs[:, 0]]
+    match = np.unique(np.stack([pair_lesion, pairs[:, 1]], axis=1), axis=0) if len(pairs) \
+        else np.zeros((0, 2), dtype=np.int64)
+    les_voxels = np.bincount(lesion_of_cc[1:], weights=cc_counts[1:], minlength=n_gt + 1)
+    les_inter = np.bincount(pair_lesion, weights=pairs[:, 2], minlength=n_gt + 1)
+    les_pred = np.bincount(match[:, 0], weights=pred_sizes[match[:, 1]], minlength=n_gt + 1)
+    n_match = np.bincount(match[:, 0], minlength=n_gt + 1)
+    match_starts = np.concatenate([[0], np.cumsum(n_match)])
+    matched_any = np.zeros(n_pred + 1, dtype=bool)
+    matched_any[match[:, 1]] = True
+    hd = _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact)
 
     records: list[LesionRecord] = []
-    matched_any = np.zeros(n_pred + 1, dtype=bool)
     for lesion in range(1, n_gt + 1):
-        comps = np.asarray(sorted(lesion_match[lesion]), dtype=np.int64)
-        ccs = lesion_ccs[lesion]
-        matched_any[comps] = True
-        volume = float(cc_counts[ccs].sum()) * voxel_mm3
+        comps = match[match_starts[lesion]:match_starts[lesion + 1], 1]
+        volume = float(les_voxels[lesion]) * voxel_mm3
         if comps.size == 0:
             les_dice, les_hd = 0.0, float(penalty)
         elif full_image is not None and n_gt == 1 and comps.size == n_pred:
             les_dice, les_hd = float(full_image[0]), float(full_image[1])
         else:
-            comp_set = set(comps.tolist())
-            inter = sum(n for cc in ccs for c, n in overlap[cc].items() if c in comp_set)
-            les_dice = dice_from_counts(int(inter), int(pred_sizes[comps].sum()),
-                                        int(cc_counts[ccs].sum()))
-            # HD95 of the lesion against its matched union, in the frame of their joint
-            # bounding box (as a separate computation on that box would use).
-            offset = None
-            if not exact:
-                offset = np.minimum(g_lo[ccs].min(axis=0), p_lo[comps].min(axis=0))
-            g_sel = _members(g_order, g_starts, ccs)
-            p_sel = _members(p_order, p_starts, comps)
-            p_lut = np.zeros(n_pred + 1, dtype=bool)
-            p_lut[comps] = True
-            g_lut = np.zeros(n_cc + 1, dtype=bool)
-            g_lut[ccs] = True
-            d_gp, near_gp, far_g, d_pg, near_pg, far_p = whole
-            dist_g = _reused_distances(gs, g_sel, d_gp, near_gp, far_g, p_lut, ps, p_sel, offset)
-            dist_p = _reused_distances(ps, p_sel, d_pg, near_pg, far_p, g_lut, gs, g_sel, offset)
-            les_hd = max(_weighted_percentile(dist_g, gs.weights[g_sel], 95.0),
-                         _weighted_percentile(dist_p, ps.weights[p_sel], 95.0))
-        records.append(LesionRecord(lesion, "gt", volume, les_dice, les_hd,
-                                    tuple(int(c) for c in comps),
-                                    volume > params.volume_threshold_mm3))
-    fp_ids = [c for c in range(1, n_pred + 1) if not matched_any[c]]
-    for c in fp_ids:
+            les_dice = dice_from_counts(int(les_inter[lesion]), int(les_pred[lesion]),
+                                        int(les_voxels[lesion]))
+            les_hd = hd[lesion]
+            if np.isnan(les_hd):  # not answered by the whole-image distances alone
+                ccs = np.flatnonzero(lesion_of_cc == lesion)
+                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, g_lo, p_lo, g_order, g_starts,
+                                      p_order, p_starts, n_cc, n_pred, exact)
+        records.append(LesionRecord(lesion, "gt", volume, les_dice, float(les_hd),
+                                    tuple(comps.tolist()), volume > params.volume_threshold_mm3))
+    fp_ids = np.flatnonzero(~matched_any[1:]) + 1
+    for c in fp_ids.tolist():
         records.append(LesionRecord(c, "fp", float(pred_sizes[c]) * voxel_mm3, 0.0,
                                     float(penalty), (), True))
 
@@ -651,3 +625,64 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         lw_dice = sum(r.dice for r in kept) / denominator
         lw_hd = (sum(r.hd95 for r in kept) + penalty * len(fp_ids)) / denominator
     return full_hd, LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
+
+
+def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact) -> np.ndarray:
+    """Lesion HD95s that the whole-image distances answer alone, NaN for the others.
+
+    A lesion's directed distances equal the whole-image ones when every element of its
+    GT components has its nearest predicted element in a matched component, every
+    element of a matched component has its nearest GT element in the lesion, and no
+    matched component matches another lesion too (its elements then belong to this
+    lesion's comparison only). In frames where k-d tree distances depend on the origin
+    (``exact`` False), every lesion is left to :func:`_lesion_hd95`.
+
+    Returns:
+        (n_gt + 1,) float64 (index 0 unused).
+    """
+    out = np.full(n_gt + 1, np.nan)
+    if whole is None or not exact or n_gt == 0 or len(match) == 0:
+        return out
+    d_gp, near_gp, _, d_pg, near_pg, _ = whole
+    n_pred = int(ps_lab.max(initial=0))
+    owner = np.zeros(n_pred + 1, dtype=np.int64)  # lesion a component matches; -1: several
+    owner[match[:, 1]] = match[:, 0]
+    n_owner = np.bincount(match[:, 1], minlength=n_pred + 1)
+    owner[n_owner > 1] = -1
+    bad = np.zeros(n_gt + 1, dtype=bool)
+    bad[match[n_owner[match[:, 1]] > 1, 0]] = True
+    g_lesion = lesion_of_cc[gs_lab]
+    bad[g_lesion[owner[near_gp] != g_lesion]] = True  # nearest element outside the matches
+    p_lesion = owner[ps_lab]
+    on = p_lesion > 0
+    bad[p_lesion[on & (lesion_of_cc[near_pg] != p_lesion)]] = True
+    g_group = np.where(bad[g_lesion], -1, g_lesion)
+    p_group = np.where(on & ~bad[np.maximum(p_lesion, 0)], p_lesion, -1)
+    g95 = kernels.grouped_weighted_percentile(d_gp, gs.weights, g_group, n_gt + 1, 95.0)
+    p95 = kernels.grouped_weighted_percentile(d_pg, ps.weights, p_group, n_gt + 1, 95.0)
+    ok = ~bad
+    ok[0] = False
+    out[ok] = np.maximum(g95[ok], p95[ok])
+    return out
+
+
+def _lesion_hd95(ccs, comps, whole, gs, ps, g_lo, p_lo, g_order, g_starts, p_order, p_starts,
+                 n_cc, n_pred, exact) -> float:
+    """HD95 of one lesion (GT components ``ccs``) against the union of its matched
+    predicted components ``comps``, reusing the whole-image distances where their
+    nearest element is in the comparison, in the frame of the pair's joint bounding box
+    (as a separate computation on that box would use)."""
+    offset = None
+    if not exact:
+        offset = np.minimum(g_lo[ccs].min(axis=0), p_lo[comps].min(axis=0))
+    g_sel = _members(g_order, g_starts, ccs)
+    p_sel = _members(p_order, p_starts, comps)
+    p_lut = np.zeros(n_pred + 1, dtype=bool)
+    p_lut[comps] = True
+    g_lut = np.zeros(n_cc + 1, dtype=bool)
+    g_lut[ccs] = True
+    d_gp, near_gp, far_g, d_pg, near_pg, far_p = whole
+    dist_g = _reused_distances(gs, g_sel, d_gp, near_gp, far_g, p_lut, ps, p_sel, offset)
+    dist_p = _reused_distances(ps, p_sel, d_pg, near_pg, far_p, g_lut, gs, g_sel, offset)
+    return max(_weighted_percentile(dist_g, gs.weights[g_sel], 95.0),
+               _weighted_percentile(dist_p, ps.weights[p_sel], 95.0))
