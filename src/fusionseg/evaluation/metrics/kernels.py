@@ -368,10 +368,20 @@ def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
+def _find(parent: np.ndarray, x: int) -> int:  # pragma: no cover - compiled
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, nogil=True)
 def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
-                    pred: np.ndarray, n_pred: int, dilated: np.ndarray, dlo: np.ndarray):  # pragma: no cover - compiled
-    """Dilate each GT component on its own box and find the predicted components its
-    dilation touches (BraTS 2023 lesion matching, before lesions are formed).
+                    pred: np.ndarray, n_pred: int, candidate: np.ndarray, owner: np.ndarray,
+                    olo: np.ndarray):  # pragma: no cover - compiled
+    """Dilate each GT component on its own box, find the predicted components its
+    dilation touches, and group the components whose dilations overlap or touch
+    (26-connectivity): BraTS 2023 lesion formation and matching.
 
     Args:
         gt: 3-D integer component labels.
@@ -380,14 +390,17 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
             (``hi`` exclusive); the component's voxels are those of its box with its label.
         d: dilation iterations (18-neighbourhood, as :func:`dilate_18`; 0: none).
         pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred.
-        dilated: uint8 array; each dilated component is OR-ed into it at ``box - dlo``.
-        dlo: (3,) origin of ``dilated`` in ``gt`` coordinates.
+        candidate: (C,) bool, False for components whose dilation box, grown by one
+            voxel, meets no other component's (they cannot be grouped with any).
+        owner: int32 scratch array, zeros, covering the dilation boxes of the
+            candidates; ``olo`` (3,) its origin in ``gt`` coordinates.
     Returns:
         (counts (C,) voxels per component, first (C, 3) its first voxel in C order,
         piece_first (C, 3) first voxel of its dilation, pairs (P, 3) int64 rows
         (component index, predicted label, voxels of the component inside that predicted
         component) for every predicted label the dilation touches, by component then
-        first touch in C order).
+        first touch in C order, group (C,) a representative component of each one's
+        group).
     """
     n = ids.shape[0]
     counts = np.zeros(n, dtype=np.int64)
@@ -395,7 +408,11 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
     piece_first = np.zeros((n, 3), dtype=np.int64)
     pairs = np.empty((max(16, 4 * n), 3), dtype=np.int64)
     n_pairs = 0
-    row_of = np.full(n_pred + 1, -1, dtype=np.int64)  # pair row of a label, this component
+    seen = np.full(n_pred + 1, -1, dtype=np.int64)  # last component that touched a label
+    inside = np.zeros(n_pred + 1, dtype=np.int64)  # this component's voxels in each label
+    touched = np.empty(n_pred + 1, dtype=np.int64)  # labels in order of first touch
+    parent = np.arange(n)
+    o0, o1, o2 = owner.shape
     for c in range(n):
         a0, a1, a2 = lo[c, 0], lo[c, 1], lo[c, 2]
         s0, s1, s2 = hi[c, 0] - a0, hi[c, 1] - a1, hi[c, 2] - a2
@@ -411,7 +428,7 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
                             first[c, 0], first[c, 1], first[c, 2] = a0 + i, a1 + j, a2 + k
                             found = True
         piece = dilate_18(sub, d) if d > 0 else sub
-        start = n_pairs
+        n_touched = 0
         found = False
         for i in range(s0):
             for j in range(s1):
@@ -421,34 +438,65 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
                     if not found:
                         piece_first[c, 0], piece_first[c, 1], piece_first[c, 2] = a0 + i, a1 + j, a2 + k
                         found = True
-                    dilated[a0 + i - dlo[0], a1 + j - dlo[1], a2 + k - dlo[2]] = 1
+                    if candidate[c]:  # overlap with an earlier candidate's dilation
+                        x, y, z = a0 + i - olo[0], a1 + j - olo[1], a2 + k - olo[2]
+                        other = owner[x, y, z] - 1
+                        if other >= 0 and other != c:
+                            parent[_find(parent, other)] = _find(parent, c)
+                        owner[x, y, z] = c + 1
                     lab = pred[a0 + i, a1 + j, a2 + k]
                     if lab <= 0:
                         continue
-                    r = row_of[lab]
-                    if r < start:  # first touch by this component
-                        if n_pairs == pairs.shape[0]:
-                            grown = np.empty((2 * n_pairs, 3), dtype=np.int64)
-                            grown[:n_pairs] = pairs[:n_pairs]
-                            pairs = grown
-                        r = n_pairs
-                        row_of[lab] = r
-                        pairs[r, 0], pairs[r, 1], pairs[r, 2] = c, lab, 0
-                        n_pairs += 1
+                    if seen[lab] != c:  # first touch by this component
+                        seen[lab] = c
+                        inside[lab] = 0
+                        touched[n_touched] = lab
+                        n_touched += 1
                     if sub[i, j, k]:
-                        pairs[r, 2] += 1
-    return counts, first, piece_first, pairs[:n_pairs]
+                        inside[lab] += 1
+        if n_pairs + n_touched > pairs.shape[0]:
+            grown = np.empty((2 * (n_pairs + n_touched), 3), dtype=np.int64)
+            grown[:n_pairs] = pairs[:n_pairs]
+            pairs = grown
+        for t in range(n_touched):
+            pairs[n_pairs, 0], pairs[n_pairs, 1], pairs[n_pairs, 2] = c, touched[t], inside[touched[t]]
+            n_pairs += 1
+        if not candidate[c]:
+            continue
+        # touching an earlier candidate's dilation: only voxels with a face neighbour
+        # outside the dilation need their 26 neighbours looked at (a voxel 26-adjacent
+        # to another dilation has such a voxel between them, itself adjacent to it)
+        for i in range(s0):
+            for j in range(s1):
+                for k in range(s2):
+                    if not piece[i, j, k]:
+                        continue
+                    if (0 < i and piece[i - 1, j, k] and i + 1 < s0 and piece[i + 1, j, k]
+                            and 0 < j and piece[i, j - 1, k] and j + 1 < s1 and piece[i, j + 1, k]
+                            and 0 < k and piece[i, j, k - 1] and k + 1 < s2 and piece[i, j, k + 1]):
+                        continue
+                    x0, y0, z0 = a0 + i - olo[0], a1 + j - olo[1], a2 + k - olo[2]
+                    for x in range(max(x0 - 1, 0), min(x0 + 2, o0)):
+                        for y in range(max(y0 - 1, 0), min(y0 + 2, o1)):
+                            for z in range(max(z0 - 1, 0), min(z0 + 2, o2)):
+                                other = owner[x, y, z] - 1
+                                if other >= 0 and other != c:
+                                    parent[_find(parent, other)] = _find(parent, c)
+    group = np.empty(n, dtype=np.int64)
+    for c in range(n):
+        group[c] = _find(parent, c)
+    return counts, first, piece_first, pairs[:n_pairs], group
 
 
-@njit(cache=True, nogil=True)
 def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: np.ndarray,
-                                n_groups: int, percent: float) -> np.ndarray:  # pragma: no cover - compiled
+                                n_groups: int, percent: float) -> np.ndarray:
     """Weighted percentile of ``values`` within each group.
 
-    For group g, its elements (in index order) are sorted by value (stable) and the
-    result is the first value whose cumulative weight share reaches ``percent`` %
-    (``searchsorted(cumsum(w) / sum(w), percent / 100)``, clipped to the last one).
-    Elements with ``group < 0`` are ignored; groups without elements give NaN.
+    For group g, its elements are sorted by value (stable: ties keep index order) and
+    the result is the first value whose cumulative weight share reaches ``percent`` %
+    (``searchsorted(cumsum(w) / sum(w), percent / 100)``, clipped to the last one; the
+    sum is the last cumulative value). Elements with ``group < 0`` are ignored; groups
+    without elements give NaN.
 
     Args:
         values, weights: (N,) float64.
@@ -456,37 +504,35 @@ def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: 
     Returns:
         (n_groups,) float64.
     """
-    n = values.shape[0]
-    sizes = np.zeros(n_groups + 1, dtype=np.int64)
-    for i in range(n):
-        if group[i] >= 0:
-            sizes[group[i] + 1] += 1
-    starts = np.cumsum(sizes)
-    members = np.empty(starts[-1], dtype=np.int64)
-    fill = starts[:-1].copy()
-    for i in range(n):
-        g = group[i]
-        if g >= 0:
-            members[fill[g]] = i
-            fill[g] += 1
+    keep = np.flatnonzero(group >= 0)
+    if keep.size < group.size:
+        values, weights, group = values[keep], weights[keep], group[keep]
+    order = np.lexsort((values, group))  # by group, then value; stable
+    return _percentile_scan(values[order], weights[order], group[order], n_groups, percent)
+
+
+@njit(cache=True, nogil=True)
+def _percentile_scan(values: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups: int,
+                     percent: float) -> np.ndarray:  # pragma: no cover - compiled
+    """:func:`grouped_weighted_percentile` on elements sorted by (group, value)."""
     out = np.full(n_groups, np.nan)
     share = percent / 100.0
-    for g in range(n_groups):
-        idx = members[starts[g]:starts[g + 1]]
-        m = idx.shape[0]
-        if m == 0:
-            continue
-        vals = values[idx]
-        order = np.argsort(vals, kind="mergesort")
+    n = values.shape[0]
+    start = 0
+    while start < n:
+        g = group[start]
+        stop = start
         total = 0.0
-        for i in range(m):
-            total += weights[idx[i]]
+        while stop < n and group[stop] == g:
+            total += weights[stop]
+            stop += 1
         cum = 0.0
-        pick = m - 1
-        for i in range(m):
-            cum += weights[idx[order[i]]]
+        pick = stop - 1
+        for i in range(start, stop):
+            cum += weights[i]
             if cum / total >= share:
                 pick = i
                 break
-        out[g] = vals[order[pick]]
+        out[g] = values[pick]
+        start = stop
     return out

@@ -536,46 +536,47 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         full_image = (dice_from_counts(n_inter, int(pred_sizes[1:].sum()),
                                        int(np.count_nonzero(g))), full_hd)
 
-    # GT: dilate each 26-component on its own small box (dilation distributes over
-    # union, so OR-ing the pieces gives the dilation of the whole GT), then label the
-    # dilated mask: a lesion = the GT components inside one dilated component. The
-    # kernel also lists, per component, the predicted components its dilation touches
-    # (the lesion's matches) and its voxels inside each (the lesion's overlap).
+    # GT lesions: each 26-component is dilated on its own small box; components whose
+    # dilations overlap or touch form one lesion (as labelling the dilated GT would
+    # group them), numbered by the first voxel (C order) of their joint dilation. The
+    # same pass lists the predicted components each dilation touches (the lesion's
+    # matches) and the component's voxels inside each (the lesion's overlap).
     frame = np.asarray(crop_shape)
     lesion_of_cc = np.zeros(n_cc + 1, dtype=np.int64)
     cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
     pairs = np.zeros((0, 3), dtype=np.int64)
     n_gt = 0
     if n_cc:
-        box_lo = np.maximum(g_lo[1:] - d, 0) - g_shift[1:]  # crop frame -> voxel array frame
-        box_hi = np.minimum(g_hi[1:] + d, frame) - g_shift[1:]
-        dlo, dhi = box_lo.min(axis=0), box_hi.max(axis=0)
-        dilated = np.zeros(tuple(int(x) for x in dhi - dlo), dtype=np.uint8)
+        box_lo = np.maximum(g_lo[1:] - d, 0)  # crop frame
+        box_hi = np.minimum(g_hi[1:] + d, frame)
+        candidate = _may_touch(box_lo, box_hi)
+        box_lo, box_hi = box_lo - g_shift[1:], box_hi - g_shift[1:]  # voxel array frame
+        if candidate.any():
+            olo, ohi = box_lo[candidate].min(axis=0), box_hi[candidate].max(axis=0)
+            owner = np.zeros(tuple(int(x) for x in ohi - olo), dtype=np.int32)
+        else:
+            olo, owner = np.zeros(ndim, np.int64), np.zeros((1,) * ndim, np.int32)
         if ndim == 3:
             vol = lambda a: a  # noqa: E731
-            lo3, hi3, dlo3 = box_lo, box_hi, dlo
+            lo3, hi3, olo3 = box_lo, box_hi, olo
         else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
             vol = lambda a: a[..., None]  # noqa: E731
             lo3 = np.concatenate([box_lo, np.zeros((n_cc, 1), np.int64)], axis=1)
             hi3 = np.concatenate([box_hi, np.ones((n_cc, 1), np.int64)], axis=1)
-            dlo3 = np.append(dlo, 0)
-        counts, first, piece_first, pairs = kernels.link_components(
+            olo3 = np.append(olo, 0)
+        counts, _, piece_first, pairs, group = kernels.link_components(
             vol(gt_cc), g_old[1:].astype(np.int64), lo3, hi3, d, vol(pred_lab), n_pred,
-            vol(dilated), dlo3)
-        first, piece_first = first[:, :ndim], piece_first[:, :ndim]
+            candidate, vol(owner), olo3)
         cc_counts[1:] = counts
-        dil_lab, n_gt = cc3d.connected_components(dilated.view(bool), connectivity=connectivity,
-                                                  return_N=True)
-        lesion_of_cc[1:] = dil_lab[tuple((first - dlo).T)]
-        if pk is not None and n_gt > 1:
-            # number the lesions as labelling the dilated crop (C order) would: by the
-            # first voxel (C order) of each dilated component, the first of its pieces'
-            key = np.ravel_multi_index(tuple((piece_first + g_shift[1:]).T), tuple(int(x) for x in frame))
-            lesion_first = np.full(n_gt + 1, np.iinfo(np.int64).max)
-            np.minimum.at(lesion_first, lesion_of_cc[1:], key)
-            renumber = np.zeros(n_gt + 1, dtype=np.int64)
-            renumber[np.argsort(lesion_first[1:]) + 1] = np.arange(1, n_gt + 1)
-            lesion_of_cc = renumber[lesion_of_cc]
+        key = np.ravel_multi_index(tuple((piece_first[:, :ndim] + g_shift[1:]).T),
+                                   tuple(int(x) for x in frame))
+        group_first = np.full(n_cc, np.iinfo(np.int64).max)
+        np.minimum.at(group_first, group, key)
+        roots = np.flatnonzero(group_first < np.iinfo(np.int64).max)
+        n_gt = roots.size
+        number = np.zeros(n_cc, dtype=np.int64)
+        number[roots[np.argsort(group_first[roots])]] = np.arange(1, n_gt + 1)
+        lesion_of_cc[1:] = number[group]
         pairs = pairs.copy()
         pairs[:, 0] += 1  # component index -> GT component label
         pairs[:, 1] = p_new[pairs[:, 1]]  # voxel-array label -> crop-frame label
@@ -625,6 +626,19 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         lw_dice = sum(r.dice for r in kept) / denominator
         lw_hd = (sum(r.hd95 for r in kept) + penalty * len(fp_ids)) / denominator
     return full_hd, LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
+
+
+def _may_touch(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(C,) whether box c (``lo`` inclusive, ``hi`` exclusive, (C, ndim)), grown by one
+    voxel, meets another box: only such GT components' dilations can overlap or touch."""
+    n = lo.shape[0]
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    if n > 2000:  # pairwise test too large: let the kernel check every component
+        return np.ones(n, dtype=bool)
+    meet = np.all((lo[:, None, :] <= hi[None, :, :]) & (lo[None, :, :] <= hi[:, None, :]), axis=2)
+    np.fill_diagonal(meet, False)
+    return meet.any(axis=1)
 
 
 def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact) -> np.ndarray:
