@@ -159,39 +159,6 @@ def test_joint_hd95_and_lesion_wise_equal_separate_computations_bit_for_bit():
                                         full_image=(dice(pred, gt), hd95(pred, gt, spacing)))
 
 
-def test_cluster_packing_gives_the_unpacked_results_bit_for_bit(monkeypatch):
-    """Far-apart lesions are packed into a small array for the voxel work; the
-    results (values, lesion and component numbering, for C- and F-ordered inputs,
-    exact and inexact spacings) equal those of the unpacked computation exactly."""
-    import fusionseg.evaluation.metrics.lesionwise as lw
-
-    rng = np.random.default_rng(11)
-    shape = (90, 80, 60)
-    grid = np.indices(shape)
-    gt = np.zeros(shape, bool)
-    pred = np.zeros(shape, bool)
-    for _ in range(10):
-        c = rng.uniform(8, np.asarray(shape) - 8)
-        gt |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(1.5, 5)
-        shift = rng.integers(-2, 3, 3)
-        pred |= np.sqrt(sum((g - ci - s) ** 2 for g, ci, s in zip(grid, c, shift))) <= rng.uniform(1.5, 5)
-    for _ in range(8):
-        c = rng.uniform(2, np.asarray(shape) - 2)
-        pred |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.8, 3)
-    assert lw._packing(pred | gt, 3) is not None
-    cases = []
-    for order in ("C", "F"):
-        p, g = np.asarray(pred, order=order), np.asarray(gt, order=order)
-        for spacing in [(1.0, 1.0, 1.0), (0.8984375123, 0.91, 1.2345678)]:
-            for d in (0, 1, 3):
-                cases.append((p, g, spacing, d))
-    packed = [lw.hd95_and_lesion_wise(p, g, s, d, 10.0) for p, g, s, d in cases]
-    monkeypatch.setattr(lw, "_packing", lambda union, dilation: None)
-    plain = [lw.hd95_and_lesion_wise(p, g, s, d, 10.0) for p, g, s, d in cases]
-    for a, b in zip(packed, plain):
-        assert repr(a) == repr(b)
-
-
 def test_lesion_hd95_from_whole_image_distances_equals_the_per_lesion_computation(monkeypatch):
     """Lesion HD95s read off the whole-image distances (all lesions at once) equal the
     per-lesion computation bit for bit, for every challenge dilation."""

@@ -395,8 +395,8 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
         owner: int32 scratch array, zeros, covering the dilation boxes of the
             candidates; ``olo`` (3,) its origin in ``gt`` coordinates.
     Returns:
-        (counts (C,) voxels per component, first (C, 3) its first voxel in C order,
-        piece_first (C, 3) first voxel of its dilation, pairs (P, 3) int64 rows
+        (counts (C,) voxels per component, piece_first (C, 3) first voxel (C order) of
+        its dilation, pairs (P, 3) int64 rows
         (component index, predicted label, voxels of the component inside that predicted
         component) for every predicted label the dilation touches, by component then
         first touch in C order, group (C,) a representative component of each one's
@@ -404,7 +404,6 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
     """
     n = ids.shape[0]
     counts = np.zeros(n, dtype=np.int64)
-    first = np.zeros((n, 3), dtype=np.int64)
     piece_first = np.zeros((n, 3), dtype=np.int64)
     pairs = np.empty((max(16, 4 * n), 3), dtype=np.int64)
     n_pairs = 0
@@ -417,16 +416,14 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
         a0, a1, a2 = lo[c, 0], lo[c, 1], lo[c, 2]
         s0, s1, s2 = hi[c, 0] - a0, hi[c, 1] - a1, hi[c, 2] - a2
         sub = np.zeros((s0, s1, s2), dtype=np.uint8)
-        found = False
+        count = 0
         for i in range(s0):
             for j in range(s1):
                 for k in range(s2):
                     if gt[a0 + i, a1 + j, a2 + k] == ids[c]:
                         sub[i, j, k] = 1
-                        counts[c] += 1
-                        if not found:
-                            first[c, 0], first[c, 1], first[c, 2] = a0 + i, a1 + j, a2 + k
-                            found = True
+                        count += 1
+        counts[c] = count
         piece = dilate_18(sub, d) if d > 0 else sub
         n_touched = 0
         found = False
@@ -485,7 +482,7 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
     group = np.empty(n, dtype=np.int64)
     for c in range(n):
         group[c] = _find(parent, c)
-    return counts, first, piece_first, pairs[:n_pairs], group
+    return counts, piece_first, pairs[:n_pairs], group
 
 
 def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: np.ndarray,

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-from scipy import ndimage
 
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kernels
@@ -253,199 +252,6 @@ def _reused_distances(src: Surface, sel: np.ndarray, dist: np.ndarray, nearest: 
     return out
 
 
-# ------------------------------------------------------------------ clusters
-def _block_occupancy(mask: np.ndarray, block: int) -> np.ndarray:
-    """Whether each ``block``-sided block of ``mask`` (last ones partial) holds a voxel:
-    OR of strided slices, one axis at a time (axis 0 first, which shrinks the most)."""
-    occ = mask
-    for axis in range(mask.ndim):
-        n = occ.shape[axis]
-        shape = list(occ.shape)
-        shape[axis] = -(-n // block)
-        out = np.zeros(shape, dtype=bool)
-        head = (slice(None),) * axis
-        for k in range(min(block, n)):
-            part = occ[head + (slice(k, None, block),)]
-            out[head + (slice(0, part.shape[axis]),)] |= part
-        occ = out
-    return occ
-
-
-def _grow(mask: np.ndarray, r: int) -> np.ndarray:
-    """Dilation by a (2r+1)-sided cube (separable: one axis at a time)."""
-    out = mask
-    for axis in range(mask.ndim):
-        grown = out.copy()
-        n = out.shape[axis]
-        for k in range(1, min(r, n - 1) + 1):
-            lo = (slice(None),) * axis + (slice(0, n - k),)
-            hi = (slice(None),) * axis + (slice(k, n),)
-            grown[lo] |= out[hi]
-            grown[hi] |= out[lo]
-        out = grown
-    return out
-
-
-@dataclass
-class _Packing:
-    """Independent clusters of a case, copied into their own boxes ("slots") of a
-    small "packed" array (see :func:`_packing`).
-
-    Attributes:
-        shape: packed array shape.
-        frame_shape: shape of the frame the clusters come from.
-        slot: packed array shape, int32: the slot (cluster) of each packed voxel.
-        shift: (C, ndim) frame index = packed index + shift[cluster].
-        copies: (frame slices, packed slices, own mask or None) per cluster.
-    """
-
-    shape: tuple[int, ...]
-    frame_shape: tuple[int, ...]
-    slot: np.ndarray
-    shift: np.ndarray
-    copies: list
-
-    def pack(self, arr: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.shape, dtype=arr.dtype)
-        for src, dst, own in self.copies:
-            out[dst] = arr[src] if own is None else arr[src] & own
-        return out
-
-    def to_frame(self, surface: Surface, labels: np.ndarray, n: int, order: str = "C"):
-        """Surface elements found on the packed array, moved to the frame and put in
-        its C order (the order :func:`labelled_surface` gives on the frame), with the
-        components renumbered as cc3d numbers those of the frame array: by first voxel
-        in raster ``order`` ("F" for F-contiguous arrays, else "C"); a component's
-        first voxel in either order is the position of its first surface element in
-        that order (every element lies at or after an inside voxel on all axes).
-
-        Returns (surface, labels, packed index, new label of each packed label,
-        packed label of each new label, shift of each new label)."""
-        index = surface.index
-        cluster = self.slot[tuple(index.T)]
-        frame_index = index + self.shift[cluster]
-        dims = tuple(s + 1 for s in self.frame_shape)
-        key = np.ravel_multi_index(tuple(frame_index.T), dims)
-        perm = np.argsort(key)
-        frame_index, labels = frame_index[perm], labels[perm]
-        packed_index, cluster = index[perm], cluster[perm]
-        weights = surface.weights[perm]
-        new_of_old = np.zeros(n + 1, dtype=np.int64)
-        old_of_new = np.zeros(n + 1, dtype=np.int64)
-        comp_shift = np.zeros((n + 1, index.shape[1]), dtype=np.int64)
-        if n:
-            _, first = np.unique(labels, return_index=True)  # labels 1..n all present
-            if order == "C":
-                rank = np.argsort(first)
-            else:
-                fkey = np.ravel_multi_index(tuple(frame_index.T), dims, order="F")
-                forder = np.argsort(fkey)
-                _, ffirst = np.unique(labels[forder], return_index=True)
-                rank = np.argsort(ffirst)
-            new_of_old[rank + 1] = np.arange(1, n + 1)
-            old_of_new[1:] = rank + 1
-            comp_shift[1:] = self.shift[cluster[first[rank]]]
-            labels = new_of_old[labels]
-        return (Surface(frame_index, surface.spacing, weights), labels, (packed_index, cluster),
-                new_of_old, old_of_new, comp_shift)
-
-
-def _packing(union: np.ndarray, dilation: int) -> _Packing | None:
-    """Split ``union`` (3-D) into clusters that cannot interact and pack them.
-
-    Voxels of two clusters are >= need = max(2d+2, 5) voxels apart on some axis (blocks
-    of 2 voxels; occupied blocks closer than 2r+2 blocks are grouped), so GT dilations
-    (reach d per axis) cannot merge or touch across clusters, no 2x2x2 neighbourhood
-    spans two clusters, and no surface element lies within the grid look-up reach
-    (3 voxels) of another cluster's. Each cluster is copied with a margin
-    m = max(d+1, 2) into its own slot (disjoint boxes, shelf-packed), so packed clusters
-    are >= 2m+1 >= need voxels apart too. Returns None for fewer than two clusters or
-    2-D masks.
-    """
-    if union.ndim != 3:
-        return None
-    block = 2
-    need = max(2 * dilation + 2, 5)
-    r = max(0, -(-((need - 1) // block - 1) // 2))
-    while (2 * r + 1) * block + 1 < need:
-        r += 1
-    occ = _block_occupancy(union, block)
-    lab, n = cc3d.connected_components(_grow(occ, r), connectivity=26, return_N=True)
-    if n <= 1:
-        return None
-    blab = np.where(occ, lab, 0)
-    margin = max(dilation + 1, 2)
-    frame = np.asarray(union.shape)
-    objects = ndimage.find_objects(blab)
-    lows, highs, owns = [], [], []
-    for c, obj in enumerate(objects, start=1):
-        region = blab[obj]
-        blo = np.asarray([sl.start for sl in obj]) * block
-        bhi = np.minimum(np.asarray([sl.stop for sl in obj]) * block, frame)
-        sub = union[tuple(slice(a, b) for a, b in zip(blo, bhi))]
-        if np.any((region != 0) & (region != c)):
-            sub = sub & _upsample(region == c, block, sub.shape)
-        lo, hi = bounding_box(sub)
-        lo, hi = lo + blo, hi + blo
-        lows.append(lo)
-        highs.append(hi)
-        # other clusters inside the copy box (box + margin)?
-        clo = np.maximum(lo - margin, 0)
-        chi = np.minimum(hi + margin + 1, frame)
-        bl, bh = clo // block, (chi - 1) // block + 1
-        region = blab[tuple(slice(a, b) for a, b in zip(bl, bh))]
-        own = None
-        if np.any((region != 0) & (region != c)):
-            up = _upsample(region == c, block, tuple((bh - bl) * block))
-            own = up[tuple(slice(a, b) for a, b in zip(clo - bl * block, chi - bl * block))]
-        owns.append((clo, chi, own))
-    ext = np.asarray(highs) - np.asarray(lows) + 1 + 2 * margin
-    place = _shelf_pack(ext)
-    shape = tuple(int(x) for x in (place + ext).max(axis=0))
-    shift = np.asarray(lows, dtype=np.int64) - margin - place
-    slot = np.zeros(shape, dtype=np.int32)
-    copies = []
-    for c, (clo, chi, own) in enumerate(owns):
-        slot[tuple(slice(int(a), int(a + e)) for a, e in zip(place[c], ext[c]))] = c
-        src = tuple(slice(int(a), int(b)) for a, b in zip(clo, chi))
-        dst = tuple(slice(int(a - s), int(b - s)) for a, b, s in zip(clo, chi, shift[c]))
-        copies.append((src, dst, own))
-    return _Packing(shape, tuple(int(x) for x in frame), slot, shift, copies)
-
-
-def _shelf_pack(ext: np.ndarray) -> np.ndarray:
-    """Positions of disjoint boxes of sizes ``ext`` (C, 3): layers along axis 0 (depth
-    of their deepest box), rows along axis 1 within a layer, boxes along axis 2 in a row;
-    the cross-section is the largest box extent on axes 1 and 2."""
-    width_y, width_z = int(ext[:, 1].max()), int(ext[:, 2].max())
-    place = np.zeros_like(ext)
-    x0 = depth = 0
-    y0 = row_h = z0 = 0
-    started = False
-    for c in np.argsort(-ext[:, 0], kind="stable"):
-        ex, ey, ez = (int(v) for v in ext[c])
-        if started and z0 + ez <= width_z and ey <= row_h:
-            pass  # same row
-        elif started and y0 + row_h + ey <= width_y:
-            y0, row_h, z0 = y0 + row_h, ey, 0  # new row
-        else:
-            if started:
-                x0 += depth  # new layer
-            depth, y0, row_h, z0 = ex, 0, ey, 0
-            started = True
-        place[c] = (x0, y0, z0)
-        z0 += ez
-    return place
-
-
-def _upsample(blocks: np.ndarray, block: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Voxel mask of a block mask, cut to ``shape``."""
-    out = blocks
-    for axis in range(blocks.ndim):
-        out = np.repeat(out, block, axis=axis)
-    return out[tuple(slice(0, int(n)) for n in shape)]
-
-
 def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, want_full):
     pred, gt = as_mask_pair(pred, gt)
     ndim = pred.ndim
@@ -464,41 +270,12 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     crop_shape = p.shape
     exact = _exact_frame(spacing)
 
-    # Far-apart clusters are packed into a small array for the voxel work (labelling,
-    # surfaces, dilation); everything is then expressed in the crop frame, with the
-    # components numbered as labelling the crop would number them.
-    pk = _packing(p | g, d)
-    if pk is not None:
-        # cc3d numbers components in F raster order on F-contiguous arrays, else in C order
-        p_raster = "F" if p.flags.f_contiguous and not p.flags.c_contiguous else "C"
-        g_raster = "F" if g.flags.f_contiguous and not g.flags.c_contiguous else "C"
-        p, g = pk.pack(p), pk.pack(g)
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
     gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
     # Surface elements of each mask, labelled by component (crop frame).
     ps, ps_lab = labelled_surface(pred_lab, spacing, p)
     gs, gs_lab = labelled_surface(gt_cc, spacing, g)
     pred_sizes = np.bincount(pred_lab[p], minlength=n_pred + 1) if n_pred else np.zeros(1, np.int64)
-    grids = None
-    if pk is None:
-        p_new = np.arange(n_pred + 1)
-        g_old = np.arange(n_cc + 1)
-        g_shift = np.zeros((n_cc + 1, ndim), dtype=np.int64)
-    else:
-        ps, ps_lab, ps_grid, p_new, _, _ = pk.to_frame(ps, ps_lab, n_pred, p_raster)
-        gs, gs_lab, gs_grid, _, g_old, g_shift = pk.to_frame(gs, gs_lab, n_cc, g_raster)
-        sizes = pred_sizes
-        pred_sizes = np.zeros_like(sizes)
-        pred_sizes[p_new] = sizes
-        # packed positions for the grid look-ups; elements of a cluster without any
-        # element of the other surface have nothing within the look-up radius
-        n_slots = pk.shift.shape[0]
-        has_p = np.zeros(n_slots, dtype=bool)
-        has_p[ps_grid[1]] = True
-        has_g = np.zeros(n_slots, dtype=bool)
-        has_g[gs_grid[1]] = True
-        grids = ((gs_grid[0], ps_grid[0]), (ps_grid[0], gs_grid[0]),
-                 ~has_p[gs_grid[1]], ~has_g[ps_grid[1]])
     p_order, p_starts = _groups(ps_lab, n_pred)
     g_order, g_starts = _groups(gs_lab, n_cc)
     p_lo, p_hi = _element_boxes(ps, p_order, p_starts, n_pred)
@@ -511,9 +288,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     elif ps.empty or gs.empty:
         full_hd = float(penalty)
     else:
-        g_grid, p_grid, g_alone, p_alone = (None,) * 4 if grids is None else grids
-        d_gp, near_gp, far_gp = nearest_distances(gs, ps, ps_lab, g_grid, g_alone)
-        d_pg, near_pg, far_pg = nearest_distances(ps, gs, gs_lab, p_grid, p_alone)
+        d_gp, near_gp, far_gp = nearest_distances(gs, ps, ps_lab)
+        d_pg, near_pg, far_pg = nearest_distances(ps, gs, gs_lab)
         far_g = np.zeros(d_gp.size, dtype=bool)
         far_g[far_gp] = True
         far_p = np.zeros(d_pg.size, dtype=bool)
@@ -547,10 +323,9 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     pairs = np.zeros((0, 3), dtype=np.int64)
     n_gt = 0
     if n_cc:
-        box_lo = np.maximum(g_lo[1:] - d, 0)  # crop frame
+        box_lo = np.maximum(g_lo[1:] - d, 0)
         box_hi = np.minimum(g_hi[1:] + d, frame)
         candidate = _may_touch(box_lo, box_hi)
-        box_lo, box_hi = box_lo - g_shift[1:], box_hi - g_shift[1:]  # voxel array frame
         if candidate.any():
             olo, ohi = box_lo[candidate].min(axis=0), box_hi[candidate].max(axis=0)
             owner = np.zeros(tuple(int(x) for x in ohi - olo), dtype=np.int32)
@@ -564,11 +339,11 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
             lo3 = np.concatenate([box_lo, np.zeros((n_cc, 1), np.int64)], axis=1)
             hi3 = np.concatenate([box_hi, np.ones((n_cc, 1), np.int64)], axis=1)
             olo3 = np.append(olo, 0)
-        counts, _, piece_first, pairs, group = kernels.link_components(
-            vol(gt_cc), g_old[1:].astype(np.int64), lo3, hi3, d, vol(pred_lab), n_pred,
+        counts, piece_first, pairs, group = kernels.link_components(
+            vol(gt_cc), np.arange(1, n_cc + 1), lo3, hi3, d, vol(pred_lab), n_pred,
             candidate, vol(owner), olo3)
         cc_counts[1:] = counts
-        key = np.ravel_multi_index(tuple((piece_first[:, :ndim] + g_shift[1:]).T),
+        key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T),
                                    tuple(int(x) for x in frame))
         group_first = np.full(n_cc, np.iinfo(np.int64).max)
         np.minimum.at(group_first, group, key)
@@ -579,7 +354,6 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         lesion_of_cc[1:] = number[group]
         pairs = pairs.copy()
         pairs[:, 0] += 1  # component index -> GT component label
-        pairs[:, 1] = p_new[pairs[:, 1]]  # voxel-array label -> crop-frame label
     # lesion -> matched predicted components, as unique (lesion, component) rows
     pair_lesion = lesion_of_cc[pairs[:, 0]]
     match = np.unique(np.stack([pair_lesion, pairs[:, 1]], axis=1), axis=0) if len(pairs) \

@@ -278,9 +278,7 @@ def directed_distances(source: Surface, target: Surface) -> np.ndarray:
     return nearest_distances(source, target)[0]
 
 
-def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None,
-                      grid_index: tuple[np.ndarray, np.ndarray] | None = None,
-                      no_near: np.ndarray | None = None
+def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None
                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """:func:`directed_distances` with where each distance comes from.
 
@@ -288,13 +286,6 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         source, target: surfaces (same spacing and frame).
         target_labels: optional (N_target,) positive labels of the target elements
             (e.g. the connected component each element belongs to).
-        grid_index: optional (source, target) element positions used instead of
-            ``source.index`` / ``target.index`` for the grid look-ups only: another
-            placement of the same elements that keeps every offset within the look-up
-            radius R (e.g. far-apart clusters moved closer together, more than R apart);
-            the k-d tree always uses the surfaces' own points.
-        no_near: optional (N_source,) bool, True for source elements known to have no
-            target element within the look-up radius (sent to the k-d tree at once).
     Returns:
         (dist, nearest, far): ``dist`` as :func:`directed_distances`; ``nearest`` the
         label of the target element at that distance (None without ``target_labels``);
@@ -308,38 +299,27 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
     if target.empty:
         return (np.full(n, np.inf), None if target_labels is None else np.zeros(n, np.int64),
                 np.arange(n))
-    offsets, lengths, radius = _near_offsets(tuple(source.spacing))
-    src_index, tgt_index = (source.index, target.index) if grid_index is None else grid_index
+    offsets, lengths, _ = _near_offsets(tuple(source.spacing))
     pad = np.abs(offsets).max(axis=0)
-    lo = np.minimum(_column_extreme(src_index, np.min), _column_extreme(tgt_index, np.min)) - pad
-    hi = np.maximum(_column_extreme(src_index, np.max), _column_extreme(tgt_index, np.max)) + pad
+    lo = np.minimum(_column_extreme(source.index, np.min), _column_extreme(target.index, np.min)) - pad
+    hi = np.maximum(_column_extreme(source.index, np.max), _column_extreme(target.index, np.max)) + pad
     shape = tuple(int(x) for x in hi - lo + 1)
     grid = np.zeros(shape, dtype=np.uint8)
-    target_pos = tuple((tgt_index - lo).T)
+    target_pos = tuple((target.index - lo).T)
     grid[target_pos] = 1
     strides = np.asarray(grid.strides, dtype=np.int64)  # uint8: 1 byte per element
-    flat = (src_index - lo) @ strides
+    flat = (source.index - lo) @ strides
     dist = np.full(n, np.inf)
     nearest = None
     flat_labels = np.zeros(1, dtype=np.int32)  # "no labels" for the kernel
+    out_near = np.zeros(0, np.int64)
     if target_labels is not None:
         label_grid = np.empty(shape, dtype=np.int32)  # only read where ``grid`` is set
         label_grid[target_pos] = target_labels
         flat_labels = label_grid.ravel()
-        nearest = np.zeros(n, dtype=np.int64)
-    scanned = np.arange(n) if no_near is None else np.flatnonzero(~no_near)
-    out_dist = dist if no_near is None else np.empty(scanned.size)
-    out_near = (nearest if no_near is None else np.zeros(scanned.size, np.int64)) \
-        if nearest is not None else np.zeros(0, np.int64)
-    missed = kernels.grid_nearest(grid.ravel(), flat_labels, flat[scanned], offsets @ strides,
-                                  lengths, out_dist, out_near)
-    if no_near is None:
-        remaining = missed
-    else:
-        dist[scanned] = out_dist
-        if nearest is not None:
-            nearest[scanned] = out_near
-        remaining = np.sort(np.concatenate([scanned[missed], np.flatnonzero(no_near)]))
+        nearest = out_near = np.zeros(n, dtype=np.int64)
+    remaining = kernels.grid_nearest(grid.ravel(), flat_labels, flat, offsets @ strides, lengths,
+                                     dist, out_near)
     if remaining.size:
         far, which = _kd_nearest(source.index[remaining] * np.asarray(source.spacing), target)
         dist[remaining] = far
