@@ -52,10 +52,11 @@ def test_grid_nearest_takes_the_first_offset_that_hits():
     order = np.argsort(length, kind="stable")
     off, length = off[order], length[order]
     strides = np.asarray(grid.strides, dtype=np.int64)
+    target = np.flatnonzero(grid.ravel())
     dist = np.full(300, np.inf)
     near = np.zeros(300, dtype=np.int64)
-    missed = kernels.grid_nearest(grid.ravel(), labels.ravel(), pts @ strides, off @ strides,
-                                  length, dist, near)
+    missed = kernels.grid_nearest(grid.ravel(), pts @ strides, off @ strides, length, target,
+                                  labels.ravel()[target].astype(np.int64), dist, near)
     for s, p in enumerate(pts):
         hits = [k for k, o in enumerate(off) if grid[tuple(p + o)]]
         if not hits:

@@ -209,25 +209,34 @@ def _present_values(seg: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts)]
 
 
-def _all_in(seg: np.ndarray, values: Sequence[int]) -> bool:
-    """Whether every voxel holds one of ``values`` (one comparison pass per value,
-    much faster than a look-up-table gather on large volumes)."""
-    return sum(int(np.count_nonzero(seg == v)) for v in set(values)) == seg.size
+def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]:
+    """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|)) of a cropped case,
+    in one pass over both label maps (masks in the prediction's memory order).
 
-
-def _region_mask(seg: np.ndarray, values: Sequence[int], scheme_values: Sequence[int]) -> np.ndarray:
-    """Bool mask of the voxels of ``seg`` whose label is in ``values``; ``seg`` holds
-    scheme labels only (checked before), so "all labels but background" is ``seg != 0``."""
-    values = set(int(v) for v in values)
-    if 0 not in values and values == set(int(v) for v in scheme_values) - {0}:
-        return seg != 0
-    if not values:
-        return np.zeros(seg.shape, dtype=bool)
-    it = iter(sorted(values))
-    mask = seg == next(it)
-    for v in it:
-        mask |= seg == v
-    return mask
+    Raises:
+        ValueError: a label value the scheme does not define (named, with the allowed ones).
+    """
+    names = list(scheme.regions)
+    top = max(max(scheme.values), 0)
+    bits = np.full(top + 1, -1, dtype=np.int64)
+    bits[list(v for v in scheme.values if v >= 0)] = 0
+    for r, name in enumerate(names):
+        for v in scheme.regions[name]:
+            bits[v] |= 1 << r
+    fortran = p_crop.ndim == 3 and p_crop.strides[0] < p_crop.strides[-1]  # e.g. NIfTI arrays
+    view = (lambda a: a.T) if fortran else (lambda a: a if a.ndim == 3 else a[..., None])
+    pm, gm, counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, len(names))
+    if bad.any():
+        for which, seg in (("pred", p_crop), ("gt", g_crop)):
+            unknown = [v for v in _present_values(seg) if v not in scheme.labels]
+            if unknown:
+                raise ValueError(f"{which} holds label values {unknown} that scheme "
+                                 f"{scheme.name!r} does not define (allowed: "
+                                 f"{list(scheme.values)}); choose the matching scheme.")
+    back = (lambda a: a.T) if fortran else (lambda a: a if p_crop.ndim == 3 else a[..., 0])
+    return {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
+                   tuple(int(c) for c in counts[r])) for r, name in enumerate(names)}
 
 
 def _foreground_box(pred: np.ndarray, gt: np.ndarray):
@@ -288,27 +297,14 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     else:
         crop = box_slices(*box, pred.shape, margin=params.dilation + 1)
     p_crop, g_crop = pred[crop], gt[crop]
-    allowed = np.zeros(max(scheme.values) + 1, dtype=bool)
-    allowed[list(scheme.values)] = True
-    for name, seg in (("pred", p_crop), ("gt", g_crop)):
-        if seg.size == 0:
-            continue
-        lo_v, hi_v = int(seg.min()), int(seg.max())
-        if lo_v >= 0 and hi_v < allowed.size and _all_in(seg, scheme.values):
-            continue
-        unknown = [v for v in _present_values(seg) if v not in scheme.labels]
-        if unknown:
-            raise ValueError(f"{name} holds label values {unknown} that scheme {scheme.name!r} "
-                             f"does not define (allowed: {list(scheme.values)}); choose the "
-                             "matching scheme.")
+    masks = _region_masks(p_crop, g_crop, scheme)
 
     need_lesions = any(METRICS[n].lesion_wise for n in names)
     region_rows: list[dict] = []
     lesion_rows: list[dict] = []
-    for region, values in scheme.regions.items():
-        pair = RegionPair(_region_mask(p_crop, values, scheme.values),
-                          _region_mask(g_crop, values, scheme.values),
-                          spacing, int(pred.size), params, need_lesions)
+    for region, (p_mask, g_mask, counts) in masks.items():
+        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions)
+        pair._cache["counts"] = counts
         row: dict = {"region": region}
         for name in names:
             value = float(METRICS[name].compute(pair))

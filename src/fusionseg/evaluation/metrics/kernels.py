@@ -98,8 +98,9 @@ def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  #
 
 
 @njit(cache=True, nogil=True)
-def grid_nearest(grid: np.ndarray, labels: np.ndarray, source: np.ndarray, offsets: np.ndarray,
-                 lengths: np.ndarray, dist: np.ndarray, nearest: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+def grid_nearest(grid: np.ndarray, source: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                 target: np.ndarray, labels: np.ndarray, dist: np.ndarray,
+                 nearest: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
     """Nearest target element of each source element by grid look-ups.
 
     For each source position, the offsets are tried in order (shortest first) and the
@@ -108,19 +109,20 @@ def grid_nearest(grid: np.ndarray, labels: np.ndarray, source: np.ndarray, offse
 
     Args:
         grid: flat uint8 array, 1 where a target element is.
-        labels: flat int32 array of the same size, label of each target element (read
-            only where ``grid`` is 1); a 1-element array when labels are not wanted.
         source: (N,) int64 flat positions of the source elements in ``grid``; every
             ``source + offset`` must be inside the grid.
         offsets: (K,) int64 flat offsets, sorted by length.
         lengths: (K,) float64 offset lengths in mm.
+        target: (M,) int64 flat positions of the target elements, ascending.
+        labels: (M,) int64 label of each target element, or an empty array when labels
+            are not wanted.
         dist: (N,) float64 output, written where resolved.
         nearest: (N,) int64 output label, written where resolved (when labels given).
     Returns:
         indices (int64, ascending) of the source elements no offset resolved.
     """
     n = source.shape[0]
-    with_labels = labels.shape[0] == grid.shape[0]
+    with_labels = labels.shape[0] > 0
     unresolved = np.empty(n, dtype=np.int64)
     m = 0
     for s in range(n):
@@ -131,7 +133,7 @@ def grid_nearest(grid: np.ndarray, labels: np.ndarray, source: np.ndarray, offse
             if grid[q]:
                 dist[s] = lengths[o]
                 if with_labels:
-                    nearest[s] = labels[q]
+                    nearest[s] = labels[np.searchsorted(target, q)]
                 found = True
                 break
         if not found:
@@ -533,3 +535,52 @@ def _percentile_scan(values: np.ndarray, weights: np.ndarray, group: np.ndarray,
         out[g] = values[pick]
         start = stop
     return out
+
+
+@njit(cache=True, nogil=True)
+def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: int):  # pragma: no cover - compiled
+    """Region masks and overlap counts of a (prediction, GT) pair of label maps, with
+    the label values checked, in one pass.
+
+    Args:
+        pred, gt: 3-D integer label maps of the same shape.
+        bits: (V,) int64 per label value v: bit r set when v belongs to region r; -1
+            for values the label scheme does not define (values < 0 or >= V are
+            undefined too).
+    Returns:
+        (pred_masks, gt_masks, counts, bad): masks (R, X, Y, Z) uint8 0/1; counts (R, 3)
+        int64 |P n G|, |P|, |G| per region; bad (2,) int64, 1 where pred / gt holds an
+        undefined value (masks and counts are then incomplete).
+    """
+    n0, n1, n2 = pred.shape
+    pm = np.zeros((n_regions, n0, n1, n2), dtype=np.uint8)
+    gm = np.zeros((n_regions, n0, n1, n2), dtype=np.uint8)
+    counts = np.zeros((n_regions, 3), dtype=np.int64)
+    bad = np.zeros(2, dtype=np.int64)
+    nv = bits.shape[0]
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                a = pred[i, j, k]
+                b = gt[i, j, k]
+                if a == 0 and b == 0 and bits[0] == 0:
+                    continue
+                if a < 0 or a >= nv or bits[a] < 0:
+                    bad[0] = 1
+                    continue
+                if b < 0 or b >= nv or bits[b] < 0:
+                    bad[1] = 1
+                    continue
+                ba, bb = bits[a], bits[b]
+                for r in range(n_regions):
+                    x = (ba >> r) & 1
+                    y = (bb >> r) & 1
+                    if x:
+                        pm[r, i, j, k] = 1
+                        counts[r, 1] += 1
+                    if y:
+                        gm[r, i, j, k] = 1
+                        counts[r, 2] += 1
+                    if x and y:
+                        counts[r, 0] += 1
+    return pm, gm, counts, bad
