@@ -186,3 +186,35 @@ def test_lesion_hd95_from_whole_image_distances_equals_the_per_lesion_computatio
     general = [lw.lesion_wise(pred, gt, (1.0, 1.0, 1.0), d, 10.0) for d in (0, 1, 3)]
     for a, b in zip(results, general):
         assert repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_lesions_and_matches_equal_labelling_the_dilated_gt(d):
+    """Lesion grouping, numbering, volumes and matches equal the reference recipe:
+    label the GT dilated d times (18-nbhd, 26-connectivity, C order) and take the
+    predicted components (26-connectivity) touching each dilated component."""
+    import cc3d
+    from scipy import ndimage
+
+    rng = np.random.default_rng(d)
+    shape = (60, 50, 40)
+    grid = np.indices(shape)
+    gt = np.zeros(shape, bool)
+    pred = np.zeros(shape, bool)
+    for _ in range(25):  # crowded: many dilations meet, some only touch
+        c = rng.uniform(3, np.asarray(shape) - 3)
+        gt |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.5, 3)
+        c = c + rng.integers(-4, 5, 3)
+        pred |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.5, 3)
+    dilated = ndimage.binary_dilation(gt, ndimage.generate_binary_structure(3, 2), iterations=d)
+    dil_lab, n_gt = cc3d.connected_components(np.ascontiguousarray(dilated), connectivity=26,
+                                              return_N=True)
+    pred_lab = cc3d.connected_components(np.ascontiguousarray(pred), connectivity=26)
+    expected = []
+    for lesion in range(1, n_gt + 1):
+        inside = dil_lab == lesion
+        matched = tuple(int(c) for c in np.unique(pred_lab[inside]) if c)
+        expected.append((lesion, float(np.count_nonzero(gt & inside)), matched))
+    result = lesion_wise(pred, gt, (1.0, 1.0, 1.0), d, 0.0)
+    got = [(r.lesion_id, r.volume_mm3, r.matched) for r in result.lesions if r.kind == "gt"]
+    assert n_gt > 5 and got == expected

@@ -379,8 +379,8 @@ def _find(parent: np.ndarray, x: int) -> int:  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
-                    pred: np.ndarray, n_pred: int, candidate: np.ndarray, owner: np.ndarray,
-                    olo: np.ndarray):  # pragma: no cover - compiled
+                    pred: np.ndarray, n_pred: int, zlo: np.ndarray, zhi: np.ndarray,
+                    owner: np.ndarray, olo: np.ndarray):  # pragma: no cover - compiled
     """Dilate each GT component on its own box, find the predicted components its
     dilation touches, and group the components whose dilations overlap or touch
     (26-connectivity): BraTS 2023 lesion formation and matching.
@@ -392,10 +392,12 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
             (``hi`` exclusive); the component's voxels are those of its box with its label.
         d: dilation iterations (18-neighbourhood, as :func:`dilate_18`; 0: none).
         pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred.
-        candidate: (C,) bool, False for components whose dilation box, grown by one
-            voxel, meets no other component's (they cannot be grouped with any).
-        owner: int32 scratch array, zeros, covering the dilation boxes of the
-            candidates; ``olo`` (3,) its origin in ``gt`` coordinates.
+        zlo, zhi: (C, 3) int64 box (``gt`` coordinates, ``zhi`` exclusive) of the part of
+            each component's dilation box where another component's dilation may
+            overlap or touch it (inside the others' dilation boxes grown by one voxel);
+            empty for components that cannot be grouped with any.
+        owner: int32 scratch array, zeros, covering every zone; ``olo`` (3,) its origin
+            in ``gt`` coordinates.
     Returns:
         (counts (C,) voxels per component, piece_first (C, 3) first voxel (C order) of
         its dilation, pairs (P, 3) int64 rows
@@ -437,8 +439,10 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
                     if not found:
                         piece_first[c, 0], piece_first[c, 1], piece_first[c, 2] = a0 + i, a1 + j, a2 + k
                         found = True
-                    if candidate[c]:  # overlap with an earlier candidate's dilation
-                        x, y, z = a0 + i - olo[0], a1 + j - olo[1], a2 + k - olo[2]
+                    x, y, z = a0 + i, a1 + j, a2 + k
+                    if (zlo[c, 0] <= x < zhi[c, 0] and zlo[c, 1] <= y < zhi[c, 1]
+                            and zlo[c, 2] <= z < zhi[c, 2]):  # overlap with an earlier dilation
+                        x, y, z = x - olo[0], y - olo[1], z - olo[2]
                         other = owner[x, y, z] - 1
                         if other >= 0 and other != c:
                             parent[_find(parent, other)] = _find(parent, c)
@@ -460,14 +464,12 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
         for t in range(n_touched):
             pairs[n_pairs, 0], pairs[n_pairs, 1], pairs[n_pairs, 2] = c, touched[t], inside[touched[t]]
             n_pairs += 1
-        if not candidate[c]:
-            continue
-        # touching an earlier candidate's dilation: only voxels with a face neighbour
-        # outside the dilation need their 26 neighbours looked at (a voxel 26-adjacent
-        # to another dilation has such a voxel between them, itself adjacent to it)
-        for i in range(s0):
-            for j in range(s1):
-                for k in range(s2):
+        # touching an earlier dilation (within the zone): only voxels with a face
+        # neighbour outside the dilation need their 26 neighbours looked at (a voxel
+        # 26-adjacent to another dilation has such a voxel between them, adjacent to it)
+        for i in range(max(zlo[c, 0] - a0, 0), min(zhi[c, 0] - a0, s0)):
+            for j in range(max(zlo[c, 1] - a1, 0), min(zhi[c, 1] - a1, s1)):
+                for k in range(max(zlo[c, 2] - a2, 0), min(zhi[c, 2] - a2, s2)):
                     if not piece[i, j, k]:
                         continue
                     if (0 < i and piece[i - 1, j, k] and i + 1 < s0 and piece[i + 1, j, k]

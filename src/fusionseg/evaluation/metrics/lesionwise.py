@@ -325,23 +325,24 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     if n_cc:
         box_lo = np.maximum(g_lo[1:] - d, 0)
         box_hi = np.minimum(g_hi[1:] + d, frame)
-        candidate = _may_touch(box_lo, box_hi)
-        if candidate.any():
-            olo, ohi = box_lo[candidate].min(axis=0), box_hi[candidate].max(axis=0)
+        zlo, zhi = _interaction_zones(box_lo, box_hi)
+        active = np.any(zhi > zlo, axis=1)
+        if active.any():
+            olo, ohi = zlo[active].min(axis=0), zhi[active].max(axis=0)
             owner = np.zeros(tuple(int(x) for x in ohi - olo), dtype=np.int32)
         else:
             olo, owner = np.zeros(ndim, np.int64), np.zeros((1,) * ndim, np.int32)
         if ndim == 3:
             vol = lambda a: a  # noqa: E731
-            lo3, hi3, olo3 = box_lo, box_hi, olo
+            lo3, hi3, zlo3, zhi3, olo3 = box_lo, box_hi, zlo, zhi, olo
         else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
             vol = lambda a: a[..., None]  # noqa: E731
-            lo3 = np.concatenate([box_lo, np.zeros((n_cc, 1), np.int64)], axis=1)
-            hi3 = np.concatenate([box_hi, np.ones((n_cc, 1), np.int64)], axis=1)
+            plane = (lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1))  # noqa: E731
+            lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
             olo3 = np.append(olo, 0)
         counts, piece_first, pairs, group = kernels.link_components(
             vol(gt_cc), np.arange(1, n_cc + 1), lo3, hi3, d, vol(pred_lab), n_pred,
-            candidate, vol(owner), olo3)
+            zlo3, zhi3, vol(owner), olo3)
         cc_counts[1:] = counts
         key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T),
                                    tuple(int(x) for x in frame))
@@ -402,17 +403,32 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     return full_hd, LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
 
 
-def _may_touch(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(C,) whether box c (``lo`` inclusive, ``hi`` exclusive, (C, ndim)), grown by one
-    voxel, meets another box: only such GT components' dilations can overlap or touch."""
+def _interaction_zones(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each GT component's dilation may overlap or touch another's.
+
+    Args:
+        lo, hi: (C, ndim) dilation box of each component (``hi`` exclusive).
+    Returns:
+        (zlo, zhi): per component, its box clipped to the bounding box of the other
+        boxes (grown by one voxel) that meet it; empty (zlo = zhi) when none does.
+    """
     n = lo.shape[0]
+    zlo, zhi = lo.copy(), lo.copy()  # empty
     if n < 2:
-        return np.zeros(n, dtype=bool)
-    if n > 2000:  # pairwise test too large: let the kernel check every component
-        return np.ones(n, dtype=bool)
-    meet = np.all((lo[:, None, :] <= hi[None, :, :]) & (lo[None, :, :] <= hi[:, None, :]), axis=2)
+        return zlo, zhi
+    if n > 2000:  # pairwise test too large: every component's whole box
+        return lo.copy(), hi.copy()
+    glo, ghi = lo - 1, hi + 1
+    meet = np.all((lo[:, None, :] < ghi[None, :, :]) & (glo[None, :, :] < hi[:, None, :]), axis=2)
     np.fill_diagonal(meet, False)
-    return meet.any(axis=1)
+    some = meet.any(axis=1)
+    if some.any():
+        big = np.iinfo(np.int64).max
+        nlo = np.where(meet[:, :, None], glo[None, :, :], big).min(axis=1)
+        nhi = np.where(meet[:, :, None], ghi[None, :, :], -big).max(axis=1)
+        zlo[some] = np.maximum(lo, nlo)[some]
+        zhi[some] = np.minimum(hi, nhi)[some]
+    return zlo, zhi
 
 
 def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact) -> np.ndarray:
