@@ -106,3 +106,24 @@ def test_foreground_box_matches_bounding_box_in_both_memory_orders():
                 assert got is None
             else:
                 assert [list(v) for v in got] == [list(v) for v in ref]
+
+
+def test_grouped_weighted_percentile_matches_sorted_cumulative_weights():
+    """The surface-distance recipe: sort by value, cumulative weight share, first value
+    reaching the percentile; per group, groups < 0 ignored, empty groups NaN."""
+    rng = np.random.default_rng(4)
+    values = np.round(rng.uniform(0, 20, 3000), 1)  # many ties
+    weights = rng.choice([0.5, 0.7071, 1.0, 1.5], 3000)
+    group = rng.integers(-1, 7, 3000)
+    got = kernels.grouped_weighted_percentile(values, weights, group, 9, 95.0)
+    for g in range(9):
+        v, w = values[group == g], weights[group == g]
+        if v.size == 0:
+            assert np.isnan(got[g])
+            continue
+        order = np.argsort(v, kind="stable")
+        cum = np.cumsum(w[order]) / np.sum(w)
+        ref = v[order][min(int(np.searchsorted(cum, 0.95)), v.size - 1)]
+        assert got[g] == ref
+    one = kernels.grouped_weighted_percentile(values, weights, np.zeros(3000, np.int64), 1, 100.0)
+    assert one[0] == values.max()

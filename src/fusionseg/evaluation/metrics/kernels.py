@@ -493,49 +493,76 @@ def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: 
                                 n_groups: int, percent: float) -> np.ndarray:
     """Weighted percentile of ``values`` within each group.
 
-    For group g, its elements are sorted by value (stable: ties keep index order) and
-    the result is the first value whose cumulative weight share reaches ``percent`` %
-    (``searchsorted(cumsum(w) / sum(w), percent / 100)``, clipped to the last one; the
-    sum is the last cumulative value). Elements with ``group < 0`` are ignored; groups
-    without elements give NaN.
+    For group g the result is the smallest of its values x whose weight share
+    ``W(<= x) / W`` reaches ``percent`` %, where W(<= x) sums the weights of the group's
+    elements with value <= x and W all of them, each summed in index order. This is the
+    first value at which ``cumsum(w) / sum(w)`` over the values sorted ascending reaches
+    the share (``surface-distance``'s ``compute_robust_hausdorff``), computed without
+    sorting the weights: the values alone are sorted and W(<= x) is bisected.
+    Elements with ``group < 0`` are ignored; groups without elements give NaN.
 
     Args:
-        values, weights: (N,) float64.
+        values, weights: (N,) float64 (weights >= 0).
         group: (N,) int64 group of each element, < n_groups.
     Returns:
         (n_groups,) float64.
     """
-    keep = np.flatnonzero(group >= 0)
-    if keep.size < group.size:
-        values, weights, group = values[keep], weights[keep], group[keep]
-    order = np.lexsort((values, group))  # by group, then value; stable
-    return _percentile_scan(values[order], weights[order], group[order], n_groups, percent)
+    order, starts = _members_by_group(group, n_groups)
+    v = np.ascontiguousarray(values[order], dtype=np.float64)
+    w = np.ascontiguousarray(weights[order], dtype=np.float64)
+    ranked = v.copy()
+    for g in np.flatnonzero(np.diff(starts) > 1):
+        ranked[starts[g]:starts[g + 1]].sort()  # numpy's vectorised sort, per group
+    return _percentile_bisect(v, w, ranked, starts, percent)
 
 
 @njit(cache=True, nogil=True)
-def _percentile_scan(values: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups: int,
-                     percent: float) -> np.ndarray:  # pragma: no cover - compiled
-    """:func:`grouped_weighted_percentile` on elements sorted by (group, value)."""
+def _members_by_group(group: np.ndarray, n_groups: int):  # pragma: no cover - compiled
+    """Element indices grouped (counting sort, index order within a group) and the
+    start of each group's run (``n_groups + 1``); elements with group < 0 left out."""
+    sizes = np.zeros(n_groups + 1, dtype=np.int64)
+    for i in range(group.shape[0]):
+        if group[i] >= 0:
+            sizes[group[i] + 1] += 1
+    starts = np.cumsum(sizes)
+    order = np.empty(starts[-1], dtype=np.int64)
+    fill = starts[:-1].copy()
+    for i in range(group.shape[0]):
+        g = group[i]
+        if g >= 0:
+            order[fill[g]] = i
+            fill[g] += 1
+    return order, starts
+
+
+@njit(cache=True, nogil=True)
+def _percentile_bisect(values: np.ndarray, weights: np.ndarray, ranked: np.ndarray,
+                       starts: np.ndarray, percent: float) -> np.ndarray:  # pragma: no cover - compiled
+    """:func:`grouped_weighted_percentile` on grouped elements: ``ranked`` holds each
+    group's values sorted; W(<= x) grows with x, so the answer is bisected over them."""
+    n_groups = starts.shape[0] - 1
     out = np.full(n_groups, np.nan)
     share = percent / 100.0
-    n = values.shape[0]
-    start = 0
-    while start < n:
-        g = group[start]
-        stop = start
+    for g in range(n_groups):
+        a, b = starts[g], starts[g + 1]
+        if a == b:
+            continue
         total = 0.0
-        while stop < n and group[stop] == g:
-            total += weights[stop]
-            stop += 1
-        cum = 0.0
-        pick = stop - 1
-        for i in range(start, stop):
-            cum += weights[i]
-            if cum / total >= share:
-                pick = i
-                break
-        out[g] = values[pick]
-        start = stop
+        for i in range(a, b):
+            total += weights[i]
+        lo, hi = a, b - 1  # W(<= ranked[b - 1]) = W: share reached
+        while lo < hi:
+            mid = (lo + hi) // 2
+            x = ranked[mid]
+            below = 0.0
+            for i in range(a, b):
+                if values[i] <= x:
+                    below += weights[i]
+            if below / total >= share:
+                hi = mid
+            else:
+                lo = mid + 1
+        out[g] = ranked[lo]
     return out
 
 
