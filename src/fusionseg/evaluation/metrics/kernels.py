@@ -165,6 +165,13 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
     lo = np.empty((cap, nd))
     hi = np.empty((cap, nd))
     start[0], stop[0] = 0, m
+    for k in range(nd):
+        lo[0, k] = pts[0, k]
+        hi[0, k] = pts[0, k]
+    for i in range(1, m):
+        for k in range(nd):
+            lo[0, k] = min(lo[0, k], pts[i, k])
+            hi[0, k] = max(hi[0, k], pts[i, k])
     n_nodes = 1
     todo = np.empty(cap, dtype=np.int64)
     todo[0] = 0
@@ -173,16 +180,6 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
         n_todo -= 1
         node = todo[n_todo]
         a, b = start[node], stop[node]
-        for k in range(nd):
-            lo[node, k] = pts[a, k]
-            hi[node, k] = pts[a, k]
-        for i in range(a + 1, b):
-            for k in range(nd):
-                v = pts[i, k]
-                if v < lo[node, k]:
-                    lo[node, k] = v
-                elif v > hi[node, k]:
-                    hi[node, k] = v
         if b - a <= leaf_size:
             continue
         axis = 0
@@ -192,19 +189,30 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
         if hi[node, axis] <= lo[node, axis]:
             continue  # identical points: a leaf
         split = 0.5 * (lo[node, axis] + hi[node, axis])
+        nl, nr = n_nodes, n_nodes + 1
+        for k in range(nd):  # children's tight boxes, grown during the partition
+            lo[nl, k] = np.inf
+            hi[nl, k] = -np.inf
+            lo[nr, k] = np.inf
+            hi[nr, k] = -np.inf
         i, j = a, b - 1
         while i <= j:  # points below ``split`` first
             if pts[i, axis] < split:
+                for k in range(nd):
+                    lo[nl, k] = min(lo[nl, k], pts[i, k])
+                    hi[nl, k] = max(hi[nl, k], pts[i, k])
                 i += 1
             else:
                 for k in range(nd):
+                    lo[nr, k] = min(lo[nr, k], pts[i, k])
+                    hi[nr, k] = max(hi[nr, k], pts[i, k])
                     pts[i, k], pts[j, k] = pts[j, k], pts[i, k]
                 order[i], order[j] = order[j], order[i]
                 j -= 1
-        left[node], right[node] = n_nodes, n_nodes + 1
-        start[n_nodes], stop[n_nodes] = a, i
-        start[n_nodes + 1], stop[n_nodes + 1] = i, b
-        todo[n_todo], todo[n_todo + 1] = n_nodes, n_nodes + 1
+        left[node], right[node] = nl, nr
+        start[nl], stop[nl] = a, i
+        start[nr], stop[nr] = i, b
+        todo[n_todo], todo[n_todo + 1] = nl, nr
         n_todo += 2
         n_nodes += 2
     return (pts, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes],
@@ -224,6 +232,7 @@ def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> 
     points, order, start, stop, left, right, lo, hi = tree
     nq, nd = queries.shape
     stack = np.empty(2 * start.shape[0] + 1, dtype=np.int64)
+    bound = np.empty(2 * start.shape[0] + 1)  # squared distance to the node's box
     best_i = 0
     for q in range(nq):
         best2 = 0.0
@@ -231,20 +240,12 @@ def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> 
             diff = queries[q, k] - points[best_i, k]
             best2 += diff * diff
         stack[0] = 0
+        bound[0] = 0.0
         n_stack = 1
         while n_stack:
             n_stack -= 1
             node = stack[n_stack]
-            box2 = 0.0
-            for k in range(nd):
-                v = queries[q, k]
-                if v < lo[node, k]:
-                    diff = lo[node, k] - v
-                    box2 += diff * diff
-                elif v > hi[node, k]:
-                    diff = v - hi[node, k]
-                    box2 += diff * diff
-            if box2 >= best2:
+            if bound[n_stack] >= best2:
                 continue
             if left[node] < 0:
                 for i in range(start[node], stop[node]):
@@ -256,23 +257,31 @@ def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> 
                         best2 = d2
                         best_i = i
                 continue
-            # nearer child last, so that it is searched first
+            # children whose box may hold a nearer point; the nearer one searched first
             l, r = left[node], right[node]
-            mid_l = 0.0
-            mid_r = 0.0
+            box_l = 0.0
+            box_r = 0.0
             for k in range(nd):
                 v = queries[q, k]
-                c = 0.5 * (lo[l, k] + hi[l, k]) - v
-                mid_l += c * c
-                c = 0.5 * (lo[r, k] + hi[r, k]) - v
-                mid_r += c * c
-            if mid_l <= mid_r:
+                if v < lo[l, k]:
+                    box_l += (lo[l, k] - v) * (lo[l, k] - v)
+                elif v > hi[l, k]:
+                    box_l += (v - hi[l, k]) * (v - hi[l, k])
+                if v < lo[r, k]:
+                    box_r += (lo[r, k] - v) * (lo[r, k] - v)
+                elif v > hi[r, k]:
+                    box_r += (v - hi[r, k]) * (v - hi[r, k])
+            if box_l > box_r:
+                l, r = r, l
+                box_l, box_r = box_r, box_l
+            if box_r < best2:
                 stack[n_stack] = r
-                stack[n_stack + 1] = l
-            else:
+                bound[n_stack] = box_r
+                n_stack += 1
+            if box_l < best2:
                 stack[n_stack] = l
-                stack[n_stack + 1] = r
-            n_stack += 2
+                bound[n_stack] = box_l
+                n_stack += 1
         dist[q] = np.sqrt(best2)
         index[q] = order[best_i]
 
