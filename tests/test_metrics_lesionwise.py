@@ -131,7 +131,7 @@ def test_challenge_presets_and_custom():
 def test_joint_hd95_and_lesion_wise_equal_separate_computations_bit_for_bit():
     """The shared computation (one labelling, reused surface distances) gives exactly
     the values of the separate reference computations, also with a spacing whose
-    coordinates are not exact (frame-dependent k-d tree rounding)."""
+    coordinates are not exact (distances come from integer offsets, frame-independent)."""
     import numpy as np
 
     from fusionseg.evaluation.metrics.lesionwise import hd95_and_lesion_wise, lesion_wise

@@ -478,15 +478,17 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
 
     with make_progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("evaluate", total=len(pairs), info="")
-        if workers == 1:
-            for case_id, p, g in pairs:
-                _, rows, les = _evaluate_files(case_id, p, g, scheme_obj, names, params)
-                results[case_id] = (rows, les)
-                bar.update(task, advance=1, info=case_id)
-        else:
+        # With several workers the first case still runs here: it compiles the metric
+        # kernels once and fills numba's on-disk cache, which the workers then load.
+        here = pairs if workers == 1 else pairs[:1]
+        for case_id, p, g in here:
+            _, rows, les = _evaluate_files(case_id, p, g, scheme_obj, names, params)
+            results[case_id] = (rows, les)
+            bar.update(task, advance=1, info=case_id)
+        if len(pairs) > len(here):
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 futures = [pool.submit(_evaluate_files, c, p, g, scheme_obj, names, params)
-                           for c, p, g in pairs]
+                           for c, p, g in pairs[len(here):]]
                 for fut in as_completed(futures):
                     case_id, rows, les = fut.result()
                     results[case_id] = (rows, les)

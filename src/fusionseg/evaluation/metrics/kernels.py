@@ -145,14 +145,15 @@ def grid_nearest(grid: np.ndarray, source: np.ndarray, offsets: np.ndarray, leng
 # ------------------------------------------------------------------ k-d tree
 @njit(cache=True, nogil=True)
 def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
-    """k-d tree over ``points`` (M, D) float64 (M >= 1): each node's points are split at
-    the middle of its tight bounding box along its widest axis, so both halves are
-    non-empty; leaves hold at most ``leaf_size`` points (or identical points).
+    """k-d tree over integer grid positions ``points`` (M, D) int64 (M >= 1): each
+    node's points are split at the middle of its tight bounding box along its widest
+    axis (in voxels), so both halves are non-empty; leaves hold at most ``leaf_size``
+    points (or identical points).
 
     Returns:
         (sorted_points (M, D), order (M,) original index of each sorted point, start,
         stop (nodes,) point range of each node, left, right (nodes,) child nodes (-1 for
-        leaves), lo, hi (nodes, D) bounding box of each node).
+        leaves), lo, hi (nodes, D) int64 bounding box of each node).
     """
     m, nd = points.shape
     pts = points.copy()  # rows are swapped in place, together with ``order``
@@ -162,8 +163,8 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
     stop = np.empty(cap, dtype=np.int64)
     left = np.full(cap, -1, dtype=np.int64)
     right = np.full(cap, -1, dtype=np.int64)
-    lo = np.empty((cap, nd))
-    hi = np.empty((cap, nd))
+    lo = np.empty((cap, nd), dtype=np.int64)
+    hi = np.empty((cap, nd), dtype=np.int64)
     start[0], stop[0] = 0, m
     for k in range(nd):
         lo[0, k] = pts[0, k]
@@ -188,13 +189,14 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
                 axis = k
         if hi[node, axis] <= lo[node, axis]:
             continue  # identical points: a leaf
-        split = 0.5 * (lo[node, axis] + hi[node, axis])
+        split = 0.5 * (lo[node, axis] + hi[node, axis])  # points below it go left
         nl, nr = n_nodes, n_nodes + 1
+        big = np.iinfo(np.int64).max
         for k in range(nd):  # children's tight boxes, grown during the partition
-            lo[nl, k] = np.inf
-            hi[nl, k] = -np.inf
-            lo[nr, k] = np.inf
-            hi[nr, k] = -np.inf
+            lo[nl, k] = big
+            hi[nl, k] = -big
+            lo[nr, k] = big
+            hi[nr, k] = -big
         i, j = a, b - 1
         while i <= j:  # points below ``split`` first
             if pts[i, axis] < split:
@@ -220,24 +222,26 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Exact nearest tree point of each query point (Q, D) float64.
+def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
+             index: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Exact nearest tree point of each query grid position (Q, D) int64, in mm.
 
-    Writes ``dist[q]`` (Euclidean distance, ``sqrt`` of the sum of squared coordinate
-    differences) and ``index[q]`` (original index of a nearest point). Queries are
-    answered in order and each search starts from the distance to the previous query's
-    nearest point, which prunes almost the whole tree when consecutive queries are
-    neighbours (surface elements in raster order).
+    Writes ``dist[q]`` (``sqrt`` of the sum over axes of ((q - p) * spacing)^2, the
+    integer differences scaled: the value grid look-ups give for the same offset, and
+    independent of the frame's origin) and ``index[q]`` (original index of a nearest
+    point). Queries are answered in order and each search starts from the distance to
+    the previous query's nearest point, which prunes almost the whole tree when
+    consecutive queries are neighbours (surface elements in raster order).
     """
     points, order, start, stop, left, right, lo, hi = tree
     nq, nd = queries.shape
     stack = np.empty(2 * start.shape[0] + 1, dtype=np.int64)
-    bound = np.empty(2 * start.shape[0] + 1)  # squared distance to the node's box
+    bound = np.empty(2 * start.shape[0] + 1)  # squared distance (mm) to the node's box
     best_i = 0
     for q in range(nq):
         best2 = 0.0
         for k in range(nd):
-            diff = queries[q, k] - points[best_i, k]
+            diff = (queries[q, k] - points[best_i, k]) * spacing[k]
             best2 += diff * diff
         stack[0] = 0
         bound[0] = 0.0
@@ -251,7 +255,7 @@ def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> 
                 for i in range(start[node], stop[node]):
                     d2 = 0.0
                     for k in range(nd):
-                        diff = queries[q, k] - points[i, k]
+                        diff = (queries[q, k] - points[i, k]) * spacing[k]
                         d2 += diff * diff
                     if d2 < best2:
                         best2 = d2
@@ -264,13 +268,17 @@ def kd_query(tree, queries: np.ndarray, dist: np.ndarray, index: np.ndarray) -> 
             for k in range(nd):
                 v = queries[q, k]
                 if v < lo[l, k]:
-                    box_l += (lo[l, k] - v) * (lo[l, k] - v)
+                    diff = (lo[l, k] - v) * spacing[k]
+                    box_l += diff * diff
                 elif v > hi[l, k]:
-                    box_l += (v - hi[l, k]) * (v - hi[l, k])
+                    diff = (v - hi[l, k]) * spacing[k]
+                    box_l += diff * diff
                 if v < lo[r, k]:
-                    box_r += (lo[r, k] - v) * (lo[r, k] - v)
+                    diff = (lo[r, k] - v) * spacing[k]
+                    box_r += diff * diff
                 elif v > hi[r, k]:
-                    box_r += (v - hi[r, k]) * (v - hi[r, k])
+                    diff = (v - hi[r, k]) * spacing[k]
+                    box_r += diff * diff
             if box_l > box_r:
                 l, r = r, l
                 box_l, box_r = box_r, box_l

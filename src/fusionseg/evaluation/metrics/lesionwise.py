@@ -44,7 +44,6 @@ from fusionseg.evaluation.metrics.surface import (
     Surface,
     _weighted_percentile,
     directed_distances,
-    kd_distances,
     labelled_surface,
     nearest_distances,
 )
@@ -184,17 +183,6 @@ def hd95_and_lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | No
     return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, None, True)
 
 
-def _exact_frame(spacing: tuple[float, ...]) -> bool:
-    """Whether coordinates ``index * spacing`` are exact multiples of one unit (spacing
-    with at most 10 significant bits), so that k-d tree distances do not depend on the
-    origin of the index frame."""
-    for s in spacing:
-        m = np.frexp(s)[0] * 1024.0
-        if m != np.floor(m):
-            return False
-    return True
-
-
 def _groups(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Element indices sorted by label (stable) and the start of each label 0..n+1."""
     order = np.argsort(labels, kind="stable")
@@ -228,27 +216,16 @@ def _element_boxes(surface: Surface, order: np.ndarray, starts: np.ndarray, n: i
 
 
 def _reused_distances(src: Surface, sel: np.ndarray, dist: np.ndarray, nearest: np.ndarray,
-                      far: np.ndarray, target_lut: np.ndarray, tgt: Surface, tgt_sel: np.ndarray,
-                      offset: np.ndarray | None) -> np.ndarray:
+                      target_lut: np.ndarray, tgt: Surface, tgt_sel: np.ndarray) -> np.ndarray:
     """Directed distances from the elements ``sel`` of ``src`` to the elements
-    ``tgt_sel`` of ``tgt``, in the frame shifted by ``offset`` (None: frame-independent).
-
-    A whole-surface distance whose nearest element lies in the target subset is the
-    subset distance too; the others are recomputed."""
+    ``tgt_sel`` of ``tgt``: a whole-surface distance whose nearest element lies in the
+    target subset is the subset distance too; the others are recomputed."""
     out = dist[sel]
-    keep = target_lut[nearest[sel]]
-    spacing = np.asarray(src.spacing)
-    sub_target = Surface(tgt.index[tgt_sel] if offset is None else tgt.index[tgt_sel] - offset,
-                         src.spacing, tgt.weights[tgt_sel])
-    redo = np.flatnonzero(~keep)
+    redo = np.flatnonzero(~target_lut[nearest[sel]])
     if redo.size:
-        idx = src.index[sel[redo]]
-        source = Surface(idx if offset is None else idx - offset, src.spacing, np.ones(redo.size))
-        out[redo] = directed_distances(source, sub_target)
-    if offset is not None:
-        again = np.flatnonzero(keep & far[sel])
-        if again.size:
-            out[again] = kd_distances((src.index[sel[again]] - offset) * spacing, sub_target)
+        source = Surface(src.index[sel[redo]], src.spacing, np.ones(redo.size))
+        out[redo] = directed_distances(source, Surface(tgt.index[tgt_sel], src.spacing,
+                                                       tgt.weights[tgt_sel]))
     return out
 
 
@@ -265,10 +242,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     if box is None:  # nothing anywhere: 0/0
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
     crop = box_slices(*box, pred.shape, margin=d + 1)  # dilation never reaches the edge
-    origin = np.asarray([sl.start for sl in crop], dtype=np.int64)
     p, g = pred[crop], gt[crop]
     crop_shape = p.shape
-    exact = _exact_frame(spacing)
 
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
     gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
@@ -278,7 +253,6 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     pred_sizes = np.bincount(pred_lab[p], minlength=n_pred + 1) if n_pred else np.zeros(1, np.int64)
     p_order, p_starts = _groups(ps_lab, n_pred)
     g_order, g_starts = _groups(gs_lab, n_cc)
-    p_lo, p_hi = _element_boxes(ps, p_order, p_starts, n_pred)
     g_lo, g_hi = _element_boxes(gs, g_order, g_starts, n_cc)
 
     # Whole-image distances (crop frame), with the component of the nearest element.
@@ -288,25 +262,11 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     elif ps.empty or gs.empty:
         full_hd = float(penalty)
     else:
-        d_gp, near_gp, far_gp = nearest_distances(gs, ps, ps_lab)
-        d_pg, near_pg, far_pg = nearest_distances(ps, gs, gs_lab)
-        far_g = np.zeros(d_gp.size, dtype=bool)
-        far_g[far_gp] = True
-        far_p = np.zeros(d_pg.size, dtype=bool)
-        far_p[far_pg] = True
-        whole = (d_gp, near_gp, far_g, d_pg, near_pg, far_p)
-        w_gp, w_pg = d_gp, d_pg
-        if want_full and not exact and origin.any():  # k-d distances in the caller's frame
-            w_gp, w_pg = d_gp.copy(), d_pg.copy()
-            sp = np.asarray(spacing)
-            ps_in = Surface(ps.index + origin, spacing, ps.weights)
-            gs_in = Surface(gs.index + origin, spacing, gs.weights)
-            if far_gp.size:
-                w_gp[far_gp] = kd_distances(gs_in.index[far_gp] * sp, ps_in)
-            if far_pg.size:
-                w_pg[far_pg] = kd_distances(ps_in.index[far_pg] * sp, gs_in)
-        full_hd = max(_weighted_percentile(w_gp, gs.weights, 95.0),
-                      _weighted_percentile(w_pg, ps.weights, 95.0))
+        d_gp, near_gp, _ = nearest_distances(gs, ps, ps_lab)
+        d_pg, near_pg, _ = nearest_distances(ps, gs, gs_lab)
+        whole = (d_gp, near_gp, d_pg, near_pg)
+        full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0),
+                      _weighted_percentile(d_pg, ps.weights, 95.0))
     if want_full:
         n_inter = int(np.count_nonzero(p & g))
         full_image = (dice_from_counts(n_inter, int(pred_sizes[1:].sum()),
@@ -366,7 +326,7 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     match_starts = np.concatenate([[0], np.cumsum(n_match)])
     matched_any = np.zeros(n_pred + 1, dtype=bool)
     matched_any[match[:, 1]] = True
-    hd = _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact)
+    hd = _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab)
 
     records: list[LesionRecord] = []
     for lesion in range(1, n_gt + 1):
@@ -382,8 +342,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
             les_hd = hd[lesion]
             if np.isnan(les_hd):  # not answered by the whole-image distances alone
                 ccs = np.flatnonzero(lesion_of_cc == lesion)
-                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, g_lo, p_lo, g_order, g_starts,
-                                      p_order, p_starts, n_cc, n_pred, exact)
+                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, g_order, g_starts, p_order,
+                                      p_starts, n_cc, n_pred)
         records.append(LesionRecord(lesion, "gt", volume, les_dice, float(les_hd),
                                     tuple(comps.tolist()), volume > params.volume_threshold_mm3))
     fp_ids = np.flatnonzero(~matched_any[1:]) + 1
@@ -431,23 +391,22 @@ def _interaction_zones(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.n
     return zlo, zhi
 
 
-def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exact) -> np.ndarray:
+def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab) -> np.ndarray:
     """Lesion HD95s that the whole-image distances answer alone, NaN for the others.
 
     A lesion's directed distances equal the whole-image ones when every element of its
     GT components has its nearest predicted element in a matched component, every
     element of a matched component has its nearest GT element in the lesion, and no
     matched component matches another lesion too (its elements then belong to this
-    lesion's comparison only). In frames where k-d tree distances depend on the origin
-    (``exact`` False), every lesion is left to :func:`_lesion_hd95`.
+    lesion's comparison only).
 
     Returns:
         (n_gt + 1,) float64 (index 0 unused).
     """
     out = np.full(n_gt + 1, np.nan)
-    if whole is None or not exact or n_gt == 0 or len(match) == 0:
+    if whole is None or n_gt == 0 or len(match) == 0:
         return out
-    d_gp, near_gp, _, d_pg, near_pg, _ = whole
+    d_gp, near_gp, d_pg, near_pg = whole
     n_pred = int(ps_lab.max(initial=0))
     owner = np.zeros(n_pred + 1, dtype=np.int64)  # lesion a component matches; -1: several
     owner[match[:, 1]] = match[:, 0]
@@ -470,23 +429,19 @@ def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab, exac
     return out
 
 
-def _lesion_hd95(ccs, comps, whole, gs, ps, g_lo, p_lo, g_order, g_starts, p_order, p_starts,
-                 n_cc, n_pred, exact) -> float:
+def _lesion_hd95(ccs, comps, whole, gs, ps, g_order, g_starts, p_order, p_starts, n_cc,
+                 n_pred) -> float:
     """HD95 of one lesion (GT components ``ccs``) against the union of its matched
     predicted components ``comps``, reusing the whole-image distances where their
-    nearest element is in the comparison, in the frame of the pair's joint bounding box
-    (as a separate computation on that box would use)."""
-    offset = None
-    if not exact:
-        offset = np.minimum(g_lo[ccs].min(axis=0), p_lo[comps].min(axis=0))
+    nearest element is in the comparison."""
     g_sel = _members(g_order, g_starts, ccs)
     p_sel = _members(p_order, p_starts, comps)
     p_lut = np.zeros(n_pred + 1, dtype=bool)
     p_lut[comps] = True
     g_lut = np.zeros(n_cc + 1, dtype=bool)
     g_lut[ccs] = True
-    d_gp, near_gp, far_g, d_pg, near_pg, far_p = whole
-    dist_g = _reused_distances(gs, g_sel, d_gp, near_gp, far_g, p_lut, ps, p_sel, offset)
-    dist_p = _reused_distances(ps, p_sel, d_pg, near_pg, far_p, g_lut, gs, g_sel, offset)
+    d_gp, near_gp, d_pg, near_pg = whole
+    dist_g = _reused_distances(gs, g_sel, d_gp, near_gp, p_lut, ps, p_sel)
+    dist_p = _reused_distances(ps, p_sel, d_pg, near_pg, g_lut, gs, g_sel)
     return max(_weighted_percentile(dist_g, gs.weights[g_sel], 95.0),
                _weighted_percentile(dist_p, ps.weights[p_sel], 95.0))

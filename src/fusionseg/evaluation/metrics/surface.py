@@ -295,8 +295,7 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         (dist, nearest, far): ``dist`` as :func:`directed_distances`; ``nearest`` the
         label of the target element at that distance (None without ``target_labels``);
         ``far`` the indices of the source elements resolved by the k-d tree (farther
-        than the grid look-up radius), whose values depend on the coordinate frame at
-        the last bit for spacings that are not exactly representable.
+        than the grid look-up radius).
     """
     n = source.index.shape[0]
     if n == 0:
@@ -325,26 +324,21 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
                                      target_flat, labels, dist,
                                      np.zeros(0, np.int64) if nearest is None else nearest)
     if remaining.size:
-        far, which = _kd_nearest(source.index[remaining] * np.asarray(source.spacing), target)
+        far, which = _kd_nearest(source.index[remaining], target)
         dist[remaining] = far
         if nearest is not None:
             nearest[remaining] = np.asarray(target_labels)[which]
     return dist, nearest, remaining
 
 
-def kd_distances(source_points: np.ndarray, target: Surface) -> np.ndarray:
-    """Nearest-element distances (mm) from ``source_points`` (mm) by the k-d tree of
-    :func:`directed_distances` (same construction, same values)."""
-    return _kd_nearest(source_points, target)[0]
-
-
-def _kd_nearest(points: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndarray]:
-    """Exact nearest element of ``target`` (distance in mm, element index) for each row
-    of ``points`` (Q, ndim) mm, by a k-d tree over the target's points."""
-    tree = kernels.kd_build(target.points, _LEAF_SIZE)
-    dist = np.empty(points.shape[0])
-    which = np.empty(points.shape[0], dtype=np.int64)
-    kernels.kd_query(tree, np.ascontiguousarray(points, dtype=np.float64), dist, which)
+def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest element of ``target`` (distance in mm, element index) for each grid
+    position of ``index`` (Q, ndim), by a k-d tree over the target's grid positions."""
+    tree = kernels.kd_build(np.ascontiguousarray(target.index, dtype=np.int64), _LEAF_SIZE)
+    dist = np.empty(index.shape[0])
+    which = np.empty(index.shape[0], dtype=np.int64)
+    kernels.kd_query(tree, np.ascontiguousarray(index, dtype=np.int64),
+                     np.asarray(target.spacing, dtype=np.float64), dist, which)
     return dist, which
 
 
