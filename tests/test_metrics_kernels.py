@@ -78,7 +78,9 @@ def test_kd_tree_matches_scipy(n_points, ndim, leaf):
     tree = kernels.kd_build(points, leaf)
     dist = np.empty(len(queries))
     which = np.empty(len(queries), dtype=np.int64)
-    kernels.kd_query(tree, queries, spacing, dist, which)
+    padded_queries = np.zeros((len(queries), 3))
+    padded_queries[:, :ndim] = queries
+    kernels.kd_query(tree, padded_queries, np.append(spacing, [0.0] * (3 - ndim)), dist, which)
     ref, _ = cKDTree(points * spacing).query(queries * spacing)
     np.testing.assert_allclose(dist, ref, rtol=0, atol=1e-9)
     # the distance is that of the reported point, as grid offsets give it

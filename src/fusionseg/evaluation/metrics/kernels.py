@@ -151,9 +151,10 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
     points (or identical points).
 
     Returns:
-        (sorted_points (M, D), order (M,) original index of each sorted point, start,
-        stop (nodes,) point range of each node, left, right (nodes,) child nodes (-1 for
-        leaves), lo, hi (nodes, D) int64 bounding box of each node).
+        (columns (3, M) float64 coordinates of the sorted points, one row per axis
+        (integer values; a third row of zeros for 2-D), order (M,) original index of each
+        sorted point, start, stop (nodes,) point range of each node, left, right (nodes,)
+        child nodes (-1 for leaves), lo, hi (nodes, 3) float64 bounding box of each node).
     """
     m, nd = points.shape
     pts = points.copy()  # rows are swapped in place, together with ``order``
@@ -217,32 +218,60 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
         todo[n_todo], todo[n_todo + 1] = nl, nr
         n_todo += 2
         n_nodes += 2
-    return (pts, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes],
-            right[:n_nodes], lo[:n_nodes], hi[:n_nodes])
+    columns = np.zeros((3, m))
+    box_lo = np.zeros((n_nodes, 3))
+    box_hi = np.zeros((n_nodes, 3))
+    for k in range(nd):
+        for i in range(m):
+            columns[k, i] = pts[i, k]
+        for i in range(n_nodes):
+            box_lo[i, k] = lo[i, k]
+            box_hi[i, k] = hi[i, k]
+    return (columns, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes],
+            right[:n_nodes], box_lo, box_hi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _box_distance2(lo, hi, qx, qy, qz, sx, sy, sz) -> float:  # pragma: no cover - compiled
+    """Squared distance (mm) from a query to a box (0 inside)."""
+    d2 = 0.0
+    for v, a, b, s in ((qx, lo[0], hi[0], sx), (qy, lo[1], hi[1], sy), (qz, lo[2], hi[2], sz)):
+        if v < a:
+            d2 += ((a - v) * s) * ((a - v) * s)
+        elif v > b:
+            d2 += ((v - b) * s) * ((v - b) * s)
+    return d2
 
 
 @njit(cache=True, nogil=True)
 def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
              index: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Exact nearest tree point of each query grid position (Q, D) int64, in mm.
+    """Exact nearest tree point of each query grid position, in mm.
 
-    Writes ``dist[q]`` (``sqrt`` of the sum over axes of ((q - p) * spacing)^2, the
-    integer differences scaled: the value grid look-ups give for the same offset, and
+    Args:
+        tree: :func:`kd_build` output.
+        queries: (Q, 3) float64 grid positions (integer values; third column 0 in 2-D).
+        spacing: (3,) float64 voxel size in mm (third value unused in 2-D).
+    Writes ``dist[q]`` (``sqrt`` of the sum over axes of ((q - p) * spacing)^2: the
+    exact integer differences scaled, the value grid look-ups give for the same offset,
     independent of the frame's origin) and ``index[q]`` (original index of a nearest
     point). Queries are answered in order and each search starts from the distance to
     the previous query's nearest point, which prunes almost the whole tree when
     consecutive queries are neighbours (surface elements in raster order).
     """
-    points, order, start, stop, left, right, lo, hi = tree
-    nq, nd = queries.shape
+    cols, order, start, stop, left, right, lo, hi = tree
+    xs, ys, zs = cols[0], cols[1], cols[2]
+    sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    nq = queries.shape[0]
     stack = np.empty(2 * start.shape[0] + 1, dtype=np.int64)
     bound = np.empty(2 * start.shape[0] + 1)  # squared distance (mm) to the node's box
     best_i = 0
     for q in range(nq):
-        best2 = 0.0
-        for k in range(nd):
-            diff = (queries[q, k] - points[best_i, k]) * spacing[k]
-            best2 += diff * diff
+        qx, qy, qz = queries[q, 0], queries[q, 1], queries[q, 2]
+        dx = (qx - xs[best_i]) * sx
+        dy = (qy - ys[best_i]) * sy
+        dz = (qz - zs[best_i]) * sz
+        best2 = dx * dx + dy * dy + dz * dz
         stack[0] = 0
         bound[0] = 0.0
         n_stack = 1
@@ -252,33 +281,27 @@ def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
             if bound[n_stack] >= best2:
                 continue
             if left[node] < 0:
-                for i in range(start[node], stop[node]):
-                    d2 = 0.0
-                    for k in range(nd):
-                        diff = (queries[q, k] - points[i, k]) * spacing[k]
-                        d2 += diff * diff
-                    if d2 < best2:
-                        best2 = d2
-                        best_i = i
+                a, b = start[node], stop[node]
+                leaf_min = np.inf
+                for i in range(a, b):  # vectorisable: the minimum first
+                    dx = (qx - xs[i]) * sx
+                    dy = (qy - ys[i]) * sy
+                    dz = (qz - zs[i]) * sz
+                    leaf_min = min(leaf_min, dx * dx + dy * dy + dz * dz)
+                if leaf_min < best2:
+                    for i in range(a, b):  # then the first point at it
+                        dx = (qx - xs[i]) * sx
+                        dy = (qy - ys[i]) * sy
+                        dz = (qz - zs[i]) * sz
+                        if dx * dx + dy * dy + dz * dz == leaf_min:
+                            best_i = i
+                            break
+                    best2 = leaf_min
                 continue
             # children whose box may hold a nearer point; the nearer one searched first
             l, r = left[node], right[node]
-            box_l = 0.0
-            box_r = 0.0
-            for k in range(nd):
-                v = queries[q, k]
-                if v < lo[l, k]:
-                    diff = (lo[l, k] - v) * spacing[k]
-                    box_l += diff * diff
-                elif v > hi[l, k]:
-                    diff = (v - hi[l, k]) * spacing[k]
-                    box_l += diff * diff
-                if v < lo[r, k]:
-                    diff = (lo[r, k] - v) * spacing[k]
-                    box_r += diff * diff
-                elif v > hi[r, k]:
-                    diff = (v - hi[r, k]) * spacing[k]
-                    box_r += diff * diff
+            box_l = _box_distance2(lo[l], hi[l], qx, qy, qz, sx, sy, sz)
+            box_r = _box_distance2(lo[r], hi[r], qx, qy, qz, sx, sy, sz)
             if box_l > box_r:
                 l, r = r, l
                 box_l, box_r = box_r, box_l

@@ -335,10 +335,13 @@ def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndar
     """Exact nearest element of ``target`` (distance in mm, element index) for each grid
     position of ``index`` (Q, ndim), by a k-d tree over the target's grid positions."""
     tree = kernels.kd_build(np.ascontiguousarray(target.index, dtype=np.int64), _LEAF_SIZE)
+    queries = np.zeros((index.shape[0], 3))
+    queries[:, :index.shape[1]] = index
+    spacing = np.zeros(3)
+    spacing[:index.shape[1]] = target.spacing
     dist = np.empty(index.shape[0])
     which = np.empty(index.shape[0], dtype=np.int64)
-    kernels.kd_query(tree, np.ascontiguousarray(index, dtype=np.int64),
-                     np.asarray(target.spacing, dtype=np.float64), dist, which)
+    kernels.kd_query(tree, queries, spacing, dist, which)
     return dist, which
 
 
