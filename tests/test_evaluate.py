@@ -66,6 +66,19 @@ def test_evaluate_case_rows_have_every_metric_and_are_finite():
     assert any(rec["kind"] == "fp" for rec in lesions)
 
 
+def test_evaluate_case_same_numbers_for_any_dtype_byte_order_and_memory_order():
+    """Label maps as NIfTI files hold them (big-endian int16, F-ordered) or as floats give
+    the numbers of native uint8 C-ordered maps."""
+    pred, gt = _case(2)
+    ref, ref_lesions = evaluate_case(pred, gt, SPACING, BRATS2017)
+    for conv in (lambda a: a.astype(">i2"), np.asfortranarray, lambda a: a.astype(np.float32),
+                 lambda a: np.asfortranarray(a.astype("<i4"))):
+        rows, lesions = evaluate_case(conv(pred), conv(gt), SPACING, BRATS2017)
+        assert rows == ref
+        assert [(r["region"], r["kind"], r["volume_mm3"], r["dice"], r["hd95"]) for r in lesions] == \
+            [(r["region"], r["kind"], r["volume_mm3"], r["dice"], r["hd95"]) for r in ref_lesions]
+
+
 def test_evaluate_case_metric_selection_and_unknown_metric():
     pred, gt = _case(2)
     rows, lesions = evaluate_case(pred, gt, SPACING, "brats2017", metrics="dice,hd95")

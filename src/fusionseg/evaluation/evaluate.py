@@ -197,6 +197,8 @@ def _as_label_map(seg: np.ndarray, name: str) -> np.ndarray:
         seg = rounded.astype(np.int64)
     if seg.dtype.kind not in "iu":
         raise ValueError(f"{name} must be an integer label map, got dtype {seg.dtype}.")
+    if not seg.dtype.isnative:  # e.g. big-endian NIfTI data: the compiled kernels need native
+        seg = seg.astype(seg.dtype.newbyteorder("="))
     return seg
 
 
