@@ -243,7 +243,6 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
     crop = box_slices(*box, pred.shape, margin=d + 1)  # dilation never reaches the edge
     p, g = pred[crop], gt[crop]
-    crop_shape = p.shape
 
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
     gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
@@ -267,54 +266,11 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         whole = (d_gp, near_gp, d_pg, near_pg)
         full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0),
                       _weighted_percentile(d_pg, ps.weights, 95.0))
-    if want_full:
-        n_inter = int(np.count_nonzero(p & g))
-        full_image = (dice_from_counts(n_inter, int(pred_sizes[1:].sum()),
-                                       int(np.count_nonzero(g))), full_hd)
 
-    # GT lesions: each 26-component is dilated on its own small box; components whose
-    # dilations overlap or touch form one lesion (as labelling the dilated GT would
-    # group them), numbered by the first voxel (C order) of their joint dilation. The
-    # same pass lists the predicted components each dilation touches (the lesion's
-    # matches) and the component's voxels inside each (the lesion's overlap).
-    frame = np.asarray(crop_shape)
-    lesion_of_cc = np.zeros(n_cc + 1, dtype=np.int64)
-    cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
-    pairs = np.zeros((0, 3), dtype=np.int64)
-    n_gt = 0
-    if n_cc:
-        box_lo = np.maximum(g_lo[1:] - d, 0)
-        box_hi = np.minimum(g_hi[1:] + d, frame)
-        zlo, zhi = _interaction_zones(box_lo, box_hi)
-        active = np.any(zhi > zlo, axis=1)
-        if active.any():
-            olo, ohi = zlo[active].min(axis=0), zhi[active].max(axis=0)
-            owner = np.zeros(tuple(int(x) for x in ohi - olo), dtype=np.int32)
-        else:
-            olo, owner = np.zeros(ndim, np.int64), np.zeros((1,) * ndim, np.int32)
-        if ndim == 3:
-            vol = lambda a: a  # noqa: E731
-            lo3, hi3, zlo3, zhi3, olo3 = box_lo, box_hi, zlo, zhi, olo
-        else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
-            vol = lambda a: a[..., None]  # noqa: E731
-            plane = (lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1))  # noqa: E731
-            lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
-            olo3 = np.append(olo, 0)
-        counts, piece_first, pairs, group = kernels.link_components(
-            vol(gt_cc), np.arange(1, n_cc + 1), lo3, hi3, d, vol(pred_lab), n_pred,
-            zlo3, zhi3, vol(owner), olo3)
-        cc_counts[1:] = counts
-        key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T),
-                                   tuple(int(x) for x in frame))
-        group_first = np.full(n_cc, np.iinfo(np.int64).max)
-        np.minimum.at(group_first, group, key)
-        roots = np.flatnonzero(group_first < np.iinfo(np.int64).max)
-        n_gt = roots.size
-        number = np.zeros(n_cc, dtype=np.int64)
-        number[roots[np.argsort(group_first[roots])]] = np.arange(1, n_gt + 1)
-        lesion_of_cc[1:] = number[group]
-        pairs = pairs.copy()
-        pairs[:, 0] += 1  # component index -> GT component label
+    lesion_of_cc, cc_counts, pairs, n_gt = _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d)
+    if want_full:  # |P n G| = GT voxels inside predicted components, from the same pass
+        full_image = (dice_from_counts(int(pairs[:, 2].sum()), int(pred_sizes[1:].sum()),
+                                       int(cc_counts.sum())), full_hd)
     # lesion -> matched predicted components, as unique (lesion, component) rows
     pair_lesion = lesion_of_cc[pairs[:, 0]]
     match = np.unique(np.stack([pair_lesion, pairs[:, 1]], axis=1), axis=0) if len(pairs) \
@@ -361,6 +317,63 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         lw_dice = sum(r.dice for r in kept) / denominator
         lw_hd = (sum(r.hd95 for r in kept) + penalty * len(fp_ids)) / denominator
     return full_hd, LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
+
+
+def _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d):
+    """GT lesions and their matches (steps 2-3 of the module docstring).
+
+    Each GT 26-component is dilated on its own small box; components whose dilations
+    overlap or touch form one lesion (as labelling the dilated GT would group them),
+    numbered by the first voxel (C order) of their joint dilation. The same compiled
+    pass lists the predicted components each dilation touches (the lesion's matches)
+    and the component's voxels inside each (the lesion's overlap).
+
+    Args:
+        gt_cc, pred_lab: component labels of the GT and prediction (same crop).
+        g_lo, g_hi: (n_cc + 1, ndim) voxel box of each GT component (``hi`` exclusive).
+        d: dilation iterations.
+    Returns:
+        (lesion_of_cc (n_cc + 1,), cc_counts (n_cc + 1,) voxels per GT component,
+        pairs (P, 3) rows (GT component, predicted component, GT voxels inside it),
+        number of lesions).
+    """
+    ndim = gt_cc.ndim
+    frame = np.asarray(gt_cc.shape)
+    lesion_of_cc = np.zeros(n_cc + 1, dtype=np.int64)
+    cc_counts = np.zeros(n_cc + 1, dtype=np.int64)
+    if n_cc == 0:
+        return lesion_of_cc, cc_counts, np.zeros((0, 3), dtype=np.int64), 0
+    box_lo = np.maximum(g_lo[1:] - d, 0)
+    box_hi = np.minimum(g_hi[1:] + d, frame)
+    zlo, zhi = _interaction_zones(box_lo, box_hi)
+    active = np.any(zhi > zlo, axis=1)
+    if active.any():
+        olo, ohi = zlo[active].min(axis=0), zhi[active].max(axis=0)
+        owner = np.zeros(tuple(int(x) for x in ohi - olo), dtype=np.int32)
+    else:
+        olo, owner = np.zeros(ndim, np.int64), np.zeros((1,) * ndim, np.int32)
+    if ndim == 3:
+        vol = lambda a: a  # noqa: E731
+        lo3, hi3, zlo3, zhi3, olo3 = box_lo, box_hi, zlo, zhi, olo
+    else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
+        vol = lambda a: a[..., None]  # noqa: E731
+        plane = (lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1))  # noqa: E731
+        lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
+        olo3 = np.append(olo, 0)
+    counts, piece_first, pairs, group = kernels.link_components(
+        vol(gt_cc), np.arange(1, n_cc + 1), lo3, hi3, d, vol(pred_lab), n_pred,
+        zlo3, zhi3, vol(owner), olo3)
+    cc_counts[1:] = counts
+    key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T), tuple(int(x) for x in frame))
+    group_first = np.full(n_cc, np.iinfo(np.int64).max)
+    np.minimum.at(group_first, group, key)
+    roots = np.flatnonzero(group_first < np.iinfo(np.int64).max)
+    number = np.zeros(n_cc, dtype=np.int64)
+    number[roots[np.argsort(group_first[roots])]] = np.arange(1, roots.size + 1)
+    lesion_of_cc[1:] = number[group]
+    pairs = pairs.copy()
+    pairs[:, 0] += 1  # component index -> GT component label
+    return lesion_of_cc, cc_counts, pairs, int(roots.size)
 
 
 def _interaction_zones(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
