@@ -214,7 +214,8 @@ def _present_values(seg: np.ndarray) -> list[int]:
 def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
                   ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]:
     """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|)) of a cropped case,
-    in one pass over both label maps (masks in the prediction's memory order).
+    in one pass over both label maps (in the prediction's memory order; the masks are
+    C-ordered whatever the maps' order).
 
     Raises:
         ValueError: a label value the scheme does not define (named, with the allowed ones).
@@ -228,7 +229,7 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
             bits[v] |= 1 << r
     fortran = p_crop.ndim == 3 and p_crop.strides[0] < p_crop.strides[-1]  # e.g. NIfTI arrays
     view = (lambda a: a.T) if fortran else (lambda a: a if a.ndim == 3 else a[..., None])
-    pm, gm, counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, len(names))
+    pm, gm, counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, len(names), fortran)
     if bad.any():
         for which, seg in (("pred", p_crop), ("gt", g_crop)):
             unknown = [v for v in _present_values(seg) if v not in scheme.labels]
@@ -236,7 +237,7 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
                 raise ValueError(f"{which} holds label values {unknown} that scheme "
                                  f"{scheme.name!r} does not define (allowed: "
                                  f"{list(scheme.values)}); choose the matching scheme.")
-    back = (lambda a: a.T) if fortran else (lambda a: a if p_crop.ndim == 3 else a[..., 0])
+    back = (lambda a: a) if p_crop.ndim == 3 else (lambda a: a[..., 0])
     return {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
                    tuple(int(c) for c in counts[r])) for r, name in enumerate(names)}
 

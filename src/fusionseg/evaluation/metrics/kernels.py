@@ -607,23 +607,28 @@ def _percentile_bisect(values: np.ndarray, weights: np.ndarray, ranked: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: int):  # pragma: no cover - compiled
+def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: int,
+                 transposed: bool):  # pragma: no cover - compiled
     """Region masks and overlap counts of a (prediction, GT) pair of label maps, with
     the label values checked, in one pass.
 
     Args:
-        pred, gt: 3-D integer label maps of the same shape.
+        pred, gt: 3-D integer label maps of the same shape, walked in C order (pass the
+            ``.T`` of F-ordered maps, with ``transposed`` True, to walk them in memory
+            order; the masks are written in the untransposed axis order).
         bits: (V,) int64 per label value v: bit r set when v belongs to region r; -1
             for values the label scheme does not define (values < 0 or >= V are
             undefined too).
     Returns:
-        (pred_masks, gt_masks, counts, bad): masks (R, X, Y, Z) uint8 0/1; counts (R, 3)
-        int64 |P n G|, |P|, |G| per region; bad (2,) int64, 1 where pred / gt holds an
-        undefined value (masks and counts are then incomplete).
+        (pred_masks, gt_masks, counts, bad): masks (R, X, Y, Z) uint8 0/1, C-ordered in
+        the untransposed axes; counts (R, 3) int64 |P n G|, |P|, |G| per region; bad (2,)
+        int64, 1 where pred / gt holds an undefined value (masks and counts are then
+        incomplete).
     """
     n0, n1, n2 = pred.shape
-    pm = np.zeros((n_regions, n0, n1, n2), dtype=np.uint8)
-    gm = np.zeros((n_regions, n0, n1, n2), dtype=np.uint8)
+    shape = (n2, n1, n0) if transposed else (n0, n1, n2)
+    pm = np.zeros((n_regions,) + shape, dtype=np.uint8)
+    gm = np.zeros((n_regions,) + shape, dtype=np.uint8)
     counts = np.zeros((n_regions, 3), dtype=np.int64)
     bad = np.zeros(2, dtype=np.int64)
     nv = bits.shape[0]
@@ -640,16 +645,17 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: 
                 if b < 0 or b >= nv or bits[b] < 0:
                     bad[1] = 1
                     continue
+                x, y, z = (k, j, i) if transposed else (i, j, k)
                 ba, bb = bits[a], bits[b]
                 for r in range(n_regions):
-                    x = (ba >> r) & 1
-                    y = (bb >> r) & 1
-                    if x:
-                        pm[r, i, j, k] = 1
+                    u = (ba >> r) & 1
+                    v = (bb >> r) & 1
+                    if u:
+                        pm[r, x, y, z] = 1
                         counts[r, 1] += 1
-                    if y:
-                        gm[r, i, j, k] = 1
+                    if v:
+                        gm[r, x, y, z] = 1
                         counts[r, 2] += 1
-                    if x and y:
+                    if u and v:
                         counts[r, 0] += 1
     return pm, gm, counts, bad
