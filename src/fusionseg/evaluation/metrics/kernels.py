@@ -17,63 +17,17 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def surface_elements_3d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """Marching-cube elements of a zero-padded 3-D mask.
+def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Marching-squares elements of a zero-padded 2-D mask.
 
     Args:
-        padded: uint8 (A, B, C), 0/1, with at least one zero voxel on every side.
+        padded: uint8 (A, B), 0/1, with at least one zero voxel on every side.
     Returns:
-        (index, codes): index (N, 3) int64 positions of the 2x2x2 windows (window
-        (i, j, k) spans voxels i..i+1, j..j+1, k..k+1 of ``padded``) whose code is
-        neither 0 nor 255, in C order; codes (N,) int64 with bit ``4 c0 + 2 c1 + c2``
-        set when corner (c0, c1, c2) is inside (the order of
-        ``itertools.product((0, 1), repeat=3)``).
+        (index, codes): index (N, 2) int64 positions of the 2x2 windows (window (i, j)
+        spans voxels i..i+1, j..j+1 of ``padded``) whose code is neither 0 nor 15, in C
+        order; codes (N,) int64 with bit ``2 c0 + c1`` set when corner (c0, c1) is inside
+        (the order of ``itertools.product((0, 1), repeat=2)``).
     """
-    a, b, c = padded.shape
-    # rows (i, j) holding any voxel: windows whose four rows are empty are skipped
-    row = np.zeros((a, b), dtype=np.uint8)
-    count = 0
-    for i in range(a):
-        for j in range(b):
-            for k in range(c):
-                if padded[i, j, k]:
-                    row[i, j] = 1
-                    count += 1
-                    break
-    cap = 0
-    for i in range(a):
-        for j in range(b):
-            if row[i, j]:
-                for k in range(c):
-                    cap += padded[i, j, k]
-    cap *= 8  # a voxel is a corner of at most 8 windows
-    index = np.empty((cap, 3), dtype=np.int64)
-    codes = np.empty(cap, dtype=np.int64)
-    n = 0
-    for i in range(a - 1):
-        for j in range(b - 1):
-            if not (row[i, j] or row[i, j + 1] or row[i + 1, j] or row[i + 1, j + 1]):
-                continue
-            prev = (padded[i, j, 0] | (padded[i, j + 1, 0] << 2)
-                    | (padded[i + 1, j, 0] << 4) | (padded[i + 1, j + 1, 0] << 6))
-            for k in range(c - 1):
-                col = (padded[i, j, k + 1] | (padded[i, j + 1, k + 1] << 2)
-                       | (padded[i + 1, j, k + 1] << 4) | (padded[i + 1, j + 1, k + 1] << 6))
-                code = prev | (col << 1)
-                prev = col
-                if code != 0 and code != 255:
-                    index[n, 0] = i
-                    index[n, 1] = j
-                    index[n, 2] = k
-                    codes[n] = code
-                    n += 1
-    return index[:n], codes[:n]
-
-
-@njit(cache=True, nogil=True)
-def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """2-D :func:`surface_elements_3d`: 2x2 windows of a zero-padded uint8 (A, B) mask,
-    code bit ``2 c0 + c1`` for corner (c0, c1); codes 0 and 15 are left out."""
     a, b = padded.shape
     cap = 0
     for i in range(a):
@@ -659,3 +613,85 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: 
                     if u and v:
                         counts[r, 0] += 1
     return pm, gm, counts, bad
+
+
+@njit(cache=True, nogil=True)
+def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, n_labels: int):  # pragma: no cover - compiled
+    """Marching-cube elements of a 3-D mask, read in place (no padded copy), with the
+    label of each element and the voxel count of each label.
+
+    Windows are indexed by their upper corner: element (e0, e1, e2), 0 <= e <= n, spans
+    voxels e - 1 and e on each axis (outside the array counts as outside the mask): the
+    2x2x2 windows of the mask padded by one voxel, each neither all inside nor all
+    outside. Only the z range
+    between the first and last inside voxel of a window's four rows is visited.
+
+    Args:
+        mask: uint8 (X, Y, Z), 0/1.
+        labels: integer (X, Y, Z) component labels 1..n_labels of the mask's voxels
+            (read where the mask is set; pass the mask itself and n_labels = 0 when
+            labels are not wanted).
+    Returns:
+        (index (N, 3) int64 in C order, codes (N,) int64 with bit ``4 c0 + 2 c1 + c2`` set
+        when corner (c0, c1, c2) is inside (``itertools.product((0, 1), repeat=3)``),
+        element_labels (N,) int64 the label of each element's lowest inside corner,
+        sizes (n_labels + 1,) voxels per label).
+    """
+    n0, n1, n2 = mask.shape
+    first = np.full((n0 + 1, n1 + 1), n2, dtype=np.int64)  # first inside z of a row
+    last = np.full((n0 + 1, n1 + 1), -1, dtype=np.int64)  # last inside z of a row
+    sizes = np.zeros(n_labels + 1, dtype=np.int64)
+    count = 0
+    for i in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                if mask[i, j, k]:
+                    if first[i, j] == n2:
+                        first[i, j] = k
+                    last[i, j] = k
+                    count += 1
+                    if n_labels > 0:
+                        sizes[labels[i, j, k]] += 1
+    cap = 8 * count
+    index = np.empty((cap, 3), dtype=np.int64)
+    codes = np.empty(cap, dtype=np.int64)
+    element_labels = np.empty(cap, dtype=np.int64)
+    n = 0
+    for e0 in range(n0 + 1):
+        for e1 in range(n1 + 1):
+            lo_z, hi_z = n2, -1
+            for x in range(e0 - 1, e0 + 1):
+                for y in range(e1 - 1, e1 + 1):
+                    if 0 <= x < n0 and 0 <= y < n1 and last[x, y] >= 0:
+                        lo_z = min(lo_z, first[x, y])
+                        hi_z = max(hi_z, last[x, y])
+            if hi_z < 0:
+                continue
+            # column bits of voxel z: bit 4 c0 + 2 c1 (c2 added by the shift below)
+            prev = 0  # voxel lo_z - 1 is outside in all four rows
+            for e2 in range(lo_z, hi_z + 2):
+                col = 0
+                if e2 < n2:
+                    for c0 in range(2):
+                        x = e0 - 1 + c0
+                        if x < 0 or x >= n0:
+                            continue
+                        for c1 in range(2):
+                            y = e1 - 1 + c1
+                            if 0 <= y < n1 and mask[x, y, e2]:
+                                col |= 1 << (4 * c0 + 2 * c1)
+                code = prev | (col << 1)
+                prev = col
+                if code == 0 or code == 255:
+                    continue
+                index[n, 0], index[n, 1], index[n, 2] = e0, e1, e2
+                codes[n] = code
+                bit = 0
+                while not (code >> bit) & 1:
+                    bit += 1
+                x = e0 - 1 + ((bit >> 2) & 1)
+                y = e1 - 1 + ((bit >> 1) & 1)
+                z = e2 - 1 + (bit & 1)
+                element_labels[n] = labels[x, y, z]
+                n += 1
+    return index[:n], codes[:n], element_labels[:n], sizes

@@ -44,7 +44,7 @@ from fusionseg.evaluation.metrics.surface import (
     Surface,
     _weighted_percentile,
     directed_distances,
-    labelled_surface,
+    labelled_surface_and_sizes,
     nearest_distances,
 )
 
@@ -247,9 +247,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
     gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
     # Surface elements of each mask, labelled by component (crop frame).
-    ps, ps_lab = labelled_surface(pred_lab, spacing, p)
-    gs, gs_lab = labelled_surface(gt_cc, spacing, g)
-    pred_sizes = np.bincount(pred_lab[p], minlength=n_pred + 1) if n_pred else np.zeros(1, np.int64)
+    ps, ps_lab, pred_sizes = labelled_surface_and_sizes(pred_lab, spacing, p, n_pred)
+    gs, gs_lab, _ = labelled_surface_and_sizes(gt_cc, spacing, g, 0)
     p_order, p_starts = _groups(ps_lab, n_pred)
     g_order, g_starts = _groups(gs_lab, n_cc)
     g_lo, g_hi = _element_boxes(gs, g_order, g_starts, n_cc)

@@ -152,6 +152,10 @@ def mask_surface(mask: np.ndarray, spacing: Spacing | None = None) -> Surface:
 def _surface_elements(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grid positions (N, ndim) and neighbourhood codes (N,) of the surface elements
     of a bool mask, in C order of position (see :func:`mask_surface`)."""
+    if mask.ndim == 3:
+        as_int = mask.view(np.uint8)
+        index, codes, _, _ = kernels.labelled_surface_elements_3d(as_int, as_int, 0)
+        return index, codes
     box = bounding_box(mask)
     if box is None:
         return np.zeros((0, mask.ndim), dtype=np.int64), np.zeros(0, dtype=np.intp)
@@ -159,8 +163,7 @@ def _surface_elements(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded = np.zeros(tuple(hi - lo + 3), dtype=bool)  # one zero voxel on every side
     padded[tuple(slice(1, -1) for _ in lo)] = mask[tuple(slice(a, b + 1) for a, b in zip(lo, hi))]
     # A neighbourhood is on the surface when some but not all of its corners are inside.
-    kernel = kernels.surface_elements_3d if mask.ndim == 3 else kernels.surface_elements_2d
-    index, codes = kernel(padded.view(np.uint8))
+    index, codes = kernels.surface_elements_2d(padded.view(np.uint8))
     # vertex i of the padded grid lies between voxels lo+i-1 and lo+i; call it lo+i
     index += lo
     return index, codes
@@ -194,15 +197,30 @@ def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
     Returns:
         (surface, element_labels) with element_labels (N,) int64.
     """
+    surface, element_labels, _ = labelled_surface_and_sizes(labels, spacing, mask, 0)
+    return surface, element_labels
+
+
+def labelled_surface_and_sizes(labels: np.ndarray, spacing: Spacing | None, mask: np.ndarray | None,
+                               n_labels: int) -> tuple[Surface, np.ndarray, np.ndarray]:
+    """:func:`labelled_surface` and, when ``n_labels`` > 0, the voxel count of each
+    label 0..n_labels (label 0 not counted), from the same pass in 3-D."""
     if mask is None:
         mask = labels != 0
+    mask = np.asarray(mask, dtype=bool)
     spacing = check_spacing(spacing, labels.ndim)
-    index, codes = _surface_elements(np.asarray(mask, dtype=bool))
+    if labels.ndim == 3:
+        index, codes, element_labels, sizes = kernels.labelled_surface_elements_3d(
+            mask.view(np.uint8), labels, n_labels)
+        return Surface(index, spacing, _code_to_measure(spacing)[codes]), element_labels, sizes
+    index, codes = _surface_elements(mask)
     surface = Surface(index, spacing, _code_to_measure(spacing)[codes])
+    sizes = np.bincount(labels[mask], minlength=n_labels + 1) if n_labels else np.zeros(1, np.int64)
+    sizes[0] = 0
     if index.shape[0] == 0:
-        return surface, np.zeros(0, dtype=np.int64)
+        return surface, np.zeros(0, dtype=np.int64), sizes
     voxel = index + _first_inside_corner(labels.ndim)[codes]  # an inside voxel of each element
-    return surface, labels[tuple(voxel.T)].astype(np.int64)
+    return surface, labels[tuple(voxel.T)].astype(np.int64), sizes
 
 
 def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface:
