@@ -644,6 +644,11 @@ def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, n_labels:
     count = 0
     for i in range(n0):
         for j in range(n1):
+            acc = 0
+            for k in range(n2):  # OR-reduced first: most rows are empty
+                acc |= mask[i, j, k]
+            if acc == 0:
+                continue
             for k in range(n2):
                 if mask[i, j, k]:
                     if first[i, j] == n2:

@@ -242,7 +242,7 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     if box is None:  # nothing anywhere: 0/0
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
     crop = box_slices(*box, pred.shape, margin=d + 1)  # dilation never reaches the edge
-    p, g = pred[crop], gt[crop]
+    p, g = np.ascontiguousarray(pred[crop]), np.ascontiguousarray(gt[crop])  # C loops vectorise
 
     pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
     gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
