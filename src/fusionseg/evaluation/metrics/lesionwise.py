@@ -116,12 +116,14 @@ class LesionRecord:
     """One GT lesion (``kind="gt"``) or one unmatched predicted component (``kind="fp"``).
 
     Attributes:
-        lesion_id: GT lesion label (1..) or, for FP, the predicted component label.
+        lesion_id: GT lesion number or, for FP, the predicted component number. Both
+            count from 1 in C order (axis 0 slowest) of their first voxel (for a lesion,
+            the first voxel of its dilated region), whatever the arrays' memory order.
         kind: "gt" or "fp".
         volume_mm3: lesion (or FP component) volume.
         dice: lesion Dice (0 for FN and FP).
         hd95: lesion HD95 in mm (penalty for FN and FP).
-        matched: labels of the predicted components matched to this lesion.
+        matched: numbers of the predicted components matched to this lesion.
         counted: whether it enters the lesion-wise scores (GT: volume > tau; FP: always).
     """
 
