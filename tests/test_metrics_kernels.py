@@ -10,7 +10,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from fusionseg.evaluation.evaluate import _foreground_box
-from fusionseg.evaluation.metrics import kernels
+from fusionseg.evaluation.metrics import kdtree, kernels
 from fusionseg.evaluation.metrics.overlap import bounding_box
 
 
@@ -95,12 +95,12 @@ def test_kd_tree_matches_scipy(n_points, ndim, leaf):
     points = rng.integers(0, 30, (n_points, ndim))  # grid positions, duplicates too
     queries = rng.integers(-20, 50, (700, ndim))
     queries = queries[np.lexsort(queries.T[::-1])]  # coherent order, as surfaces come
-    tree = kernels.kd_build(points, leaf)
+    tree = kdtree.kd_build(points, leaf)
     dist = np.empty(len(queries))
     which = np.empty(len(queries), dtype=np.int64)
     padded_queries = np.zeros((len(queries), 3))
     padded_queries[:, :ndim] = queries
-    kernels.kd_query(tree, padded_queries, np.append(spacing, [0.0] * (3 - ndim)), dist, which)
+    kdtree.kd_query(tree, padded_queries, np.append(spacing, [0.0] * (3 - ndim)), dist, which)
     ref, _ = cKDTree(points * spacing).query(queries * spacing)
     np.testing.assert_allclose(dist, ref, rtol=0, atol=1e-9)
     # the distance is that of the reported point, as grid offsets give it

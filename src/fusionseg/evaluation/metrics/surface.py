@@ -25,7 +25,7 @@ neighbour distances are found by grid look-ups for elements within a few voxels 
 other surface and by a k-d tree over the other surface's vertices for the rest (exact
 Euclidean distances in mm, as an exact distance transform would give), so the cost
 grows with the surface size, not the volume. The inner loops are compiled
-(:mod:`.kernels`).
+(:mod:`.kernels`, :mod:`.kdtree`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM
-from fusionseg.evaluation.metrics import kernels
+from fusionseg.evaluation.metrics import kdtree, kernels
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -352,14 +352,14 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
 def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest element of ``target`` (distance in mm, element index) for each grid
     position of ``index`` (Q, ndim), by a k-d tree over the target's grid positions."""
-    tree = kernels.kd_build(np.ascontiguousarray(target.index, dtype=np.int64), _LEAF_SIZE)
+    tree = kdtree.kd_build(np.ascontiguousarray(target.index, dtype=np.int64), _LEAF_SIZE)
     queries = np.zeros((index.shape[0], 3))
     queries[:, :index.shape[1]] = index
     spacing = np.zeros(3)
     spacing[:index.shape[1]] = target.spacing
     dist = np.empty(index.shape[0])
     which = np.empty(index.shape[0], dtype=np.int64)
-    kernels.kd_query(tree, queries, spacing, dist, which)
+    kdtree.kd_query(tree, queries, spacing, dist, which)
     return dist, which
 
 
