@@ -20,7 +20,7 @@ ASD (``average_surface_distance``)
     directions, are pooled and averaged (unweighted). Both empty -> 0; one empty ->
     ``penalty``.
 
-Speed: surfaces are extracted on the bounding box of each mask only, and nearest-
+Speed: surface elements are found in one pass that skips empty rows, and nearest-
 neighbour distances are found by grid look-ups for elements within a few voxels of the
 other surface and by a k-d tree over the other surface's vertices for the rest (exact
 Euclidean distances in mm, as an exact distance transform would give), so the cost
