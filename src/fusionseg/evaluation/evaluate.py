@@ -75,6 +75,7 @@ class RegionPair:
         need_lesions: lesion-wise metrics will be asked for: whole-image HD95 and the
             lesion-wise analysis are then computed together (shared labelling,
             surfaces and distances; same values).
+        known_counts: (|P n G|, |P|, |G|) if already counted (e.g. with the masks).
     """
 
     pred: np.ndarray
@@ -83,7 +84,12 @@ class RegionPair:
     n_total: int
     params: LesionWiseParams
     need_lesions: bool = False
+    known_counts: tuple[int, int, int] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.known_counts is not None:
+            self._cache["counts"] = tuple(int(c) for c in self.known_counts)
 
     def counts(self) -> tuple[int, int, int]:
         """(|P n G|, |P|, |G|)."""
@@ -306,8 +312,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     region_rows: list[dict] = []
     lesion_rows: list[dict] = []
     for region, (p_mask, g_mask, counts) in masks.items():
-        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions)
-        pair._cache["counts"] = counts
+        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions, counts)
         row: dict = {"region": region}
         for name in names:
             value = float(METRICS[name].compute(pair))
