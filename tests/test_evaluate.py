@@ -174,3 +174,24 @@ def test_cli_runs_and_prints_summary(folders, tmp_path):
     assert "summary.json" in help_text and "374" in help_text
     bad = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--metrics", "nope"])
     assert bad.exit_code == 1 and "choose from" in bad.output
+
+
+def test_cli_custom_dilation_and_volume_threshold(folders, tmp_path):
+    """--challenge custom with --dilation / --volume-threshold (or either one overriding a
+    preset) scores with those parameters and records them."""
+    pred_dir, gt_dir = folders
+    app = typer.Typer()
+    app.command("evaluate")(evaluate_command)
+    app.command("noop")(lambda: None)
+    runner = CliRunner()
+    out = tmp_path / "custom"
+    result = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "-c", "custom", "--dilation", "0",
+                                 "--volume-threshold", "1e7", "-o", str(out), "-m", "lesion_dice,tp", "-q"])
+    assert result.exit_code == 0, result.output
+    conv = json.loads((out / "summary.json").read_text())["conventions"]
+    assert (conv["challenge"], conv["dilation_voxels"], conv["volume_threshold_mm3"]) == ("custom", 0, 1e7)
+    per_case = pd.read_csv(out / "metrics_per_case.csv")
+    preset, _, _ = evaluate_folder(pred_dir, gt_dir, progress=False, metrics="lesion_dice,tp")
+    assert not per_case["lesion_dice"].equals(preset["lesion_dice"])  # the parameters took effect
+    missing = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "-c", "custom", "--dilation", "2"])
+    assert missing.exit_code != 0 and "volume-threshold" in missing.output

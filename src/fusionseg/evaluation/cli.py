@@ -12,7 +12,7 @@ import typer
 
 from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES
 from fusionseg.errors import FusionsegError
-from fusionseg.evaluation.metrics.lesionwise import CHALLENGES
+from fusionseg.evaluation.metrics.lesionwise import CHALLENGES, challenge_params
 
 
 def evaluate_command(
@@ -27,7 +27,14 @@ def evaluate_command(
     challenge: Annotated[str, typer.Option(
         "--challenge", "-c",
         help="Lesion-wise protocol of BraTS 2023: GLI (d=3, tau=50 mm^3), SSA (3, 50), MEN (1, 50), "
-             "PED (3, 50), MET (1, 2).")] = "GLI",
+             "PED (3, 50), MET (1, 2), or custom (give --dilation and --volume-threshold).")] = "GLI",
+    dilation: Annotated[int | None, typer.Option(
+        "--dilation", min=0,
+        help="Custom GT dilation d in voxels (18-neighbourhood); overrides the preset's.")] = None,
+    volume_threshold: Annotated[float | None, typer.Option(
+        "--volume-threshold", min=0.0,
+        help="Custom lesion volume threshold tau in mm^3 (lesions <= tau are ignored); overrides "
+             "the preset's.")] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o",
         help="Folder for metrics_per_case.csv, metrics_per_lesion.csv and summary.json "
@@ -65,12 +72,17 @@ def evaluate_command(
     from fusionseg.evaluation.evaluate import evaluate_folder
 
     console = Console()
-    if challenge.strip().upper().removeprefix("BRATS-") not in CHALLENGES:
-        raise typer.BadParameter(f"choose one of {', '.join(CHALLENGES)}", param_hint="--challenge")
+    name = challenge.strip().upper().removeprefix("BRATS-")
+    if name not in CHALLENGES and name != "CUSTOM":
+        raise typer.BadParameter(f"choose one of {', '.join(CHALLENGES)} or custom", param_hint="--challenge")
+    if name == "CUSTOM" and (dilation is None or volume_threshold is None):
+        raise typer.BadParameter("custom needs both --dilation and --volume-threshold",
+                                 param_hint="--challenge")
+    params = challenge_params(name, dilation, volume_threshold)
     out_dir = output if output is not None else pred_dir / "evaluation"
     try:
         per_case, _, summary = evaluate_folder(
-            pred_dir, gt, output_dir=out_dir, challenge=challenge, metrics=metrics,
+            pred_dir, gt, output_dir=out_dir, challenge=params, metrics=metrics,
             workers=workers, scheme=scheme, progress=not quiet)
     except (FusionsegError, ValueError, KeyError) as exc:
         console.print(f"[red]error:[/red] {exc}")
