@@ -9,9 +9,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from fusionseg.evaluation.evaluate import _foreground_box
 from fusionseg.evaluation.metrics import kdtree, kernels
-from fusionseg.evaluation.metrics.overlap import bounding_box
+from fusionseg.evaluation.metrics.overlap import bounding_box, union_bounding_box
 
 
 def _reference_elements(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -118,14 +117,14 @@ def test_dilate_18_matches_scipy():
         np.testing.assert_array_equal(kernels.dilate_18(mask.view(np.uint8), d).view(bool), ref)
 
 
-def test_foreground_box_matches_bounding_box_in_both_memory_orders():
+def test_union_bounding_box_matches_bounding_box_in_both_memory_orders():
     rng = np.random.default_rng(2)
     for _ in range(40):
         a = (rng.random((7, 9, 11)) < 0.01).astype(np.uint8) * 2
         b = (rng.random((7, 9, 11)) < 0.005).astype(np.uint8)
         ref = bounding_box((a != 0) | (b != 0))
         for x, y in ((a, b), (np.asfortranarray(a), np.asfortranarray(b)), (a, np.asfortranarray(b))):
-            got = _foreground_box(x, y)
+            got = union_bounding_box(x, y)
             if ref is None:
                 assert got is None
             else:

@@ -42,11 +42,11 @@ from fusionseg.evaluation.metrics.lesionwise import (
     lesion_wise,
 )
 from fusionseg.evaluation.metrics.overlap import (
-    bounding_box,
     box_slices,
     check_spacing,
     dice_from_counts,
     sensitivity_specificity_from_counts,
+    union_bounding_box,
 )
 from fusionseg.evaluation.metrics.surface import (
     average_surface_distance,
@@ -248,19 +248,6 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
                    tuple(int(c) for c in counts[r])) for r, name in enumerate(names)}
 
 
-def _foreground_box(pred: np.ndarray, gt: np.ndarray):
-    """Inclusive bounding box (lo, hi) of the voxels labelled in ``pred`` or ``gt``; None
-    when both are all background."""
-    if pred.ndim == 3 and pred.dtype == gt.dtype and pred.dtype.kind in "iu":
-        # one pass in memory order, no temporary masks (NIfTI arrays are F-ordered)
-        fortran = all(a.flags.f_contiguous and not a.flags.c_contiguous for a in (pred, gt))
-        box = kernels.nonzero_box(pred.T, gt.T) if fortran else kernels.nonzero_box(pred, gt)
-        if box[0] > box[3]:
-            return None
-        return (box[2::-1], box[:2:-1]) if fortran else (box[:3], box[3:])
-    return bounding_box((pred != 0) | (gt != 0))
-
-
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                   scheme: LabelScheme | str, metrics: Sequence[str] | str | None = None,
                   challenge: str | LesionWiseParams = "GLI") -> tuple[list[dict], list[dict]]:
@@ -300,7 +287,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
 
     # Crop once to the foreground of both maps (+ margin so that GT dilation and the
     # padded surface extraction see exactly what they would on the full grid).
-    box = _foreground_box(pred, gt)
+    box = union_bounding_box(pred, gt)
     if box is None:
         crop = tuple(slice(0, 0) for _ in pred.shape)
     else:

@@ -35,10 +35,10 @@ from fusionseg.evaluation.metrics import kernels
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
-    bounding_box,
     box_slices,
     check_spacing,
     dice_from_counts,
+    union_bounding_box,
 )
 from fusionseg.evaluation.metrics.surface import (
     Surface,
@@ -240,11 +240,7 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     voxel_mm3 = float(np.prod(spacing))
     connectivity = 26 if ndim == 3 else 8
 
-    if ndim == 3:  # one pass, no temporary union
-        b = kernels.nonzero_box(pred.view(np.uint8), gt.view(np.uint8))
-        box = None if b[0] > b[3] else (b[:3], b[3:])
-    else:
-        box = bounding_box(pred | gt)
+    box = union_bounding_box(pred, gt)
     if box is None:  # nothing anywhere: 0/0
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
     crop = box_slices(*box, pred.shape, margin=d + 1)  # dilation never reaches the edge

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fusionseg.evaluation.metrics import kernels
+
 Spacing = Sequence[float]
 
 
@@ -76,6 +78,24 @@ def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         lo.append(nz[0])
         hi.append(nz[-1])
     return np.asarray(lo), np.asarray(hi)
+
+
+def union_bounding_box(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Inclusive bounding box ``(lo, hi)`` of the voxels non-zero in ``a`` or ``b``
+    (same shape; bool or integer); None if there are none.
+
+    3-D arrays of one dtype are read in one compiled pass in memory order (C or F),
+    without a temporary union mask; others go through :func:`bounding_box`.
+    """
+    if a.ndim == 3 and a.dtype == b.dtype and a.dtype.kind in "biu":
+        if a.dtype.kind == "b":
+            a, b = a.view(np.uint8), b.view(np.uint8)
+        fortran = all(x.flags.f_contiguous and not x.flags.c_contiguous for x in (a, b))
+        box = kernels.nonzero_box(a.T, b.T) if fortran else kernels.nonzero_box(a, b)
+        if box[0] > box[3]:
+            return None
+        return (box[2::-1], box[:2:-1]) if fortran else (box[:3], box[3:])
+    return bounding_box((a != 0) | (b != 0))
 
 
 def box_slices(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int],
