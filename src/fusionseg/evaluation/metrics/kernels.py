@@ -198,7 +198,7 @@ def _find(parent: np.ndarray, x: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
+def link_components(gt: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
                     pred: np.ndarray, n_pred: int, zlo: np.ndarray, zhi: np.ndarray,
                     owner: np.ndarray, olo: np.ndarray):  # pragma: no cover - compiled
     """Dilate each GT component on its own box, find the predicted components its
@@ -206,10 +206,10 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
     (26-connectivity): BraTS 2023 lesion formation and matching.
 
     Args:
-        gt: 3-D integer component labels.
-        ids: (C,) label in ``gt`` of each component to process.
+        gt: 3-D integer component labels 1..C.
         lo, hi: (C, 3) int64 box of each component's dilation in ``gt`` coordinates
-            (``hi`` exclusive); the component's voxels are those of its box with its label.
+            (``hi`` exclusive); component c (0-based) is the voxels of its box labelled
+            c + 1.
         d: dilation iterations (18-neighbourhood, as :func:`dilate_18`; 0: none).
         pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred.
         zlo, zhi: (C, 3) int64 box (``gt`` coordinates, ``zhi`` exclusive) of the part of
@@ -226,7 +226,7 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
         first touch in C order, group (C,) a representative component of each one's
         group).
     """
-    n = ids.shape[0]
+    n = lo.shape[0]
     counts = np.zeros(n, dtype=np.int64)
     piece_first = np.zeros((n, 3), dtype=np.int64)
     pairs = np.empty((max(16, 4 * n), 3), dtype=np.int64)
@@ -244,7 +244,7 @@ def link_components(gt: np.ndarray, ids: np.ndarray, lo: np.ndarray, hi: np.ndar
         for i in range(s0):
             for j in range(s1):
                 for k in range(s2):
-                    if gt[a0 + i, a1 + j, a2 + k] == ids[c]:
+                    if gt[a0 + i, a1 + j, a2 + k] == c + 1:
                         sub[i, j, k] = 1
                         count += 1
         counts[c] = count

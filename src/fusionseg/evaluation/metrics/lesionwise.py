@@ -251,7 +251,6 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     # Surface elements of each mask, labelled by component (crop frame).
     ps, ps_lab, pred_sizes = labelled_surface_and_sizes(pred_lab, spacing, p, n_pred)
     gs, gs_lab, _ = labelled_surface_and_sizes(gt_cc, spacing, g, 0)
-    p_order, p_starts = _groups(ps_lab, n_pred)
     g_order, g_starts = _groups(gs_lab, n_cc)
     g_lo, g_hi = _element_boxes(gs, g_order, g_starts, n_cc)
 
@@ -262,8 +261,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     elif ps.empty or gs.empty:
         full_hd = float(penalty)
     else:
-        d_gp, near_gp, _ = nearest_distances(gs, ps, ps_lab)
-        d_pg, near_pg, _ = nearest_distances(ps, gs, gs_lab)
+        d_gp, near_gp = nearest_distances(gs, ps, ps_lab)
+        d_pg, near_pg = nearest_distances(ps, gs, gs_lab)
         whole = (d_gp, near_gp, d_pg, near_pg)
         full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0),
                       _weighted_percentile(d_pg, ps.weights, 95.0))
@@ -283,9 +282,10 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     match_starts = np.concatenate([[0], np.cumsum(n_match)])
     matched_any = np.zeros(n_pred + 1, dtype=bool)
     matched_any[match[:, 1]] = True
-    hd = _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab)
+    hd = _lesion_hd95s(n_gt, n_pred, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab)
 
     records: list[LesionRecord] = []
+    p_groups = None  # predicted elements by component, for lesions the fast path leaves
     for lesion in range(1, n_gt + 1):
         comps = match[match_starts[lesion]:match_starts[lesion + 1], 1]
         volume = float(les_voxels[lesion]) * voxel_mm3
@@ -299,8 +299,10 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
             les_hd = hd[lesion]
             if np.isnan(les_hd):  # not answered by the whole-image distances alone
                 ccs = np.flatnonzero(lesion_of_cc == lesion)
-                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, g_order, g_starts, p_order,
-                                      p_starts, n_cc, n_pred)
+                if p_groups is None:
+                    p_groups = _groups(ps_lab, n_pred)
+                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, (g_order, g_starts), p_groups,
+                                      n_cc, n_pred)
         records.append(LesionRecord(lesion, "gt", volume, les_dice, float(les_hd),
                                     tuple(comps.tolist()), volume > params.volume_threshold_mm3))
     fp_ids = np.flatnonzero(~matched_any[1:]) + 1
@@ -362,7 +364,7 @@ def _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d):
         lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
         olo3 = np.append(olo, 0)
     counts, piece_first, pairs, group = kernels.link_components(
-        vol(gt_cc), np.arange(1, n_cc + 1), lo3, hi3, d, vol(pred_lab), n_pred,
+        vol(gt_cc), lo3, hi3, d, vol(pred_lab), n_pred,
         zlo3, zhi3, vol(owner), olo3)
     cc_counts[1:] = counts
     key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T), tuple(int(x) for x in frame))
@@ -405,7 +407,7 @@ def _interaction_zones(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.n
     return zlo, zhi
 
 
-def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab) -> np.ndarray:
+def _lesion_hd95s(n_gt, n_pred, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab) -> np.ndarray:
     """Lesion HD95s that the whole-image distances answer alone, NaN for the others.
 
     A lesion's directed distances equal the whole-image ones when every element of its
@@ -421,7 +423,6 @@ def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab) -> n
     if whole is None or n_gt == 0 or len(match) == 0:
         return out
     d_gp, near_gp, d_pg, near_pg = whole
-    n_pred = int(ps_lab.max(initial=0))
     owner = np.zeros(n_pred + 1, dtype=np.int64)  # lesion a component matches; -1: several
     owner[match[:, 1]] = match[:, 0]
     n_owner = np.bincount(match[:, 1], minlength=n_pred + 1)
@@ -443,13 +444,13 @@ def _lesion_hd95s(n_gt, lesion_of_cc, match, whole, gs, gs_lab, ps, ps_lab) -> n
     return out
 
 
-def _lesion_hd95(ccs, comps, whole, gs, ps, g_order, g_starts, p_order, p_starts, n_cc,
-                 n_pred) -> float:
+def _lesion_hd95(ccs, comps, whole, gs, ps, g_groups, p_groups, n_cc, n_pred) -> float:
     """HD95 of one lesion (GT components ``ccs``) against the union of its matched
     predicted components ``comps``, reusing the whole-image distances where their
-    nearest element is in the comparison."""
-    g_sel = _members(g_order, g_starts, ccs)
-    p_sel = _members(p_order, p_starts, comps)
+    nearest element is in the comparison. ``g_groups`` / ``p_groups``: :func:`_groups`
+    of the GT / predicted surface elements."""
+    g_sel = _members(*g_groups, ccs)
+    p_sel = _members(*p_groups, comps)
     p_lut = np.zeros(n_pred + 1, dtype=bool)
     p_lut[comps] = True
     g_lut = np.zeros(n_cc + 1, dtype=bool)

@@ -255,10 +255,10 @@ _MAX_OFFSETS = 130
 
 
 @functools.lru_cache(maxsize=64)
-def _near_offsets(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, float]:
+def _near_offsets(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Integer grid offsets sorted by length in mm, complete up to a radius R (mm).
 
-    Returns (offsets (K, ndim) int64, lengths (K,) mm, R). Every offset no longer than
+    Returns (offsets (K, ndim) int64, lengths (K,) mm). Every offset no longer than
     R is present, so the first offset that hits the other surface gives the exact
     nearest distance for any point whose nearest distance is <= R.
     """
@@ -274,7 +274,7 @@ def _near_offsets(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, f
             break
         radius *= 0.8
     order = np.argsort(lengths[keep], kind="stable")
-    return offsets[keep][order].astype(np.int64), lengths[keep][order], radius
+    return offsets[keep][order].astype(np.int64), lengths[keep][order]
 
 
 def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -302,7 +302,7 @@ def directed_distances(source: Surface, target: Surface) -> np.ndarray:
 
 
 def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`directed_distances` with where each distance comes from.
 
     Args:
@@ -310,18 +310,15 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         target_labels: optional (N_target,) positive labels of the target elements
             (e.g. the connected component each element belongs to).
     Returns:
-        (dist, nearest, far): ``dist`` as :func:`directed_distances`; ``nearest`` the
-        label of the target element at that distance (None without ``target_labels``);
-        ``far`` the indices of the source elements resolved by the k-d tree (farther
-        than the grid look-up radius).
+        (dist, nearest): ``dist`` as :func:`directed_distances`; ``nearest`` the label of
+        the target element at that distance (None without ``target_labels``).
     """
     n = source.index.shape[0]
     if n == 0:
-        return np.zeros(0), (None if target_labels is None else np.zeros(0, np.int64)), np.zeros(0, np.intp)
+        return np.zeros(0), (None if target_labels is None else np.zeros(0, np.int64))
     if target.empty:
-        return (np.full(n, np.inf), None if target_labels is None else np.zeros(n, np.int64),
-                np.arange(n))
-    offsets, lengths, _ = _near_offsets(tuple(source.spacing))
+        return np.full(n, np.inf), (None if target_labels is None else np.zeros(n, np.int64))
+    offsets, lengths = _near_offsets(tuple(source.spacing))
     pad = np.abs(offsets).max(axis=0)
     lo = np.minimum(_column_extreme(source.index, np.min), _column_extreme(target.index, np.min)) - pad
     hi = np.maximum(_column_extreme(source.index, np.max), _column_extreme(target.index, np.max)) + pad
@@ -346,7 +343,7 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         dist[remaining] = far
         if nearest is not None:
             nearest[remaining] = np.asarray(target_labels)[which]
-    return dist, nearest, remaining
+    return dist, nearest
 
 
 def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndarray]:
@@ -364,9 +361,9 @@ def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndar
 
 
 def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: float) -> float:
-    """Smallest distance whose weight-cumulative share reaches ``percent`` % (stable
-    sort by distance; the one-group case of ``kernels.grouped_weighted_percentile``,
-    which lesion-wise HD95 uses for many lesions at once: same values)."""
+    """Smallest distance whose weight share (weights of the distances up to it) reaches
+    ``percent`` %: the one-group case of ``kernels.grouped_weighted_percentile``, which
+    lesion-wise HD95 uses for many lesions at once (same values)."""
     group = np.zeros(distances.shape[0], dtype=np.int64)
     return float(kernels.grouped_weighted_percentile(
         np.ascontiguousarray(distances, dtype=np.float64),
