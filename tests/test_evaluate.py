@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from fusionseg.constants import BRATS2017
 from fusionseg.errors import DataError
 from fusionseg.evaluation.cli import evaluate_command
-from fusionseg.evaluation.evaluate import METRICS, evaluate_case, evaluate_folder
+from fusionseg.evaluation.evaluate import METRICS, evaluate_case
+from fusionseg.evaluation.folder import evaluate_folder
 
 SPACING = (1.0, 1.2, 2.0)
 

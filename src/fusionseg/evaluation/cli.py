@@ -69,7 +69,7 @@ def evaluate_command(
     from rich.console import Console
     from rich.table import Table
 
-    from fusionseg.evaluation.evaluate import evaluate_folder
+    from fusionseg.evaluation.folder import evaluate_folder
 
     console = Console()
     name = challenge.strip().upper().removeprefix("BRATS-")

@@ -1,10 +1,10 @@
-"""Per-case and folder evaluation with a metric registry.
+"""Per-case evaluation with a metric registry.
 
 ``evaluate_case`` turns one (prediction, ground truth) pair of raw label maps into one
 row per evaluation region (WT/TC/ET, or the PET/CT tumour) and, when lesion-wise
 metrics are requested, one row per GT lesion and per false-positive component.
-``evaluate_folder`` does this for every case of a folder (optionally in parallel),
-and writes ``metrics_per_case.csv``, ``metrics_per_lesion.csv`` and ``summary.json``.
+:func:`fusionseg.evaluation.folder.evaluate_folder` does this for every case of a
+folder and writes the result files.
 
 Metric names (``METRICS``; select with ``metrics=["dice", "hd95"]``):
     dice, hd95            whole-image Dice, HD95 (BraTS 2023 legacy)
@@ -20,19 +20,12 @@ All values are finite: empty-mask cases have the values stated in docs/EVALUATIO
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, get_label_scheme
-from fusionseg.errors import DataError
-from fusionseg.evaluation.aggregate import BOOTSTRAP_SEED, N_BOOTSTRAP, summarize
+from fusionseg.constants import HD95_PENALTY_MM, LabelScheme, get_label_scheme
 from fusionseg.evaluation.metrics import kernels
 from fusionseg.evaluation.metrics.lesionwise import (
     LesionWiseParams,
@@ -54,11 +47,6 @@ from fusionseg.evaluation.metrics.surface import (
     robust_hausdorff_surfaces,
 )
 from fusionseg.evaluation.metrics.volumes import false_negative_volume, false_positive_volume
-
-PER_CASE_CSV = "metrics_per_case.csv"
-PER_LESION_CSV = "metrics_per_lesion.csv"
-SUMMARY_JSON = "summary.json"
-
 
 # ------------------------------------------------------------------ registry
 @dataclass
@@ -192,7 +180,13 @@ def resolve_metrics(metrics: Sequence[str] | str | None, scheme: LabelScheme) ->
 
 
 # ------------------------------------------------------------------ one case
-def _as_label_map(seg: np.ndarray, name: str) -> np.ndarray:
+def as_label_map(seg: np.ndarray, name: str) -> np.ndarray:
+    """``seg`` as an integer label map in native byte order (bool -> uint8; integral
+    floats -> int64).
+
+    Raises:
+        ValueError: non-integer values (``name`` says which map) or a non-numeric dtype.
+    """
     seg = np.asarray(seg)
     if seg.dtype.kind == "b":
         return seg.astype(np.uint8)
@@ -208,7 +202,8 @@ def _as_label_map(seg: np.ndarray, name: str) -> np.ndarray:
     return seg
 
 
-def _present_values(seg: np.ndarray) -> list[int]:
+def present_values(seg: np.ndarray) -> list[int]:
+    """Sorted label values present in an integer label map."""
     if seg.size == 0:
         return []
     if seg.dtype.kind == "i" and seg.min() < 0:
@@ -238,7 +233,7 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
     pm, gm, counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, len(names), fortran)
     if bad.any():
         for which, seg in (("pred", p_crop), ("gt", g_crop)):
-            unknown = [v for v in _present_values(seg) if v not in scheme.labels]
+            unknown = [v for v in present_values(seg) if v not in scheme.labels]
             if unknown:
                 raise ValueError(f"{which} holds label values {unknown} that scheme "
                                  f"{scheme.name!r} does not define (allowed: "
@@ -276,8 +271,8 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
         scheme = get_label_scheme(scheme)
     params = challenge if isinstance(challenge, LesionWiseParams) else challenge_params(challenge)
     names = resolve_metrics(metrics, scheme)
-    pred = _as_label_map(pred, "pred")
-    gt = _as_label_map(gt, "gt")
+    pred = as_label_map(pred, "pred")
+    gt = as_label_map(gt, "gt")
     if pred.shape != gt.shape:
         raise ValueError(f"pred shape {pred.shape} differs from gt shape {gt.shape}; "
                          "predict on the full, uncropped case grid.")
@@ -316,221 +311,3 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                     "matched_pred_ids": ";".join(str(m) for m in rec.matched),
                 })
     return region_rows, lesion_rows
-
-
-# ------------------------------------------------------------------ files
-def _case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _label_files(folder: Path) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
-    return {_case_id(p): p for p in files}
-
-
-def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    from fusionseg.data.io import load_nifti, voxel_spacing
-
-    img = load_nifti(path)
-    try:
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise DataError(f"cannot decode voxel data ({exc}).", path,
-                        "the file is truncated or corrupt: re-export it.") from exc
-    if data.ndim > 3:
-        data = np.squeeze(data)
-    try:
-        data = _as_label_map(data, "label map")
-    except ValueError as exc:
-        raise DataError(str(exc), path, "write integer label maps.") from exc
-    return data, voxel_spacing(img)[: data.ndim]
-
-
-def _infer_scheme(gt_files: Sequence[Path]) -> LabelScheme:
-    """Scheme from the label values of GT maps: 4 -> brats2017, 3 -> brats2023,
-    only {0, 1} -> petct. Stops at the first decisive file."""
-    seen: set[int] = set()
-    for path in gt_files:
-        data, _ = _read_labels(path)
-        seen.update(_present_values(data))
-        if 4 in seen:
-            return LABEL_SCHEMES["brats2017"]
-        if 3 in seen:
-            return LABEL_SCHEMES["brats2023"]
-    if seen <= {0, 1}:
-        return LABEL_SCHEMES["petct"]
-    raise DataError(f"cannot infer the label scheme from the GT label values {sorted(seen)}.",
-                    gt_files[0].parent if gt_files else None,
-                    f"pass --scheme (one of {sorted(LABEL_SCHEMES)}).")
-
-
-def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Path], LabelScheme]:
-    """GT label files by case id and the label scheme."""
-    if isinstance(scheme, str):
-        scheme = get_label_scheme(scheme)
-    if not gt.exists():
-        raise DataError("GT folder not found.", gt, "give a dataset folder or a folder of <case>.nii.gz label maps.")
-    if gt.is_dir() and _label_files(gt):  # a folder of <case>.nii.gz label maps
-        files = _label_files(gt)
-        return files, scheme if scheme is not None else _infer_scheme(list(files.values()))
-    from fusionseg.data import cases as cases_module
-
-    discover = getattr(cases_module, "discover", None)
-    if discover is None:
-        raise DataError("dataset discovery (fusionseg.data.cases.discover) is not available.", gt,
-                        "give a folder of <case>.nii.gz label maps instead.")
-    dataset = discover(gt, scheme=scheme) if scheme is not None else discover(gt)
-    files = {c.case_id: Path(c.label) for c in dataset.labelled}
-    if not files:
-        raise DataError("the dataset has no labelled cases.", gt, "point GT at labelled training data.")
-    return files, scheme if scheme is not None else dataset.scheme
-
-
-def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """Pair every prediction with its GT case.
-
-    Returns (pairs, GT case ids without a prediction). Every prediction must have a GT
-    case; GT cases without a prediction (e.g. a test split of a full dataset) are not
-    evaluated and are listed in summary.json.
-    """
-    if not pred_dir.is_dir():
-        raise DataError("prediction folder not found.", pred_dir, "give the folder holding <case>.nii.gz predictions.")
-    preds = _label_files(pred_dir)
-    if not preds:
-        raise DataError("no <case>.nii.gz predictions found.", pred_dir, "write one label map per case named <case>.nii.gz.")
-    extra = sorted(set(preds) - set(gt_files))
-    if extra:
-        shown = [preds[c].name for c in extra[:10]]
-        more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
-        raise DataError(f"unmatched cases: predictions without a GT case: {shown}{more} "
-                        f"(GT case ids look like {sorted(gt_files)[:3]}).", pred_dir,
-                        "name each prediction <case>.nii.gz after its GT case id.")
-    unpredicted = sorted(set(gt_files) - set(preds))
-    return [(c, preds[c], gt_files[c]) for c in sorted(preds)], unpredicted
-
-
-def _evaluate_files(case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme,
-                    metrics: list[str], params: LesionWiseParams) -> tuple[str, list[dict], list[dict]]:
-    """Worker: load one pair and evaluate it (module level so processes can pickle it)."""
-    gt, spacing = _read_labels(gt_path)
-    pred, _ = _read_labels(pred_path)
-    if pred.shape != gt.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from the GT shape {gt.shape} ({gt_path}).",
-                        pred_path, "predict on the full, uncropped GT grid.")
-    try:
-        rows, lesions = evaluate_case(pred, gt, spacing, scheme, metrics, params)
-    except ValueError as exc:
-        raise DataError(f"{exc} (GT: {gt_path})", pred_path, "check the label convention (--scheme).") from exc
-    for r in rows:
-        r["case"] = case_id
-    for r in lesions:
-        r["case"] = case_id
-    return case_id, rows, lesions
-
-
-def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path | None = None,
-                    challenge: str | LesionWiseParams = "GLI", metrics: Sequence[str] | str | None = None,
-                    workers: int = 1, scheme: LabelScheme | str | None = None,
-                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Evaluate every prediction of a folder against its ground truth.
-
-    Args:
-        pred_dir: folder of ``<case>.nii.gz`` predicted label maps (dataset convention).
-        gt: a dataset folder in a supported layout (found with
-            ``fusionseg.data.cases.discover``) or a folder of ``<case>.nii.gz`` GT label
-            maps (then ``scheme`` is given or inferred from label values: 4 present ->
-            brats2017, 3 -> brats2023, only {0,1} -> petct).
-        output_dir: where to write metrics_per_case.csv, metrics_per_lesion.csv and
-            summary.json (atomically); None writes nothing.
-        challenge: lesion-wise preset or :class:`LesionWiseParams`.
-        metrics: metric names (see :data:`METRICS`); None = all that apply.
-        workers: processes (cases run in parallel when > 1; results are identical).
-        scheme: label scheme or name; None = from the dataset / inferred.
-        progress: show a rich progress bar.
-    Returns:
-        (per_case, per_lesion, summary): tidy DataFrames (columns ``case``, ``region``,
-        metric columns / lesion columns) and the summary dict written to summary.json.
-    Raises:
-        DataError: missing folders, a prediction without a GT case (names the files;
-            GT cases without a prediction are skipped and listed in the summary), shape mismatch,
-            labels outside the scheme, unreadable files.
-        ValueError: unknown metric or challenge.
-    """
-    pred_dir, gt = Path(pred_dir), Path(gt)
-    params = challenge if isinstance(challenge, LesionWiseParams) else challenge_params(challenge)
-    gt_files, scheme_obj = _gt_cases(gt, scheme)
-    names = resolve_metrics(metrics, scheme_obj)
-    pairs, unpredicted = _match(pred_dir, gt_files)
-    workers = max(1, int(workers))
-
-    results: dict[str, tuple[list[dict], list[dict]]] = {}
-    from fusionseg.progress import make_progress
-
-    with make_progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluate", total=len(pairs), info="")
-        # With several workers the first case still runs here: it compiles the metric
-        # kernels once and fills numba's on-disk cache, which the workers then load.
-        here = pairs if workers == 1 else pairs[:1]
-        for case_id, p, g in here:
-            _, rows, les = _evaluate_files(case_id, p, g, scheme_obj, names, params)
-            results[case_id] = (rows, les)
-            bar.update(task, advance=1, info=case_id)
-        if len(pairs) > len(here):
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_evaluate_files, c, p, g, scheme_obj, names, params)
-                           for c, p, g in pairs[len(here):]]
-                for fut in as_completed(futures):
-                    case_id, rows, les = fut.result()
-                    results[case_id] = (rows, les)
-                    bar.update(task, advance=1, info=case_id)
-
-    region_rows = [r for c in sorted(results) for r in results[c][0]]
-    lesion_rows = [r for c in sorted(results) for r in results[c][1]]
-    per_case = pd.DataFrame(region_rows, columns=["case", "region", *names])
-    lesion_cols = ["case", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95",
-                   "matched_pred_ids"]
-    per_lesion = pd.DataFrame(lesion_rows, columns=lesion_cols)
-    summary = {
-        "n_cases": len(results),
-        "gt_cases_without_prediction": unpredicted,
-        "regions": summarize(per_case, names),
-        "conventions": {
-            "challenge": params.challenge,
-            "dilation_voxels": params.dilation,
-            "volume_threshold_mm3": params.volume_threshold_mm3,
-            "hd95_penalty_mm": HD95_PENALTY_MM,
-            "hd95": "surface-area weighted, max of the two directed 95th percentiles (BraTS 2023 / DeepMind)",
-            "asd": "symmetric, pooled boundary distances of both directions (MONAI)",
-            "empty_masks": "Dice 1 / HD95 0 / ASD 0 when both empty; HD95 and ASD 374 when one is empty; "
-                           "lesion-wise 0/0 -> Dice 1, HD95 0",
-            "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
-            "spacing_source": "GT NIfTI header (pixdim)",
-            "label_scheme": scheme_obj.name,
-            "regions": {k: list(v) for k, v in scheme_obj.regions.items()},
-            "metrics": names,
-            "bootstrap": {"statistic": "mean", "resamples": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED,
-                          "method": "percentile, cases resampled with replacement"},
-        },
-    }
-    if output_dir is not None:
-        write_results(Path(output_dir), per_case, per_lesion, summary)
-    return per_case, per_lesion, summary
-
-
-def write_results(output_dir: Path, per_case: pd.DataFrame, per_lesion: pd.DataFrame,
-                  summary: dict) -> None:
-    """Write the three result files atomically into ``output_dir``."""
-    from fusionseg.data.io import atomic_path
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(output_dir / PER_CASE_CSV) as tmp:
-        per_case.to_csv(tmp, index=False)
-    with atomic_path(output_dir / PER_LESION_CSV) as tmp:
-        per_lesion.to_csv(tmp, index=False)
-    with atomic_path(output_dir / SUMMARY_JSON) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + os.linesep)
