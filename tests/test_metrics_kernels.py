@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from fusionseg.evaluation.metrics import kdtree, kernels
+from fusionseg.evaluation.metrics import components, kdtree, kernels
 from fusionseg.evaluation.metrics.overlap import bounding_box, union_bounding_box
 
 
@@ -39,8 +39,8 @@ def test_surface_elements_2d_match_numpy():
 
 
 def test_labelled_surface_elements_3d_match_numpy():
-    """Elements of the mask padded by one voxel, read in place; the label of each
-    element's lowest inside corner; the voxel count of each label."""
+    """Elements of the mask padded by one voxel, read in place (empty rows skipped by
+    their extents); the label of each element's lowest inside corner."""
     import cc3d
 
     rng = np.random.default_rng(3)
@@ -49,15 +49,84 @@ def test_labelled_surface_elements_3d_match_numpy():
         shape = tuple(int(n) for n in rng.integers(1, 12, 3))
         mask = (rng.random(shape) < rng.uniform(0.02, 0.9)).astype(np.uint8)
         labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
-        index, codes, element_labels, sizes = kernels.labelled_surface_elements_3d(mask, labels, n)
+        index, codes, element_labels = kernels.labelled_surface_elements_3d(
+            mask, labels, *components.row_extents(mask))
         ref_index, ref_codes = _reference_elements(np.pad(mask, 1))
         np.testing.assert_array_equal(index, ref_index)
         np.testing.assert_array_equal(codes, ref_codes)
         lowest = np.array([(int(c) & -int(c)).bit_length() - 1 for c in ref_codes], dtype=np.int64)
         voxel = ref_index + corners[lowest]
         np.testing.assert_array_equal(element_labels, labels[tuple(voxel.T)] if len(voxel) else [])
-        np.testing.assert_array_equal(sizes[1:], np.bincount(labels.ravel(), minlength=n + 1)[1:])
-        assert sizes[0] == 0
+
+
+def test_row_extents_match_numpy():
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        mask = (rng.random(shape) < rng.uniform(0.0, 0.5)).astype(np.uint8)
+        first, last = components.row_extents(mask)
+        any_ = mask.any(axis=2)
+        np.testing.assert_array_equal(first, np.where(any_, mask.argmax(axis=2), shape[2]))
+        np.testing.assert_array_equal(last, np.where(any_, shape[2] - 1 - mask[..., ::-1].argmax(axis=2), -1))
+
+
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.3, 0.6])
+def test_label_components_match_scipy(density):
+    """Run-based labelling: the labels (numbered in C order of the first voxel) and
+    sizes of scipy.ndimage.label with 26-connectivity; only inside voxels written."""
+    rng = np.random.default_rng(int(density * 100))
+    for _ in range(25):
+        shape = tuple(int(n) for n in rng.integers(1, 14, 3))
+        mask = (rng.random(shape) < density).astype(np.uint8)
+        ref, n_ref = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        labels = np.full(shape, -7, dtype=np.int32)  # untouched outside the mask
+        labels[mask == 1] = 0
+        n, sizes = components.label_components(mask, *components.row_extents(mask), labels)
+        assert n == n_ref
+        np.testing.assert_array_equal(np.where(mask == 1, labels, 0), ref)
+        assert (labels[mask == 0] == -7).all()
+        np.testing.assert_array_equal(sizes, np.bincount(ref.ravel(), minlength=n + 1) * (np.arange(n + 1) > 0))
+
+
+def test_label_components_one_plane_is_8_connected():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        plane = (rng.random((15, 17)) < 0.3).astype(np.uint8)
+        labels = np.zeros((1,) + plane.shape, dtype=np.int32)
+        n, _ = components.label_components(plane[None], *components.row_extents(plane[None]), labels)
+        ref, n_ref = ndimage.label(plane, structure=np.ones((3, 3)))
+        assert n == n_ref
+        np.testing.assert_array_equal(labels[0], ref)
+
+
+def test_region_masks_match_numpy():
+    """Masks, counts and row extents of every region, in C and in F (transposed) order."""
+    rng = np.random.default_rng(6)
+    bits = np.array([0, 0b011, 0b001, -1, 0b111], dtype=np.int64)  # labels 0,1,2,4; 3 undefined
+    for transposed in (False, True):
+        for _ in range(10):
+            shape = tuple(int(n) for n in rng.integers(1, 10, 3))
+            p = rng.choice([0, 0, 0, 1, 2, 4], shape).astype(np.uint8)
+            g = rng.choice([0, 0, 1, 2, 4], shape).astype(np.uint8)
+            pm = np.zeros((3,) + shape, np.uint8)
+            gm = np.zeros((3,) + shape, np.uint8)
+            first = np.full((3, 2) + shape[:2], shape[2], np.int64)
+            last = np.full((3, 2) + shape[:2], -1, np.int64)
+            src = (np.asfortranarray(p).T, np.asfortranarray(g).T) if transposed else (p, g)
+            counts, bad = kernels.region_masks(*src, bits, transposed, pm, gm, first, last)
+            assert not bad.any()
+            for r in range(3):
+                inside = lambda a: ((bits[a] >> r) & 1).astype(np.uint8)  # noqa: E731
+                np.testing.assert_array_equal(pm[r], inside(p))
+                np.testing.assert_array_equal(gm[r], inside(g))
+                assert tuple(counts[r]) == ((inside(p) & inside(g)).sum(), inside(p).sum(), inside(g).sum())
+                for k, m in ((0, pm[r]), (1, gm[r])):
+                    ref_first, ref_last = components.row_extents(m)
+                    np.testing.assert_array_equal(first[r, k], ref_first)
+                    np.testing.assert_array_equal(last[r, k], ref_last)
+    p[0, 0, 0] = 3
+    counts, bad = kernels.region_masks(p, g, bits, False, pm, gm, first, last)
+    assert bad.tolist() == [1, 0]
 
 
 def test_grid_nearest_takes_the_first_offset_that_hits():

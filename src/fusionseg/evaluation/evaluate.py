@@ -64,6 +64,9 @@ class RegionPair:
             lesion-wise analysis are then computed together (shared labelling,
             surfaces and distances; same values).
         known_counts: (|P n G|, |P|, |G|) if already counted (e.g. with the masks).
+        extents: row extents of C-ordered 3-D masks, ``((first, last) of pred,
+            (first, last) of GT)``, if already found (e.g. with the masks); passed to
+            :func:`hd95_and_lesion_wise`.
     """
 
     pred: np.ndarray
@@ -73,6 +76,7 @@ class RegionPair:
     params: LesionWiseParams
     need_lesions: bool = False
     known_counts: tuple[int, int, int] | None = None
+    extents: tuple | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -100,7 +104,8 @@ class RegionPair:
 
     def _joint(self) -> None:
         hd, result = hd95_and_lesion_wise(self.pred, self.gt, self.spacing, self.params.dilation,
-                                          self.params.volume_threshold_mm3, HD95_PENALTY_MM)
+                                          self.params.volume_threshold_mm3, HD95_PENALTY_MM,
+                                          self.extents)
         self._cache["hd95"] = hd
         self._cache["lesions"] = result
 
@@ -213,10 +218,12 @@ def present_values(seg: np.ndarray) -> list[int]:
 
 
 def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int]]]:
-    """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|)) of a cropped case,
-    in one pass over both label maps (in the prediction's memory order; the masks are
-    C-ordered whatever the maps' order).
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple | None]]:
+    """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|), extents) of a
+    cropped case, in one pass over both label maps (in the prediction's memory order;
+    the masks are C-ordered whatever the maps' order). ``extents`` (3-D only, else None)
+    are the masks' row extents ``((first, last) of pred, (first, last) of GT)``, which
+    let the lesion-wise analysis skip empty rows.
 
     Raises:
         ValueError: a label value the scheme does not define (named, with the allowed ones).
@@ -230,7 +237,13 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
             bits[v] |= 1 << r
     fortran = p_crop.ndim == 3 and p_crop.strides[0] < p_crop.strides[-1]  # e.g. NIfTI arrays
     view = (lambda a: a.T) if fortran else (lambda a: a if a.ndim == 3 else a[..., None])
-    pm, gm, counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, len(names), fortran)
+    shape = view(p_crop).shape[::-1] if fortran else view(p_crop).shape
+    n = len(names)
+    pm = np.zeros((n,) + shape, dtype=np.uint8)  # zero pages: only foreground rows get written
+    gm = np.zeros((n,) + shape, dtype=np.uint8)
+    first = np.full((n, 2) + shape[:2], shape[2], dtype=np.int64)
+    last = np.full((n, 2) + shape[:2], -1, dtype=np.int64)
+    counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm, first, last)
     if bad.any():
         for which, seg in (("pred", p_crop), ("gt", g_crop)):
             unknown = [v for v in present_values(seg) if v not in scheme.labels]
@@ -238,9 +251,12 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
                 raise ValueError(f"{which} holds label values {unknown} that scheme "
                                  f"{scheme.name!r} does not define (allowed: "
                                  f"{list(scheme.values)}); choose the matching scheme.")
-    back = (lambda a: a) if p_crop.ndim == 3 else (lambda a: a[..., 0])
+    three_d = p_crop.ndim == 3
+    back = (lambda a: a) if three_d else (lambda a: a[..., 0])
     return {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
-                   tuple(int(c) for c in counts[r])) for r, name in enumerate(names)}
+                   tuple(int(c) for c in counts[r]),
+                   ((first[r, 0], last[r, 0]), (first[r, 1], last[r, 1])) if three_d else None)
+            for r, name in enumerate(names)}
 
 
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
@@ -293,8 +309,9 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     need_lesions = any(METRICS[n].lesion_wise for n in names)
     region_rows: list[dict] = []
     lesion_rows: list[dict] = []
-    for region, (p_mask, g_mask, counts) in masks.items():
-        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions, counts)
+    for region, (p_mask, g_mask, counts, extents) in masks.items():
+        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions, counts,
+                          extents)
         row: dict = {"region": region}
         for name in names:
             value = float(METRICS[name].compute(pair))

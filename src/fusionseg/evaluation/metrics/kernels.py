@@ -387,37 +387,46 @@ def _percentile_bisect(values: np.ndarray, weights: np.ndarray, ranked: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: int,
-                 transposed: bool):  # pragma: no cover - compiled
-    """Region masks and overlap counts of a (prediction, GT) pair of label maps, with
-    the label values checked, in one pass.
+def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed: bool,
+                 pm: np.ndarray, gm: np.ndarray, first: np.ndarray,
+                 last: np.ndarray):  # pragma: no cover - compiled
+    """Region masks, their row extents and overlap counts of a (prediction, GT) pair of
+    label maps, with the label values checked, in one pass.
 
     Args:
         pred, gt: 3-D integer label maps of the same shape, walked in C order (pass the
             ``.T`` of F-ordered maps, with ``transposed`` True, to walk them in memory
-            order; the masks are written in the untransposed axis order).
+            order; the outputs are in the untransposed axis order).
         bits: (V,) int64 per label value v: bit r set when v belongs to region r; -1
             for values the label scheme does not define (values < 0 or >= V are
             undefined too).
+        pm, gm: uint8 (R, X, Y, Z) outputs, zeros: 1 is written where a voxel is inside
+            region r of the prediction / GT (nothing else is written, so ``np.zeros``
+            pages the system zero-fills lazily stay untouched in empty parts).
+        first, last: int64 (R, 2, X, Y) outputs, Z and -1: row extents (first and last
+            inside z of each row) of the prediction (index 0) and GT (1) mask of each
+            region, as :func:`.components.row_extents` gives them.
     Returns:
-        (pred_masks, gt_masks, counts, bad): masks (R, X, Y, Z) uint8 0/1, C-ordered in
-        the untransposed axes; counts (R, 3) int64 |P n G|, |P|, |G| per region; bad (2,)
-        int64, 1 where pred / gt holds an undefined value (masks and counts are then
-        incomplete).
+        (counts, bad): counts (R, 3) int64 |P n G|, |P|, |G| per region; bad (2,)
+        int64, 1 where pred / gt holds an undefined value (outputs are then incomplete).
     """
     n0, n1, n2 = pred.shape
-    shape = (n2, n1, n0) if transposed else (n0, n1, n2)
-    pm = np.zeros((n_regions,) + shape, dtype=np.uint8)
-    gm = np.zeros((n_regions,) + shape, dtype=np.uint8)
+    n_regions = pm.shape[0]
     counts = np.zeros((n_regions, 3), dtype=np.int64)
     bad = np.zeros(2, dtype=np.int64)
     nv = bits.shape[0]
+    background_inside = bits[0] != 0
     for i in range(n0):
         for j in range(n1):
+            acc = 0
+            for k in range(n2):  # OR-reduced first (vectorised): most rows are empty
+                acc |= pred[i, j, k] | gt[i, j, k]
+            if acc == 0 and not background_inside:
+                continue
             for k in range(n2):
                 a = pred[i, j, k]
                 b = gt[i, j, k]
-                if a == 0 and b == 0 and bits[0] == 0:
+                if a == 0 and b == 0 and not background_inside:
                     continue
                 if a < 0 or a >= nv or bits[a] < 0:
                     bad[0] = 1
@@ -433,56 +442,47 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, n_regions: 
                     if u:
                         pm[r, x, y, z] = 1
                         counts[r, 1] += 1
+                        first[r, 0, x, y] = min(first[r, 0, x, y], z)
+                        last[r, 0, x, y] = max(last[r, 0, x, y], z)
                     if v:
                         gm[r, x, y, z] = 1
                         counts[r, 2] += 1
+                        first[r, 1, x, y] = min(first[r, 1, x, y], z)
+                        last[r, 1, x, y] = max(last[r, 1, x, y], z)
                     if u and v:
                         counts[r, 0] += 1
-    return pm, gm, counts, bad
+    return counts, bad
 
 
 @njit(cache=True, nogil=True)
-def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, n_labels: int):  # pragma: no cover - compiled
+def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, first: np.ndarray,
+                                 last: np.ndarray):  # pragma: no cover - compiled
     """Marching-cube elements of a 3-D mask, read in place (no padded copy), with the
-    label of each element and the voxel count of each label.
+    label of each element.
 
     Windows are indexed by their upper corner: element (e0, e1, e2), 0 <= e <= n, spans
     voxels e - 1 and e on each axis (outside the array counts as outside the mask): the
     2x2x2 windows of the mask padded by one voxel, each neither all inside nor all
-    outside. Only the z range
-    between the first and last inside voxel of a window's four rows is visited.
+    outside. Only the z range between the first and last inside voxel of a window's
+    four rows is visited, so empty rows cost nothing.
 
     Args:
         mask: uint8 (X, Y, Z), 0/1.
-        labels: integer (X, Y, Z) component labels 1..n_labels of the mask's voxels
-            (read where the mask is set; pass the mask itself and n_labels = 0 when
-            labels are not wanted).
+        labels: integer (X, Y, Z) component labels of the mask's voxels (read where the
+            mask is set; pass the mask itself when labels are not wanted).
+        first, last: (X, Y) int64 row extents of the mask
+            (:func:`fusionseg.evaluation.metrics.components.row_extents`).
     Returns:
         (index (N, 3) int64 in C order, codes (N,) int64 with bit ``4 c0 + 2 c1 + c2`` set
         when corner (c0, c1, c2) is inside (``itertools.product((0, 1), repeat=3)``),
-        element_labels (N,) int64 the label of each element's lowest inside corner,
-        sizes (n_labels + 1,) voxels per label).
+        element_labels (N,) int64 the label of each element's lowest inside corner).
     """
     n0, n1, n2 = mask.shape
-    first = np.full((n0 + 1, n1 + 1), n2, dtype=np.int64)  # first inside z of a row
-    last = np.full((n0 + 1, n1 + 1), -1, dtype=np.int64)  # last inside z of a row
-    sizes = np.zeros(n_labels + 1, dtype=np.int64)
     count = 0
     for i in range(n0):
         for j in range(n1):
-            acc = 0
-            for k in range(n2):  # OR-reduced first: most rows are empty
-                acc |= mask[i, j, k]
-            if acc == 0:
-                continue
-            for k in range(n2):
-                if mask[i, j, k]:
-                    if first[i, j] == n2:
-                        first[i, j] = k
-                    last[i, j] = k
-                    count += 1
-                    if n_labels > 0:
-                        sizes[labels[i, j, k]] += 1
+            if last[i, j] >= 0:
+                count += last[i, j] - first[i, j] + 1
     cap = 8 * count
     index = np.empty((cap, 3), dtype=np.int64)
     codes = np.empty(cap, dtype=np.int64)
@@ -525,4 +525,4 @@ def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, n_labels:
                 z = e2 - 1 + (bit & 1)
                 element_labels[n] = labels[x, y, z]
                 n += 1
-    return index[:n], codes[:n], element_labels[:n], sizes
+    return index[:n], codes[:n], element_labels[:n]

@@ -20,18 +20,19 @@ Algorithm, per case and region, with dilation ``d`` (voxels) and volume threshol
 6. TP = kept lesions with a match; FN = kept lesions without one.
 
 This reproduces ``get_LesionWiseResults`` of rachitsaluja/BraTS-2023-Metrics (checked
-value by value in tests/test_golden.py). All work is done on bounding-box crops.
+value by value in tests/test_golden.py). Components are labelled by runs
+(:mod:`.components`); all work skips empty rows or is done on bounding-box crops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cc3d
 import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kernels
+from fusionseg.evaluation.metrics.components import label_components, row_extents
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -44,7 +45,7 @@ from fusionseg.evaluation.metrics.surface import (
     Surface,
     _weighted_percentile,
     directed_distances,
-    labelled_surface_and_sizes,
+    labelled_surface,
     nearest_distances,
 )
 
@@ -172,17 +173,33 @@ def lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None
 
 def hd95_and_lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
                          dilation: int = 3, volume_threshold_mm3: float = 50.0,
-                         penalty: float = HD95_PENALTY_MM) -> tuple[float, LesionWiseResult]:
+                         penalty: float = HD95_PENALTY_MM,
+                         extents: tuple[tuple[np.ndarray, np.ndarray],
+                                        tuple[np.ndarray, np.ndarray]] | None = None
+                         ) -> tuple[float, LesionWiseResult]:
     """Whole-image HD95 (as :func:`fusionseg.evaluation.metrics.surface.hd95`) and
     :func:`lesion_wise` (with the whole-image Dice / HD95 as ``full_image``), computed
     together: one connected-component labelling and one surface extraction per mask,
     and the whole-image surface distances reused for every lesion whose nearest
     surface element is one of its own (same values as computing each separately).
 
+    Args:
+        extents: for C-ordered 3-D masks, their row extents ``((first, last) of pred,
+            (first, last) of gt)`` (:func:`.components.row_extents`) if already at hand,
+            as the region-mask pass of ``evaluate_case`` gives them. The masks are then
+            used as they are, without cropping them to their bounding box: empty rows
+            cost nothing.
     Returns:
         (hd95_mm, lesion-wise result).
+    Raises:
+        ValueError: shape mismatch, bad spacing or parameters, or ``extents`` with
+            masks that are not C-ordered 3-D arrays.
     """
-    return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, None, True)
+    if extents is not None and not (np.ndim(pred) == 3 and pred.flags.c_contiguous
+                                    and gt.flags.c_contiguous):
+        raise ValueError("extents need C-ordered 3-D masks.")
+    return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, None, True,
+                    extents)
 
 
 def _groups(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,26 +248,39 @@ def _reused_distances(src: Surface, sel: np.ndarray, dist: np.ndarray, nearest: 
     return out
 
 
-def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, want_full):
+def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, want_full,
+             extents=None):
     pred, gt = as_mask_pair(pred, gt)
     ndim = pred.ndim
     spacing = check_spacing(spacing, ndim)
     params = LesionWiseParams("custom", dilation, volume_threshold_mm3)
     d = int(params.dilation)
     voxel_mm3 = float(np.prod(spacing))
-    connectivity = 26 if ndim == 3 else 8
 
-    box = union_bounding_box(pred, gt)
-    if box is None:  # nothing anywhere: 0/0
+    if extents is None:  # crop to the foreground (dilation never reaches the crop edge)
+        box = union_bounding_box(pred, gt)
+        if box is None:
+            return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
+        crop = box_slices(*box, pred.shape, margin=d + 1)
+        p, g = np.ascontiguousarray(pred[crop]), np.ascontiguousarray(gt[crop])
+    else:  # C-ordered 3-D masks whose empty rows are known: no crop needed
+        p, g = pred, gt
+    # 3-D views (a 2-D mask is one plane), uint8 for the compiled passes
+    p3, g3 = (p, g) if ndim == 3 else (p[None], g[None])
+    p3, g3 = p3.view(np.uint8), g3.view(np.uint8)
+    p_ext, g_ext = extents if extents is not None else (row_extents(p3), row_extents(g3))
+    if p_ext[1].max(initial=-1) < 0 and g_ext[1].max(initial=-1) < 0:  # nothing anywhere: 0/0
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
-    crop = box_slices(*box, pred.shape, margin=d + 1)  # dilation never reaches the edge
-    p, g = np.ascontiguousarray(pred[crop]), np.ascontiguousarray(gt[crop])  # C loops vectorise
 
-    pred_lab, n_pred = cc3d.connected_components(p, connectivity=connectivity, return_N=True)
-    gt_cc, n_cc = cc3d.connected_components(g, connectivity=connectivity, return_N=True)
-    # Surface elements of each mask, labelled by component (crop frame).
-    ps, ps_lab, pred_sizes = labelled_surface_and_sizes(pred_lab, spacing, p, n_pred)
-    gs, gs_lab, _ = labelled_surface_and_sizes(gt_cc, spacing, g, 0)
+    # Components (26-conn; 8 in 2-D), then the surface elements of each mask labelled by
+    # component.
+    pred_lab, gt_cc = np.zeros(p3.shape, np.int32), np.zeros(g3.shape, np.int32)
+    n_pred, pred_sizes = label_components(p3, *p_ext, pred_lab)
+    n_cc, _ = label_components(g3, *g_ext, gt_cc)
+    if ndim == 2:
+        pred_lab, gt_cc = pred_lab[0], gt_cc[0]
+    ps, ps_lab = labelled_surface(pred_lab, spacing, p, p_ext if ndim == 3 else None)
+    gs, gs_lab = labelled_surface(gt_cc, spacing, g, g_ext if ndim == 3 else None)
     g_order, g_starts = _groups(gs_lab, n_cc)
     g_lo, g_hi = _element_boxes(gs, g_order, g_starts, n_cc)
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kdtree, kernels
+from fusionseg.evaluation.metrics.components import row_extents
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -153,8 +154,8 @@ def _surface_elements(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grid positions (N, ndim) and neighbourhood codes (N,) of the surface elements
     of a bool mask, in C order of position (see :func:`mask_surface`)."""
     if mask.ndim == 3:
-        as_int = mask.view(np.uint8)
-        index, codes, _, _ = kernels.labelled_surface_elements_3d(as_int, as_int, 0)
+        as_int = np.ascontiguousarray(mask).view(np.uint8)
+        index, codes, _ = kernels.labelled_surface_elements_3d(as_int, as_int, *row_extents(as_int))
         return index, codes
     box = bounding_box(mask)
     if box is None:
@@ -181,7 +182,9 @@ def _first_inside_corner(ndim: int) -> np.ndarray:
 
 
 def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
-                     mask: np.ndarray | None = None) -> tuple[Surface, np.ndarray]:
+                     mask: np.ndarray | None = None,
+                     extents: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> tuple[Surface, np.ndarray]:
     """:func:`mask_surface` of ``labels != 0`` with the label of each element.
 
     ``labels`` holds connected components (26-connectivity in 3-D, 8 in 2-D): every
@@ -194,33 +197,28 @@ def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
         labels: integer array (X, Y[, Z]), 0 = background.
         spacing: voxel size in mm per axis.
         mask: ``labels != 0`` if already at hand.
+        extents: 3-D only: the mask's row extents
+            (:func:`fusionseg.evaluation.metrics.components.row_extents`) if at hand.
     Returns:
         (surface, element_labels) with element_labels (N,) int64.
     """
-    surface, element_labels, _ = labelled_surface_and_sizes(labels, spacing, mask, 0)
-    return surface, element_labels
-
-
-def labelled_surface_and_sizes(labels: np.ndarray, spacing: Spacing | None, mask: np.ndarray | None,
-                               n_labels: int) -> tuple[Surface, np.ndarray, np.ndarray]:
-    """:func:`labelled_surface` and, when ``n_labels`` > 0, the voxel count of each
-    label 0..n_labels (label 0 not counted), from the same pass in 3-D."""
     if mask is None:
         mask = labels != 0
     mask = np.asarray(mask, dtype=bool)
     spacing = check_spacing(spacing, labels.ndim)
     if labels.ndim == 3:
-        index, codes, element_labels, sizes = kernels.labelled_surface_elements_3d(
-            mask.view(np.uint8), labels, n_labels)
-        return Surface(index, spacing, _code_to_measure(spacing)[codes]), element_labels, sizes
+        as_int = np.ascontiguousarray(mask).view(np.uint8)
+        if extents is None:
+            extents = row_extents(as_int)
+        index, codes, element_labels = kernels.labelled_surface_elements_3d(
+            as_int, labels, *extents)
+        return Surface(index, spacing, _code_to_measure(spacing)[codes]), element_labels
     index, codes = _surface_elements(mask)
     surface = Surface(index, spacing, _code_to_measure(spacing)[codes])
-    sizes = np.bincount(labels[mask], minlength=n_labels + 1) if n_labels else np.zeros(1, np.int64)
-    sizes[0] = 0
     if index.shape[0] == 0:
-        return surface, np.zeros(0, dtype=np.int64), sizes
+        return surface, np.zeros(0, dtype=np.int64)
     voxel = index + _first_inside_corner(labels.ndim)[codes]  # an inside voxel of each element
-    return surface, labels[tuple(voxel.T)].astype(np.int64), sizes
+    return surface, labels[tuple(voxel.T)].astype(np.int64)
 
 
 def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface:
