@@ -48,7 +48,7 @@ def test_labelled_surface_elements_3d_match_numpy():
     for _ in range(30):
         shape = tuple(int(n) for n in rng.integers(1, 12, 3))
         mask = (rng.random(shape) < rng.uniform(0.02, 0.9)).astype(np.uint8)
-        labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+        labels = cc3d.connected_components(mask, connectivity=26)
         index, codes, element_labels = kernels.labelled_surface_elements_3d(
             mask, labels, *components.row_extents(mask))
         ref_index, ref_codes = _reference_elements(np.pad(mask, 1))
@@ -116,10 +116,10 @@ def test_region_masks_match_numpy():
             counts, bad = kernels.region_masks(*src, bits, transposed, pm, gm, first, last)
             assert not bad.any()
             for r in range(3):
-                inside = lambda a: ((bits[a] >> r) & 1).astype(np.uint8)  # noqa: E731
-                np.testing.assert_array_equal(pm[r], inside(p))
-                np.testing.assert_array_equal(gm[r], inside(g))
-                assert tuple(counts[r]) == ((inside(p) & inside(g)).sum(), inside(p).sum(), inside(g).sum())
+                ip, ig = (((bits[a] >> r) & 1).astype(np.uint8) for a in (p, g))
+                np.testing.assert_array_equal(pm[r], ip)
+                np.testing.assert_array_equal(gm[r], ig)
+                assert tuple(counts[r]) == ((ip & ig).sum(), ip.sum(), ig.sum())
                 for k, m in ((0, pm[r]), (1, gm[r])):
                     ref_first, ref_last = components.row_extents(m)
                     np.testing.assert_array_equal(first[r, k], ref_first)

@@ -77,7 +77,7 @@ def label_components(mask: np.ndarray, first: np.ndarray, last: np.ndarray,
         (N, sizes): number of components and (N + 1,) int64 voxels per label
         (``sizes[0] = 0``).
     """
-    n0, n1, n2 = mask.shape
+    n0, n1 = mask.shape[0], mask.shape[1]
     cap = 0
     for i in range(n0):
         for j in range(n1):
