@@ -143,7 +143,7 @@ def test_grid_nearest_takes_the_first_offset_that_hits():
     target = np.flatnonzero(grid.ravel())
     dist = np.full(300, np.inf)
     near = np.zeros(300, dtype=np.int64)
-    missed = kernels.grid_nearest(grid.ravel(), pts @ strides, off @ strides, length, target,
+    missed = kernels.grid_nearest(grid.size, pts @ strides, off @ strides, length, target,
                                   labels.ravel()[target].astype(np.int64), dist, near)
     for s, p in enumerate(pts):
         hits = [k for k, o in enumerate(off) if grid[tuple(p + o)]]

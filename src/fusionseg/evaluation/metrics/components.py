@@ -20,8 +20,33 @@ array (the tests check both). A 2-D mask is one plane: label ``mask[None]``, who
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
+
+_buffers = threading.local()
+
+
+def label_buffer(slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    """An int32 array of ``shape`` to receive :func:`label_components` labels, reused
+    across calls (one per thread and ``slot``) instead of freshly allocated.
+
+    Its contents are undefined: :func:`label_components` writes only the inside voxels
+    and every reader reads only there. Reuse spares the page faults of fresh memory,
+    which on a sparse case cost more than the labelling itself (about 2.5 ms per
+    labelling of a 4 M-voxel crop with 40 lesions, against 0.4 ms for the kernel).
+    Each slot keeps the largest size asked for (4 bytes per voxel; 36 MB for a whole
+    240 x 240 x 155 case). Use the array only until the next call with that slot.
+    """
+    n = int(np.prod(shape))
+    pool = getattr(_buffers, "pool", None)
+    if pool is None:
+        pool = _buffers.pool = {}
+    buf = pool.get(slot)
+    if buf is None or buf.size < n:
+        buf = pool[slot] = np.empty(n, dtype=np.int32)
+    return buf[:n].reshape(shape)
 
 
 @njit(cache=True, nogil=True)
@@ -70,9 +95,9 @@ def label_components(mask: np.ndarray, first: np.ndarray, last: np.ndarray,
     Args:
         mask: uint8 (X, Y, Z), 0/1.
         first, last: (X, Y) row extents of ``mask`` (:func:`row_extents`).
-        labels: integer (X, Y, Z) output, zeros (e.g. ``np.zeros``, whose pages the
-            system zero-fills only where they are written); the component label 1..N
-            of each inside voxel is written, nothing else is touched.
+        labels: integer (X, Y, Z) output: the component label 1..N of each inside
+            voxel is written, nothing else is touched (it may come from ``np.empty``;
+            read it only where the mask is set).
     Returns:
         (N, sizes): number of components and (N + 1,) int64 voxels per label
         (``sizes[0] = 0``).

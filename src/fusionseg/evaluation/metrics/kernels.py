@@ -53,19 +53,21 @@ def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  #
 
 
 @njit(cache=True, nogil=True)
-def grid_nearest(grid: np.ndarray, source: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+def grid_nearest(n_grid: int, source: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                  target: np.ndarray, labels: np.ndarray, dist: np.ndarray,
                  nearest: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
     """Nearest target element of each source element by grid look-ups.
 
-    For each source position, the offsets are tried in order (shortest first) and the
-    first one that lands on a target element gives the distance and that element's
-    label: the same result as trying each offset on all unresolved positions at once.
+    The target elements are marked on a flat grid of ``n_grid`` positions (one bit
+    each). For each source position, the offsets are tried in order (shortest first)
+    and the first one that lands on a target element gives the distance and that
+    element's label: the same result as trying each offset on all unresolved positions
+    at once.
 
     Args:
-        grid: flat uint8 array, 1 where a target element is.
-        source: (N,) int64 flat positions of the source elements in ``grid``; every
-            ``source + offset`` must be inside the grid.
+        n_grid: number of grid positions.
+        source: (N,) int64 flat positions of the source elements in the grid; every
+            ``source + offset`` must be inside it.
         offsets: (K,) int64 flat offsets, sorted by length.
         lengths: (K,) float64 offset lengths in mm.
         target: (M,) int64 flat positions of the target elements, ascending.
@@ -76,6 +78,9 @@ def grid_nearest(grid: np.ndarray, source: np.ndarray, offsets: np.ndarray, leng
     Returns:
         indices (int64, ascending) of the source elements no offset resolved.
     """
+    grid = np.zeros((n_grid + 7) >> 3, dtype=np.uint8)
+    for t in range(target.shape[0]):
+        grid[target[t] >> 3] |= np.uint8(1 << (target[t] & 7))
     n = source.shape[0]
     with_labels = labels.shape[0] > 0
     unresolved = np.empty(n, dtype=np.int64)
@@ -85,7 +90,7 @@ def grid_nearest(grid: np.ndarray, source: np.ndarray, offsets: np.ndarray, leng
         found = False
         for o in range(offsets.shape[0]):
             q = pos + offsets[o]
-            if grid[q]:
+            if (grid[q >> 3] >> (q & 7)) & 1:
                 dist[s] = lengths[o]
                 if with_labels:
                     nearest[s] = labels[np.searchsorted(target, q)]
@@ -198,20 +203,23 @@ def _find(parent: np.ndarray, x: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def link_components(gt: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
-                    pred: np.ndarray, n_pred: int, zlo: np.ndarray, zhi: np.ndarray,
-                    owner: np.ndarray, olo: np.ndarray):  # pragma: no cover - compiled
+def link_components(gt: np.ndarray, gt_mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
+                    pred: np.ndarray, pred_mask: np.ndarray, n_pred: int, zlo: np.ndarray,
+                    zhi: np.ndarray, owner: np.ndarray,
+                    olo: np.ndarray):  # pragma: no cover - compiled
     """Dilate each GT component on its own box, find the predicted components its
     dilation touches, and group the components whose dilations overlap or touch
     (26-connectivity): BraTS 2023 lesion formation and matching.
 
     Args:
-        gt: 3-D integer component labels 1..C.
+        gt: 3-D integer component labels 1..C, read only where ``gt_mask`` (uint8, same
+            shape) is set.
         lo, hi: (C, 3) int64 box of each component's dilation in ``gt`` coordinates
             (``hi`` exclusive); component c (0-based) is the voxels of its box labelled
             c + 1.
         d: dilation iterations (18-neighbourhood, as :func:`dilate_18`; 0: none).
-        pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred.
+        pred: 3-D integer predicted-component labels, same shape as ``gt``, 1..n_pred,
+            read only where ``pred_mask`` is set.
         zlo, zhi: (C, 3) int64 box (``gt`` coordinates, ``zhi`` exclusive) of the part of
             each component's dilation box where another component's dilation may
             overlap or touch it (inside the others' dilation boxes grown by one voxel);
@@ -244,7 +252,7 @@ def link_components(gt: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
         for i in range(s0):
             for j in range(s1):
                 for k in range(s2):
-                    if gt[a0 + i, a1 + j, a2 + k] == c + 1:
+                    if gt_mask[a0 + i, a1 + j, a2 + k] and gt[a0 + i, a1 + j, a2 + k] == c + 1:
                         sub[i, j, k] = 1
                         count += 1
         counts[c] = count
@@ -267,9 +275,9 @@ def link_components(gt: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
                         if other >= 0 and other != c:
                             parent[_find(parent, other)] = _find(parent, c)
                         owner[x, y, z] = c + 1
-                    lab = pred[a0 + i, a1 + j, a2 + k]
-                    if lab <= 0:
+                    if not pred_mask[a0 + i, a1 + j, a2 + k]:
                         continue
+                    lab = pred[a0 + i, a1 + j, a2 + k]
                     if seen[lab] != c:  # first touch by this component
                         seen[lab] = c
                         inside[lab] = 0
@@ -421,9 +429,15 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed:
             acc = 0
             for k in range(n2):  # OR-reduced first (vectorised): most rows are empty
                 acc |= pred[i, j, k] | gt[i, j, k]
-            if acc == 0 and not background_inside:
-                continue
-            for k in range(n2):
+            k_lo, k_hi = 0, n2 - 1
+            if not background_inside:
+                if acc == 0:
+                    continue
+                while pred[i, j, k_lo] == 0 and gt[i, j, k_lo] == 0:
+                    k_lo += 1
+                while pred[i, j, k_hi] == 0 and gt[i, j, k_hi] == 0:
+                    k_hi -= 1
+            for k in range(k_lo, k_hi + 1):
                 a = pred[i, j, k]
                 b = gt[i, j, k]
                 if a == 0 and b == 0 and not background_inside:

@@ -32,7 +32,7 @@ import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kernels
-from fusionseg.evaluation.metrics.components import label_components, row_extents
+from fusionseg.evaluation.metrics.components import label_buffer, label_components, row_extents
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -274,7 +274,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
 
     # Components (26-conn; 8 in 2-D), then the surface elements of each mask labelled by
     # component.
-    pred_lab, gt_cc = np.zeros(p3.shape, np.int32), np.zeros(g3.shape, np.int32)
+    # (labels are written, and read, only where the masks are set: reused buffers)
+    pred_lab, gt_cc = label_buffer(0, p3.shape), label_buffer(1, g3.shape)
     n_pred, pred_sizes = label_components(p3, *p_ext, pred_lab)
     n_cc, _ = label_components(g3, *g_ext, gt_cc)
     if ndim == 2:
@@ -297,7 +298,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0),
                       _weighted_percentile(d_pg, ps.weights, 95.0))
 
-    lesion_of_cc, cc_counts, pairs, n_gt = _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d)
+    lesion_of_cc, cc_counts, pairs, n_gt = _form_lesions(gt_cc, g.view(np.uint8), n_cc, pred_lab,
+                                                         p.view(np.uint8), n_pred, g_lo, g_hi, d)
     if want_full:  # |P n G| = GT voxels inside predicted components, from the same pass
         full_image = (dice_from_counts(int(pairs[:, 2].sum()), int(pred_sizes[1:].sum()),
                                        int(cc_counts.sum())), full_hd)
@@ -352,7 +354,7 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     return full_hd, LesionWiseResult(float(lw_dice), float(lw_hd), tp, fn, len(fp_ids), tuple(records))
 
 
-def _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d):
+def _form_lesions(gt_cc, gt_mask, n_cc, pred_lab, pred_mask, n_pred, g_lo, g_hi, d):
     """GT lesions and their matches (steps 2-3 of the module docstring).
 
     Each GT 26-component is dilated on its own small box; components whose dilations
@@ -362,7 +364,8 @@ def _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d):
     and the component's voxels inside each (the lesion's overlap).
 
     Args:
-        gt_cc, pred_lab: component labels of the GT and prediction (same crop).
+        gt_cc, pred_lab: component labels of the GT and prediction (same crop), read
+            only where ``gt_mask`` / ``pred_mask`` (uint8) are set.
         g_lo, g_hi: (n_cc + 1, ndim) voxel box of each GT component (``hi`` exclusive).
         d: dilation iterations.
     Returns:
@@ -394,7 +397,7 @@ def _form_lesions(gt_cc, n_cc, pred_lab, n_pred, g_lo, g_hi, d):
         lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
         olo3 = np.append(olo, 0)
     counts, piece_first, pairs, group = kernels.link_components(
-        vol(gt_cc), lo3, hi3, d, vol(pred_lab), n_pred,
+        vol(gt_cc), vol(gt_mask), lo3, hi3, d, vol(pred_lab), vol(pred_mask), n_pred,
         zlo3, zhi3, vol(owner), olo3)
     cc_counts[1:] = counts
     key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T), tuple(int(x) for x in frame))

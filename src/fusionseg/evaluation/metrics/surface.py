@@ -321,7 +321,7 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
     lo = np.minimum(_column_extreme(source.index, np.min), _column_extreme(target.index, np.min)) - pad
     hi = np.maximum(_column_extreme(source.index, np.max), _column_extreme(target.index, np.max)) + pad
     shape = tuple(int(x) for x in hi - lo + 1)
-    strides = np.asarray(_c_strides(shape), dtype=np.int64)  # uint8 grid: 1 byte per element
+    strides = np.asarray(_c_strides(shape), dtype=np.int64)  # flat positions on the grid
     target_flat = (target.index - lo) @ strides  # ascending: elements come in C order
     labels = np.zeros(0, np.int64)
     if target_labels is not None:
@@ -329,11 +329,10 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
         if target_flat.size > 1 and not np.all(target_flat[1:] > target_flat[:-1]):
             order = np.argsort(target_flat)
             target_flat, labels = target_flat[order], labels[order]
-    grid = np.zeros(int(np.prod(shape)), dtype=np.uint8)
-    grid[target_flat] = 1
     dist = np.full(n, np.inf)
     nearest = None if target_labels is None else np.zeros(n, dtype=np.int64)
-    remaining = kernels.grid_nearest(grid, (source.index - lo) @ strides, offsets @ strides, lengths,
+    remaining = kernels.grid_nearest(int(np.prod(shape)), (source.index - lo) @ strides,
+                                     offsets @ strides, lengths,
                                      target_flat, labels, dist,
                                      np.zeros(0, np.int64) if nearest is None else nearest)
     if remaining.size:
