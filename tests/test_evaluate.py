@@ -114,6 +114,29 @@ def test_evaluate_case_rejects_labels_outside_scheme():
         evaluate_case(pred, gt, SPACING, "brats2023")
 
 
+def test_evaluate_case_reused_buffers_carry_nothing_between_cases():
+    """The region masks and component labels live in buffers reused from case to case:
+    a case gives the same rows whatever was evaluated before it (larger, smaller, or
+    stopped by an error half-way), and the mask buffers are all zeros in between."""
+    from fusionseg.evaluation.metrics import buffers
+
+    pred, gt = _case(5)
+    ref = evaluate_case(pred, gt, SPACING, BRATS2017)
+    big_pred, big_gt = _case(6, shape=(60, 50, 40))
+    bad = big_pred.copy()
+    bad[-3, -3, -3] = 3  # undefined in BraTS 2017: raises after masks were written
+    with pytest.raises(ValueError, match="label values"):
+        evaluate_case(bad, big_gt, SPACING, BRATS2017)
+    for name in ("pred_masks", "gt_masks"):
+        assert not buffers.zeroed_buffer(name, (3, 60, 50, 40), np.uint8).any()
+    evaluate_case(big_pred, big_gt, SPACING, BRATS2017)
+    buffers.work_buffer("pred_labels", (60, 50, 40), np.int32)[:] = 77  # junk labels
+    buffers.work_buffer("gt_labels", (60, 50, 40), np.int32)[:] = -5
+    assert evaluate_case(pred, gt, SPACING, BRATS2017) == ref
+    for name in ("pred_masks", "gt_masks"):
+        assert not buffers.zeroed_buffer(name, (3, 60, 50, 40), np.uint8).any()
+
+
 def test_evaluate_folder_writes_outputs_and_workers_give_identical_results(folders, tmp_path):
     pred_dir, gt_dir = folders
     out1, out2 = tmp_path / "out1", tmp_path / "out2"

@@ -20,13 +20,16 @@ All values are finite: empty-mask cases have the values stated in docs/EVALUATIO
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM, LabelScheme, get_label_scheme
 from fusionseg.evaluation.metrics import kernels
+from fusionseg.evaluation.metrics.buffers import zeroed_buffer
+from fusionseg.evaluation.metrics.components import clear_rows
 from fusionseg.evaluation.metrics.lesionwise import (
     LesionWiseParams,
     LesionWiseResult,
@@ -217,13 +220,19 @@ def present_values(seg: np.ndarray) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts)]
 
 
+@contextmanager
 def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
-                  ) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple | None]]:
+                  ) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int],
+                                                tuple | None]]]:
     """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|), extents) of a
     cropped case, in one pass over both label maps (in the prediction's memory order;
     the masks are C-ordered whatever the maps' order). ``extents`` (3-D only, else None)
     are the masks' row extents ``((first, last) of pred, (first, last) of GT)``, which
     let the lesion-wise analysis skip empty rows.
+
+    A context manager: the masks live in reused zeroed buffers
+    (:mod:`.metrics.buffers`) and are valid inside the ``with`` block only; on leaving
+    it, exactly the rows written are cleared again.
 
     Raises:
         ValueError: a label value the scheme does not define (named, with the allowed ones).
@@ -239,24 +248,29 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
     view = (lambda a: a.T) if fortran else (lambda a: a if a.ndim == 3 else a[..., None])
     shape = view(p_crop).shape[::-1] if fortran else view(p_crop).shape
     n = len(names)
-    pm = np.zeros((n,) + shape, dtype=np.uint8)  # zero pages: only foreground rows get written
-    gm = np.zeros((n,) + shape, dtype=np.uint8)
+    pm = zeroed_buffer("pred_masks", (n,) + shape, np.uint8)
+    gm = zeroed_buffer("gt_masks", (n,) + shape, np.uint8)
     first = np.full((n, 2) + shape[:2], shape[2], dtype=np.int64)
     last = np.full((n, 2) + shape[:2], -1, dtype=np.int64)
-    counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm, first, last)
-    if bad.any():
-        for which, seg in (("pred", p_crop), ("gt", g_crop)):
-            unknown = [v for v in present_values(seg) if v not in scheme.labels]
-            if unknown:
-                raise ValueError(f"{which} holds label values {unknown} that scheme "
-                                 f"{scheme.name!r} does not define (allowed: "
-                                 f"{list(scheme.values)}); choose the matching scheme.")
-    three_d = p_crop.ndim == 3
-    back = (lambda a: a) if three_d else (lambda a: a[..., 0])
-    return {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
-                   tuple(int(c) for c in counts[r]),
-                   ((first[r, 0], last[r, 0]), (first[r, 1], last[r, 1])) if three_d else None)
-            for r, name in enumerate(names)}
+    try:
+        counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm,
+                                           first, last)
+        if bad.any():
+            for which, seg in (("pred", p_crop), ("gt", g_crop)):
+                unknown = [v for v in present_values(seg) if v not in scheme.labels]
+                if unknown:
+                    raise ValueError(f"{which} holds label values {unknown} that scheme "
+                                     f"{scheme.name!r} does not define (allowed: "
+                                     f"{list(scheme.values)}); choose the matching scheme.")
+        three_d = p_crop.ndim == 3
+        back = (lambda a: a) if three_d else (lambda a: a[..., 0])
+        yield {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
+                      tuple(int(c) for c in counts[r]),
+                      ((first[r, 0], last[r, 0]), (first[r, 1], last[r, 1])) if three_d else None)
+               for r, name in enumerate(names)}
+    finally:  # every 1 written lies within its row's recorded extent
+        clear_rows(pm, np.ascontiguousarray(first[:, 0]), np.ascontiguousarray(last[:, 0]))
+        clear_rows(gm, np.ascontiguousarray(first[:, 1]), np.ascontiguousarray(last[:, 1]))
 
 
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
@@ -304,27 +318,37 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     else:
         crop = box_slices(*box, pred.shape, margin=params.dilation + 1)
     p_crop, g_crop = pred[crop], gt[crop]
-    masks = _region_masks(p_crop, g_crop, scheme)
-
     need_lesions = any(METRICS[n].lesion_wise for n in names)
     region_rows: list[dict] = []
     lesion_rows: list[dict] = []
-    for region, (p_mask, g_mask, counts, extents) in masks.items():
-        pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions, counts,
-                          extents)
-        row: dict = {"region": region}
-        for name in names:
-            value = float(METRICS[name].compute(pair))
-            if not np.isfinite(value):  # a broken invariant, never expected
-                raise RuntimeError(f"metric {name!r} gave {value} for region {region}")
-            row[name] = int(value) if name in ("tp", "fn", "fp") else value
-        region_rows.append(row)
-        if need_lesions:
-            for rec in pair.lesions().lesions:
-                lesion_rows.append({
-                    "region": region, "lesion_id": rec.lesion_id, "kind": rec.kind,
-                    "volume_mm3": rec.volume_mm3, "counted": rec.counted,
-                    "dice": rec.dice, "hd95": rec.hd95,
-                    "matched_pred_ids": ";".join(str(m) for m in rec.matched),
-                })
+    with _region_masks(p_crop, g_crop, scheme) as masks:
+        for region, (p_mask, g_mask, counts, extents) in masks.items():
+            pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions,
+                              counts, extents)
+            region_rows.append(_region_row(region, pair, names))
+            if need_lesions:
+                lesion_rows.extend(_lesion_rows(region, pair))
     return region_rows, lesion_rows
+
+
+def _region_row(region: str, pair: RegionPair, names: list[str]) -> dict:
+    """One region's row: ``region`` and each metric of ``names``.
+
+    Raises:
+        RuntimeError: a metric gave a non-finite value (a broken invariant, never expected).
+    """
+    row: dict = {"region": region}
+    for name in names:
+        value = float(METRICS[name].compute(pair))
+        if not np.isfinite(value):
+            raise RuntimeError(f"metric {name!r} gave {value} for region {region}")
+        row[name] = int(value) if name in ("tp", "fn", "fp") else value
+    return row
+
+
+def _lesion_rows(region: str, pair: RegionPair) -> list[dict]:
+    """One row per GT lesion and per FP component of a region."""
+    return [{"region": region, "lesion_id": rec.lesion_id, "kind": rec.kind,
+             "volume_mm3": rec.volume_mm3, "counted": rec.counted, "dice": rec.dice,
+             "hd95": rec.hd95, "matched_pred_ids": ";".join(str(m) for m in rec.matched)}
+            for rec in pair.lesions().lesions]

@@ -32,7 +32,8 @@ import numpy as np
 
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kernels
-from fusionseg.evaluation.metrics.components import label_buffer, label_components, row_extents
+from fusionseg.evaluation.metrics.buffers import work_buffer
+from fusionseg.evaluation.metrics.components import label_components, row_extents
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -275,7 +276,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     # Components (26-conn; 8 in 2-D), then the surface elements of each mask labelled by
     # component.
     # (labels are written, and read, only where the masks are set: reused buffers)
-    pred_lab, gt_cc = label_buffer(0, p3.shape), label_buffer(1, g3.shape)
+    pred_lab = work_buffer("pred_labels", p3.shape, np.int32)
+    gt_cc = work_buffer("gt_labels", g3.shape, np.int32)
     n_pred, pred_sizes = label_components(p3, *p_ext, pred_lab)
     n_cc, _ = label_components(g3, *g_ext, gt_cc)
     if ndim == 2:
