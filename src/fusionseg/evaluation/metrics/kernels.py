@@ -5,10 +5,11 @@ Each kernel is a plain loop that replaces a chain of whole-array numpy operation
 known. They compute exactly what the numpy expressions named in their docstrings
 compute; the metric definitions live in :mod:`.surface` and :mod:`.lesionwise`.
 
-The k-d tree for far surface points is in :mod:`.kdtree`. Kernels are compiled on
-first use and cached on disk (numba ``cache=True``: next to this file, or in numba's
-user cache directory when that is read-only; ``NUMBA_CACHE_DIR`` overrides), so only
-the first process pays the compilation (about 9 s on 2 cores for the whole set).
+The k-d tree for far surface points is in :mod:`.kdtree`, connected-component
+labelling by runs in :mod:`.components`. Kernels are compiled on first use and cached
+on disk (numba ``cache=True``: next to this file, or in numba's user cache directory
+when that is read-only; ``NUMBA_CACHE_DIR`` overrides), so only the first process pays
+the compilation (about 10 s on 2 cores for the whole set).
 """
 
 from __future__ import annotations
