@@ -173,6 +173,14 @@ def test_kd_tree_matches_scipy(n_points, ndim, leaf):
     np.testing.assert_allclose(dist, ref, rtol=0, atol=1e-9)
     # the distance is that of the reported point, as grid offsets give it
     np.testing.assert_array_equal(dist, np.sqrt((((queries - points[which]) * spacing) ** 2).sum(axis=1)))
+    # trying every point gives the same distances, bit for bit, and the first point at each
+    brute_dist = np.empty(len(queries))
+    brute_which = np.empty(len(queries), dtype=np.int64)
+    kdtree.brute_nearest(points, padded_queries, np.append(spacing, [0.0] * (3 - ndim)),
+                         brute_dist, brute_which)
+    np.testing.assert_array_equal(brute_dist, dist)
+    d_all = np.sqrt((((queries[:, None, :] - points[None]) * spacing) ** 2).sum(axis=2))
+    np.testing.assert_array_equal(brute_which, np.argmin(d_all, axis=1))
 
 
 def test_dilate_18_matches_scipy():

@@ -187,3 +187,43 @@ def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
                 n_stack += 1
         dist[q] = np.sqrt(best2)
         index[q] = order[best_i]
+
+
+@njit(cache=True, nogil=True)
+def brute_nearest(points: np.ndarray, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
+                  index: np.ndarray) -> None:  # pragma: no cover - compiled
+    """:func:`kd_query` without a tree: every point tried for every query.
+
+    For a handful of queries (fewer than about 50 on this machine) this beats building
+    a tree: about 2 ns per (query, point) pair against 130 ns per point for the build.
+
+    Args:
+        points: (M, D) int64 grid positions (M >= 1), D <= 3.
+        queries: (Q, 3) float64 grid positions (integer values; zero beyond D).
+        spacing: (3,) float64 voxel size in mm (zero beyond D).
+    Writes ``dist[q]`` (mm, as :func:`kd_query` computes it) and ``index[q]`` (the first
+    point at that distance).
+    """
+    m, nd = points.shape
+    cols = np.zeros((3, m))
+    for k in range(nd):
+        for i in range(m):
+            cols[k, i] = points[i, k]
+    xs, ys, zs = cols[0], cols[1], cols[2]
+    sx, sy, sz = spacing[0], spacing[1], spacing[2]
+    for q in range(queries.shape[0]):
+        qx, qy, qz = queries[q, 0], queries[q, 1], queries[q, 2]
+        best = np.inf
+        for i in range(m):  # vectorisable: the minimum first
+            dx = (qx - xs[i]) * sx
+            dy = (qy - ys[i]) * sy
+            dz = (qz - zs[i]) * sz
+            best = min(best, dx * dx + dy * dy + dz * dz)
+        for i in range(m):  # then the first point at it
+            dx = (qx - xs[i]) * sx
+            dy = (qy - ys[i]) * sy
+            dz = (qz - zs[i]) * sz
+            if dx * dx + dy * dy + dz * dz == best:
+                index[q] = i
+                break
+        dist[q] = np.sqrt(best)

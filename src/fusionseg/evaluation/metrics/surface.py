@@ -248,6 +248,10 @@ def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface
 #: the golden cases.
 _LEAF_SIZE = 32
 
+#: Below this many far queries, every target element is tried instead of building a
+#: k-d tree (about 2 ns per pair against 130 ns per target element for the build).
+_BRUTE_QUERIES = 32
+
 #: Largest number of grid offsets tried before falling back to the k-d tree.
 _MAX_OFFSETS = 130
 
@@ -345,15 +349,20 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
 
 def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndarray]:
     """Exact nearest element of ``target`` (distance in mm, element index) for each grid
-    position of ``index`` (Q, ndim), by a k-d tree over the target's grid positions."""
-    tree = kdtree.kd_build(np.ascontiguousarray(target.index, dtype=np.int64), _LEAF_SIZE)
+    position of ``index`` (Q, ndim): by a k-d tree over the target's grid positions, or
+    by trying every target element when there are fewer than ``_BRUTE_QUERIES`` queries
+    (cheaper than building the tree)."""
+    points = np.ascontiguousarray(target.index, dtype=np.int64)
     queries = np.zeros((index.shape[0], 3))
     queries[:, :index.shape[1]] = index
     spacing = np.zeros(3)
     spacing[:index.shape[1]] = target.spacing
     dist = np.empty(index.shape[0])
     which = np.empty(index.shape[0], dtype=np.int64)
-    kdtree.kd_query(tree, queries, spacing, dist, which)
+    if index.shape[0] < _BRUTE_QUERIES:
+        kdtree.brute_nearest(points, queries, spacing, dist, which)
+    else:
+        kdtree.kd_query(kdtree.kd_build(points, _LEAF_SIZE), queries, spacing, dist, which)
     return dist, which
 
 
