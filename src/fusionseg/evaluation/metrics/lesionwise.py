@@ -274,8 +274,8 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         return 0.0, LesionWiseResult(1.0, 0.0, 0, 0, 0, ())
 
     # Components (26-conn; 8 in 2-D), then the surface elements of each mask labelled by
-    # component.
-    # (labels are written, and read, only where the masks are set: reused buffers)
+    # component. Labels are written, and read, only where the masks are set, so they go
+    # to reused buffers that are never cleared.
     pred_lab = work_buffer("pred_labels", p3.shape, np.int32)
     gt_cc = work_buffer("gt_labels", g3.shape, np.int32)
     n_pred, pred_sizes = label_components(p3, *p_ext, pred_lab)
