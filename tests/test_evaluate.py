@@ -114,6 +114,50 @@ def test_evaluate_case_rejects_labels_outside_scheme():
         evaluate_case(pred, gt, SPACING, "brats2023")
 
 
+def test_evaluate_case_equals_the_metric_functions_on_each_region_mask():
+    """evaluate_case (row extents from the region-mask pass, no per-region crop) gives the
+    values and lesion records of the public metric functions (bounding-box crop path) on
+    each region's masks, for a case with many lesions and false positives, in C and F
+    order."""
+    from fusionseg.evaluation.metrics.lesionwise import lesion_wise
+    from fusionseg.evaluation.metrics.overlap import dice
+    from fusionseg.evaluation.metrics.surface import hd95
+
+    rng = np.random.default_rng(11)
+    shape = (64, 56, 40)
+    grid = np.indices(shape)
+    gt = np.zeros(shape, np.uint8)
+    pred = np.zeros(shape, np.uint8)
+    for _ in range(10):
+        c = rng.uniform(6, np.asarray(shape) - 6)
+        r = np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c)))
+        radius = rng.uniform(2, 6)
+        gt[r <= radius] = 2
+        gt[r <= 0.6 * radius] = 4
+        r = np.sqrt(sum((g - ci - s) ** 2 for g, ci, s in zip(grid, c, rng.integers(-2, 3, 3))))
+        pred[r <= radius * rng.uniform(0.7, 1.2)] = 2
+        pred[r <= 0.5 * radius] = 1
+    for _ in range(5):
+        c = rng.uniform(2, np.asarray(shape) - 2)
+        pred[np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.8, 2.5)] = 4
+    for order in (np.ascontiguousarray, np.asfortranarray):
+        rows, lesion_rows = evaluate_case(order(pred), order(gt), SPACING, BRATS2017,
+                                          ["dice", "hd95", "lesion_dice", "lesion_hd95", "tp", "fn", "fp"])
+        for row in rows:
+            p_mask, g_mask = BRATS2017.region_mask(pred, row["region"]), BRATS2017.region_mask(gt, row["region"])
+            ref = lesion_wise(p_mask, g_mask, SPACING, 3, 50.0,
+                              full_image=(dice(p_mask, g_mask), hd95(p_mask, g_mask, SPACING)))
+            assert row["dice"] == dice(p_mask, g_mask)
+            assert row["hd95"] == hd95(p_mask, g_mask, SPACING)
+            assert (row["lesion_dice"], row["lesion_hd95"], row["tp"], row["fn"], row["fp"]) == \
+                (ref.dice, ref.hd95, ref.tp, ref.fn, ref.fp)
+            mine = [(r["lesion_id"], r["kind"], r["volume_mm3"], r["dice"], r["hd95"], r["matched_pred_ids"])
+                    for r in lesion_rows if r["region"] == row["region"]]
+            assert mine == [(r.lesion_id, r.kind, r.volume_mm3, r.dice, r.hd95,
+                             ";".join(str(m) for m in r.matched)) for r in ref.lesions]
+        assert sum(r["fp"] for r in rows) > 0 and sum(r["tp"] for r in rows) > 5
+
+
 def test_evaluate_case_reused_buffers_carry_nothing_between_cases():
     """The region masks and component labels live in buffers reused from case to case:
     a case gives the same rows whatever was evaluated before it (larger, smaller, or
