@@ -114,6 +114,42 @@ def test_evaluate_case_rejects_labels_outside_scheme():
         evaluate_case(pred, gt, SPACING, "brats2023")
 
 
+def _edge_fixtures() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(pred, gt) 0/1 label maps for each empty-mask and lesion-matching edge case."""
+    shape = (24, 22, 20)
+    z = np.zeros(shape, np.uint8)
+
+    def blob(c, r):
+        x = np.indices(shape)
+        return (np.sqrt(sum((g - ci) ** 2 for g, ci in zip(x, c))) <= r).astype(np.uint8)
+
+    big, small = blob((8, 8, 8), 4), blob((18, 16, 14), 1)  # small: 7 voxels, under tau
+    return {
+        "both empty": (z, z),
+        "pred empty": (z, big),
+        "gt empty": (big, z),
+        "FP only": (blob((18, 16, 14), 2), big * 0),
+        "lesion at or under tau": (big, big | small),
+        "merged by dilation": (blob((8, 8, 8), 5), blob((8, 8, 4), 2) | blob((8, 8, 11), 2)),
+        "one prediction, two lesions": (blob((8, 8, 10), 6), blob((8, 8, 4), 2) | blob((8, 8, 16), 2)),
+    }
+
+
+def test_edge_fixtures_give_no_nan_or_inf_anywhere():
+    """Every metric (PET/CT scheme: all 13) and every lesion-row value is finite on each
+    edge case, with isotropic and anisotropic spacing, for every challenge."""
+    checked = 0
+    for name, (pred, gt) in _edge_fixtures().items():
+        for spacing in [(1.0, 1.0, 1.0), (0.5, 1.2, 3.0)]:
+            for challenge in ("GLI", "MEN", "MET"):
+                rows, lesions = evaluate_case(pred, gt, spacing, "petct", None, challenge)
+                values = [v for r in rows for k, v in r.items() if k != "region"]
+                values += [r[k] for r in lesions for k in ("volume_mm3", "dice", "hd95")]
+                assert np.isfinite(values).all(), (name, spacing, challenge)
+                checked += len(values)
+    assert checked > 500
+
+
 def test_evaluate_case_equals_the_metric_functions_on_each_region_mask():
     """evaluate_case (row extents from the region-mask pass, no per-region crop) gives the
     values and lesion records of the public metric functions (bounding-box crop path) on
