@@ -26,27 +26,27 @@ def _pool() -> dict:
     return pool
 
 
+def _buffer(kind: str, slot: str, shape: tuple[int, ...], dtype, make) -> np.ndarray:
+    """The pooled ``(kind, slot, dtype)`` buffer viewed as ``shape``; a new one from
+    ``make(n, dtype)`` when it is missing or too small."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    key = (kind, slot, dtype.str)
+    buf = _pool().get(key)
+    if buf is None or buf.size < n:
+        buf = _pool()[key] = make(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
 def work_buffer(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """A C-ordered array of ``shape`` and ``dtype`` with undefined contents, the same
     memory as the previous call with ``slot`` in this thread when it is large enough.
     Use it only until the next call with that slot."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
-    key = ("work", slot, dtype.str)
-    buf = _pool().get(key)
-    if buf is None or buf.size < n:
-        buf = _pool()[key] = np.empty(n, dtype=dtype)
-    return buf[:n].reshape(shape)
+    return _buffer("work", slot, shape, dtype, np.empty)
 
 
 def zeroed_buffer(slot: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """As :func:`work_buffer`, but all zeros on return. The caller must leave it all
     zeros again (e.g. by clearing exactly what it wrote, in a ``finally``) before the
     next call with ``slot``."""
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
-    key = ("zeroed", slot, dtype.str)
-    buf = _pool().get(key)
-    if buf is None or buf.size < n:
-        buf = _pool()[key] = np.zeros(n, dtype=dtype)
-    return buf[:n].reshape(shape)
+    return _buffer("zeroed", slot, shape, dtype, np.zeros)
