@@ -191,7 +191,7 @@ def test_dilate_18_matches_scipy():
         mask = rng.random(shape) < rng.uniform(0.005, 0.6)
         d = int(rng.integers(1, 5))
         ref = ndimage.binary_dilation(mask, structure, iterations=d)
-        np.testing.assert_array_equal(kernels.dilate_18(mask.view(np.uint8), d).view(bool), ref)
+        np.testing.assert_array_equal(components.dilate_18(mask.view(np.uint8), d).view(bool), ref)
 
 
 def test_union_bounding_box_matches_bounding_box_in_both_memory_orders():

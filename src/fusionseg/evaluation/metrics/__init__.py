@@ -10,9 +10,9 @@ function over numpy arrays (2-D or 3-D, anisotropic spacing in mm).
 Conventions for empty masks are documented on each function (docs/EVALUATION.md).
 
 The engine under them (compiled with numba): :mod:`.kernels` (surface elements, grid
-look-ups, lesion formation, region masks, weighted percentiles), :mod:`.components`
-(connected components by runs), :mod:`.kdtree` (far surface distances) and
-:mod:`.buffers` (work buffers reused from case to case).
+look-ups, region masks, weighted percentiles), :mod:`.components` (connected
+components by runs; GT components grouped into lesions by dilation), :mod:`.kdtree`
+(far surface distances) and :mod:`.buffers` (work buffers reused from case to case).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ import numpy as np
 from fusionseg.constants import HD95_PENALTY_MM
 from fusionseg.evaluation.metrics import kernels
 from fusionseg.evaluation.metrics.buffers import work_buffer
-from fusionseg.evaluation.metrics.components import label_components, row_extents
+from fusionseg.evaluation.metrics.components import label_components, link_components, row_extents
 from fusionseg.evaluation.metrics.overlap import (
     Spacing,
     as_mask_pair,
@@ -398,7 +398,7 @@ def _form_lesions(gt_cc, gt_mask, n_cc, pred_lab, pred_mask, n_pred, g_lo, g_hi,
         plane = (lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1))  # noqa: E731
         lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
         olo3 = np.append(olo, 0)
-    counts, piece_first, pairs, group = kernels.link_components(
+    counts, piece_first, pairs, group = link_components(
         vol(gt_cc), vol(gt_mask), lo3, hi3, d, vol(pred_lab), vol(pred_mask), n_pred,
         zlo3, zhi3, vol(owner), olo3)
     cc_counts[1:] = counts
