@@ -110,8 +110,8 @@ def test_region_masks_match_numpy():
             g = rng.choice([0, 0, 1, 2, 4], shape).astype(np.uint8)
             pm = np.zeros((3,) + shape, np.uint8)
             gm = np.zeros((3,) + shape, np.uint8)
-            first = np.full((3, 2) + shape[:2], shape[2], np.int64)
-            last = np.full((3, 2) + shape[:2], -1, np.int64)
+            first = np.full((2, 3) + shape[:2], shape[2], np.int64)
+            last = np.full((2, 3) + shape[:2], -1, np.int64)
             src = (np.asfortranarray(p).T, np.asfortranarray(g).T) if transposed else (p, g)
             counts, bad = kernels.region_masks(*src, bits, transposed, pm, gm, first, last)
             assert not bad.any()
@@ -122,8 +122,8 @@ def test_region_masks_match_numpy():
                 assert tuple(counts[r]) == ((ip & ig).sum(), ip.sum(), ig.sum())
                 for k, m in ((0, pm[r]), (1, gm[r])):
                     ref_first, ref_last = components.row_extents(m)
-                    np.testing.assert_array_equal(first[r, k], ref_first)
-                    np.testing.assert_array_equal(last[r, k], ref_last)
+                    np.testing.assert_array_equal(first[k, r], ref_first)
+                    np.testing.assert_array_equal(last[k, r], ref_last)
     p[0, 0, 0] = 3
     counts, bad = kernels.region_masks(p, g, bits, False, pm, gm, first, last)
     assert bad.tolist() == [1, 0]

@@ -250,8 +250,8 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
     n = len(names)
     pm = zeroed_buffer("pred_masks", (n,) + shape, np.uint8)
     gm = zeroed_buffer("gt_masks", (n,) + shape, np.uint8)
-    first = np.full((n, 2) + shape[:2], shape[2], dtype=np.int64)
-    last = np.full((n, 2) + shape[:2], -1, dtype=np.int64)
+    first = np.full((2, n) + shape[:2], shape[2], dtype=np.int64)  # (pred / GT, region, X, Y)
+    last = np.full((2, n) + shape[:2], -1, dtype=np.int64)
     try:
         counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm,
                                            first, last)
@@ -266,11 +266,11 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
         back = (lambda a: a) if three_d else (lambda a: a[..., 0])
         yield {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
                       tuple(int(c) for c in counts[r]),
-                      ((first[r, 0], last[r, 0]), (first[r, 1], last[r, 1])) if three_d else None)
+                      ((first[0, r], last[0, r]), (first[1, r], last[1, r])) if three_d else None)
                for r, name in enumerate(names)}
     finally:  # every 1 written lies within its row's recorded extent
-        clear_rows(pm, np.ascontiguousarray(first[:, 0]), np.ascontiguousarray(last[:, 0]))
-        clear_rows(gm, np.ascontiguousarray(first[:, 1]), np.ascontiguousarray(last[:, 1]))
+        clear_rows(pm, first[0], last[0])
+        clear_rows(gm, first[1], last[1])
 
 
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],

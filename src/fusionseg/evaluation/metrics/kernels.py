@@ -228,7 +228,7 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed:
         pm, gm: uint8 (R, X, Y, Z) outputs, zeros: 1 is written where a voxel is inside
             region r of the prediction / GT (nothing else is written, so ``np.zeros``
             pages the system zero-fills lazily stay untouched in empty parts).
-        first, last: int64 (R, 2, X, Y) outputs, Z and -1: row extents (first and last
+        first, last: int64 (2, R, X, Y) outputs, Z and -1: row extents (first and last
             inside z of each row) of the prediction (index 0) and GT (1) mask of each
             region, as :func:`.components.row_extents` gives them.
     Returns:
@@ -273,13 +273,13 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed:
                     if u:
                         pm[r, x, y, z] = 1
                         counts[r, 1] += 1
-                        first[r, 0, x, y] = min(first[r, 0, x, y], z)
-                        last[r, 0, x, y] = max(last[r, 0, x, y], z)
+                        first[0, r, x, y] = min(first[0, r, x, y], z)
+                        last[0, r, x, y] = max(last[0, r, x, y], z)
                     if v:
                         gm[r, x, y, z] = 1
                         counts[r, 2] += 1
-                        first[r, 1, x, y] = min(first[r, 1, x, y], z)
-                        last[r, 1, x, y] = max(last[r, 1, x, y], z)
+                        first[1, r, x, y] = min(first[1, r, x, y], z)
+                        last[1, r, x, y] = max(last[1, r, x, y], z)
                     if u and v:
                         counts[r, 0] += 1
     return counts, bad
