@@ -4,6 +4,7 @@ phantoms reproduces the run's own numbers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -87,3 +88,11 @@ def test_same_config_trains_the_same_network(phantom_dataset, tmp_path):
         assert result.exit_code == 0, result.output
         logs.append(pd.read_csv(run / "fold_0" / "train_log.csv")[["train_loss", "val_score"]])
     pd.testing.assert_frame_equal(logs[0], logs[1])
+
+
+def test_compare_rows_unknown_or_without_reference_is_a_message():
+    study = Path(__file__).resolve().parents[1] / "configs" / "s0_table1.yaml"
+    result = runner.invoke(app, ["compare", str(study), "--rows", "A,C-dinamic"])
+    assert result.exit_code == 2 and "C-dinamic" in result.output and "choose among" in result.output
+    result = runner.invoke(app, ["compare", str(study), "--rows", "B", "--rows", "C-dynamic"])
+    assert result.exit_code == 2 and "must include the reference run 'A'" in " ".join(result.output.split())

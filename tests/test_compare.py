@@ -54,6 +54,10 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
                  {"name": "C-dynamic", "strategy": "joint", "fusion": {"weighting": "dynamic"}}],
         "tables": [{"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]},
                    {"name": "table2", "metrics": ["hd95", "lesion_hd95"], "regions": ["ET", "TC", "WT"]}],
+        "claims": [{"id": "T-C1", "text": "B beats A on WT", "tests": [
+                       {"run": "B", "than": "A", "metric": "dice", "region": "WT", "expect": "higher"}]},
+                   {"id": "T-C2", "text": "C-static beats A", "tests": [
+                       {"run": "C-static", "than": "A", "metric": "dice", "region": "mean", "expect": "higher"}]}],
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -74,6 +78,13 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
     rows = pd.read_csv(folder / "comparison.csv")
     assert set(rows["run"]) == {"A", "B", "C-dynamic"}
     assert rows[["dice", "hd95", "lesion_dice", "lesion_hd95"]].notna().all().all()
+    # each table also as CSV: one row per run x region x metric, paired tests against A
+    csv = pd.read_csv(folder / "table1.csv")
+    assert len(csv) == 3 * 3 * 2 and set(csv["metric"]) == {"dice", "lesion_dice"}
+    assert csv.query("run != 'A'")["n_paired"].eq(len(rows["case"].unique())).all()
+    assert (folder / "paired_dice.png").exists()
+    claims = (folder / "claims.md").read_text()
+    assert "**T-C1**" in claims and "**T-C2**" in claims and "not tested" in claims  # no C-static run
     # every run used the same split
     tests = {json.loads((folder / n / "splits.json").read_text())["folds"][0]["test"].__repr__()
              for n in ("A", "B", "C-dynamic")}

@@ -110,6 +110,7 @@ def compare(
     name: Annotated[Optional[str], typer.Option(help="Name of the comparison folder (default: the study name + protocol, or 'comparison').")] = None,
     output_dir: Annotated[Path, typer.Option(help="Parent folder of the comparison folder.")] = Path("runs"),
     vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss; sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
+    rows: Annotated[Optional[list[str]], typer.Option("--rows", help="Run only these rows of a study (comma-separated and/or repeated, e.g. --rows A,B,C-dynamic); the reference row must be among them.")] = None,
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
@@ -119,12 +120,17 @@ def compare(
     train` writes it; interrupted comparisons resume). The reference run (a study's
     `reference`, else the first config) anchors the paired Wilcoxon tests.
     comparison.md holds every table (mean ± sd per run, metric and region, with p
-    against the reference), fused-image quality for fusion runs, and links the figures
-    examples.png (inputs, fused images, every run's prediction, ground truth) and
-    lambdas.png (dynamic loss weights per epoch); comparison.csv has every per-case row.
+    against the reference), fused-image quality for fusion runs, the source paper's
+    claims with a verdict each (when the study lists claims; also claims.md/.csv), and
+    links the figures examples.png (inputs, fused images, every run's prediction, ground
+    truth), paired_dice.png (per-case Dice of each run against the reference) and
+    lambdas.png (dynamic loss weights per epoch). Each table is also written as
+    <table>.md and <table>.csv (one row per run x region x metric, for plotting);
+    comparison.csv has every per-case row.
 
-    Example (S0 Tables 1 and 2 on 2 CPU cores):
+    Examples (S0 Tables 1 and 2 on 2 CPU cores; then 5-fold CV of a subset of rows):
         fusionseg compare configs/s0_table1.yaml --protocol cpu-small
+        fusionseg compare configs/s0_table1.yaml --protocol cpu-small-cv --rows A,B,C-dynamic
     --set applies to every run (e.g. --set data.root=/data/BraTS).
     """
     from fusionseg.experiments.compare import load_study_or_configs, run_comparison
@@ -132,7 +138,8 @@ def compare(
     overrides = list(set_ or [])
     if vgg_weights is not None:
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
-    study = load_study_or_configs(configs, protocol, overrides, name)
+    selected = [r.strip() for item in rows or [] for r in item.split(",") if r.strip()]
+    study = load_study_or_configs(configs, protocol, overrides, name, selected or None)
     out = run_comparison(study, output_dir, progress=progress)
     console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")

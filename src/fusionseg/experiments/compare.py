@@ -13,6 +13,11 @@ Input is either several experiment YAMLs, or one *study* YAML that expands into 
       - {name: B, strategy: decoupled}
     tables:                      # tables to write (rows = runs)
       - {name: table1, title: "...", metrics: [dice, lesion_dice], regions: [ET, TC, WT]}
+    claims:                      # optional: the source paper's claims, as tests
+      - {id: S0-C2, text: "...", tests: [{run: B, than: A, metric: dice, region: WT, expect: higher}]}
+
+``rows`` (``fusionseg compare --rows A,B``) runs a subset of a study's runs; the
+reference run must be among them.
 
 Overrides merge recursively in the order base <- protocol <- run <- ``--set``.
 
@@ -20,9 +25,14 @@ Each run goes to ``<output>/<comparison>/<run name>/`` (as ``fusionseg train`` w
 it); the split file is made once (``splits.json`` in the comparison folder) and every
 run uses it. The comparison writes ``comparison.md`` (every table: mean ± sd per run,
 metric and region, and the paired Wilcoxon signed-rank p-value of each run against the
-reference), ``comparison.csv`` (all per-case rows with a ``run`` column),
-``comparison.json``, ``fusion_quality.md`` for runs with a fused image, and the figures
-``examples.png`` (S0 Fig. 4 style) and ``lambdas.png`` (dynamic loss weights).
+reference), ``<table>.md`` and ``<table>.csv`` per table (the CSV: one row per run x
+region x metric with n, mean, sd, median, 95 % CI, and against the reference the mean
+paired difference, Wilcoxon p and how many cases are higher / lower / tied),
+``comparison.csv`` (all per-case rows with a ``run`` column), ``comparison.json``,
+``fusion_quality.md`` for runs with a fused image, ``claims.md`` / ``claims.csv`` when
+the study lists claims (:mod:`fusionseg.experiments.claims`), and the figures
+``examples.png`` (S0 Fig. 4 style), ``paired_dice.png`` (per-case Dice of every run
+against the reference, paired dots) and ``lambdas.png`` (dynamic loss weights).
 """
 
 from __future__ import annotations
@@ -40,8 +50,9 @@ from fusionseg.config import ExperimentConfig, apply_override, load_config, vali
 from fusionseg.data.io import atomic_path
 from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.figures import example_figure, lambda_figure
-from fusionseg.experiments.report import comparison_table
+from fusionseg.experiments.claims import Claim, claims_frame, claims_markdown, evaluate_claims
+from fusionseg.experiments.figures import example_figure, lambda_figure, paired_figure
+from fusionseg.experiments.report import comparison_table, table_frame
 from fusionseg.experiments.runner import load_dataset, run_experiment
 
 DEFAULT_TABLES = [{"name": "overlap", "title": "Dice and lesion-wise Dice",
@@ -59,6 +70,10 @@ class Study:
     reference: str
     tables: list[dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TABLES))
     protocol: str | None = None
+    claims: list[Claim] = field(default_factory=list)
+
+#: Top-level keys of a study YAML.
+STUDY_KEYS = {"study", "reference", "base", "protocols", "runs", "tables", "claims"}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -77,44 +92,74 @@ def is_study(path: Path) -> bool:
     return isinstance(raw, dict) and "runs" in raw
 
 
-def load_study(path: str | Path, protocol: str | None = None, overrides: Sequence[str] | None = None) -> Study:
-    """Expand a study YAML into validated experiment configs.
+def select_rows(runs: list[dict], rows: Sequence[str] | None, reference: str, source: str) -> list[dict]:
+    """The study's run entries named in ``rows`` (in the study's order); all when None.
 
     Raises:
-        ConfigError: unknown protocol, duplicate run names, invalid run configs.
+        ConfigError: a name that is no run of the study, or ``rows`` without the reference.
+    """
+    if not rows:
+        return runs
+    names = [r.get("name") for r in runs]
+    unknown = [r for r in rows if r not in names]
+    if unknown:
+        raise ConfigError(f"{source}: --rows names {unknown} that are not runs of the study; "
+                          f"choose among {names}")
+    if reference not in rows:
+        raise ConfigError(f"{source}: --rows must include the reference run {reference!r} "
+                          "(every row is tested against it)")
+    return [r for r in runs if r.get("name") in set(rows)]
+
+
+def load_study(path: str | Path, protocol: str | None = None, overrides: Sequence[str] | None = None,
+               rows: Sequence[str] | None = None) -> Study:
+    """Expand a study YAML into validated experiment configs (only the runs named in
+    ``rows``, when given; see :func:`select_rows`).
+
+    Raises:
+        ConfigError: unknown top-level key or protocol, duplicate run names, invalid
+            run configs or claims, unknown ``rows``.
     """
     path = Path(path)
     raw = yaml.safe_load(path.read_text())
+    unknown = sorted(set(raw) - STUDY_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown study key(s) {unknown}; a study has {sorted(STUDY_KEYS)}")
     protocols = raw.get("protocols") or {}
     if protocol is None and protocols:
         protocol = next(iter(protocols))
     if protocol is not None and protocol not in protocols:
         raise ConfigError(f"{path}: unknown protocol {protocol!r}; choose one of {sorted(protocols)}")
     base = deep_merge(raw.get("base") or {}, protocols.get(protocol) or {})
+    if any("name" not in run for run in raw["runs"]):
+        raise ConfigError(f"{path}: every entry of runs needs a name")
+    reference = raw.get("reference", raw["runs"][0]["name"])
     configs = []
-    for run in raw["runs"]:
-        if "name" not in run:
-            raise ConfigError(f"{path}: every entry of runs needs a name")
+    for run in select_rows(raw["runs"], rows, reference, str(path)):
         merged = deep_merge(base, run)
         for item in overrides or []:
             apply_override(merged, item)
         configs.append(validate_config(merged, source=f"{path} run {run['name']}"))
     names = [c.name for c in configs]
-    reference = raw.get("reference", names[0])
     if reference not in names:
         raise ConfigError(f"{path}: reference {reference!r} is not a run name ({names})")
     name = raw.get("study", path.stem) + (f"_{protocol}" if protocol else "")
-    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol)
+    try:
+        claims = [Claim.model_validate(c) for c in raw.get("claims") or []]
+    except ValueError as exc:
+        raise ConfigError(f"{path}: invalid claims: {exc}") from exc
+    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol,
+                 claims)
 
 
 def load_study_or_configs(paths: Sequence[Path], protocol: str | None, overrides: Sequence[str] | None,
-                          name: str | None) -> Study:
+                          name: str | None, rows: Sequence[str] | None = None) -> Study:
     """One study YAML, or several experiment YAMLs (the first is the reference)."""
     if len(paths) == 1 and is_study(paths[0]):
-        study = load_study(paths[0], protocol, overrides)
+        study = load_study(paths[0], protocol, overrides, rows)
     else:
-        if protocol is not None:
-            raise ConfigError("--protocol applies to a study YAML (one with a 'runs' list)")
+        if protocol is not None or rows:
+            raise ConfigError("--protocol and --rows apply to a study YAML (one with a 'runs' list)")
         configs = [load_config(p, list(overrides or [])) for p in paths]
         study = Study("comparison", configs, configs[0].name)
     if name:
@@ -175,6 +220,9 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True) -> dic
         lines += [f"## {table.get('title', table['name'])}", "", text, ""]
         with atomic_path(out / f"{table['name']}.md") as tmp:
             tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n")
+        frame = table_frame(runs, study.reference, table["metrics"], table.get("regions", all_regions))
+        with atomic_path(out / f"{table['name']}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
     quality = fusion_quality_table(summaries)
     if quality:
         lines += ["## Fused-image quality (test cases, mean ± sd over cases)", "", quality, ""]
@@ -187,7 +235,16 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True) -> dic
               f"Total wall time {wall / 60:.1f} min."]
     run_dirs = {n: r.run_dir for n, r in results.items()}
     num_classes = len(summaries[names[0]]["label_scheme"]["labels"])
+    if study.claims:
+        claims = evaluate_claims(study.claims, runs)
+        lines += ["", "## The source paper's claims", "", claims_markdown(claims)]
+        with atomic_path(out / "claims.md") as tmp:
+            tmp.write_text(f"# Claims of {study.name}\n\n{claims_markdown(claims)}\n")
+        with atomic_path(out / "claims.csv") as tmp:
+            claims_frame(claims).to_csv(tmp, index=False)
     figs = [example_figure(run_dirs, runs, out / "examples.png", study.reference, num_classes),
+            paired_figure(runs, study.reference, out / "paired_dice.png",
+                          [r for t in study.tables for r in t.get("regions", all_regions)]),
             lambda_figure(run_dirs, out / "lambdas.png")]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     table_md = "\n".join(lines) + "\n"

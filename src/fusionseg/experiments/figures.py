@@ -95,3 +95,44 @@ def lambda_figure(run_dirs: Mapping[str, Path], path: Path) -> Path | None:
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def paired_figure(per_case: Mapping[str, pd.DataFrame], reference: str, path: Path,
+                  regions, metric: str = "dice") -> Path | None:
+    """Per-case ``metric`` of every run against ``reference``, as paired dots: one
+    panel per region, one pair of columns per run (reference left, run right), one
+    line per case joining its two values, green where the run is higher, red where
+    lower, grey where tied; the title of each pair gives higher / lower case counts.
+    Returns None when there is no other run or no such metric."""
+    others = [n for n in per_case if n != reference]
+    regions = list(dict.fromkeys(regions))
+    if not others or any(metric not in df.columns for df in per_case.values()):
+        return None
+    ref = per_case[reference]
+    fig, axes = plt.subplots(len(regions), 1, figsize=(max(6.0, 1.3 * len(others) + 1.5),
+                                                        2.6 * len(regions)), squeeze=False)
+    for ax, region in zip(axes[:, 0], regions):
+        a = ref[ref["region"] == region].set_index("case")[metric]
+        ticks, labels = [], []
+        for i, name in enumerate(others):
+            df = per_case[name]
+            b = df[df["region"] == region].set_index("case")[metric]
+            common = a.index.intersection(b.index)
+            x0, x1 = 3 * i, 3 * i + 1
+            for case in common:
+                d = b[case] - a[case]
+                colour = "tab:green" if d > 0 else "tab:red" if d < 0 else "0.6"
+                ax.plot([x0, x1], [a[case], b[case]], color=colour, alpha=0.6, lw=1)
+            ax.scatter([x0] * len(common), a[common], s=10, color="0.3", zorder=3)
+            ax.scatter([x1] * len(common), b[common], s=10, color="tab:blue", zorder=3)
+            up, down = int((b[common] > a[common]).sum()), int((b[common] < a[common]).sum())
+            ticks += [x0 + 0.5]
+            labels += [f"{reference} → {name}\n↑{up} ↓{down} of {len(common)}"]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_ylabel(f"{metric} {region}", fontsize=8)
+        ax.set_ylim(-0.03, 1.03) if "dice" in metric else None
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"per-case {metric} of every run against {reference} (one line per test case)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from fusionseg.data.io import atomic_path, load_volume  # noqa: E402
 from fusionseg.data.sampling import axial_slice  # noqa: E402
-from fusionseg.evaluation.aggregate import paired_wilcoxon  # noqa: E402
+from fusionseg.evaluation.aggregate import describe, paired_wilcoxon  # noqa: E402
 
 #: Column titles of the tables (metric column -> heading).
 METRIC_TITLES = {"dice": "Dice", "hd95": "HD95 (mm)", "lesion_dice": "LW Dice",
@@ -31,12 +31,47 @@ def paired_p(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: 
     """Two-sided paired Wilcoxon p-value of ``metric`` in ``region`` over the cases both
     runs have (:func:`fusionseg.evaluation.aggregate.paired_wilcoxon`); None when fewer
     than 2 paired cases or all differences are zero."""
+    x, y = _paired(reference, other, metric, region)
+    if len(x) < 2 or np.allclose(x - y, 0):
+        return None
+    return paired_wilcoxon(x, y)["p_value"]
+
+
+def _paired(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: str) -> tuple[np.ndarray, np.ndarray]:
     a = reference[reference["region"] == region].set_index("case")[metric]
     b = other[other["region"] == region].set_index("case")[metric]
     common = a.index.intersection(b.index)
-    if len(common) < 2 or np.allclose(b[common].to_numpy(float) - a[common].to_numpy(float), 0):
-        return None
-    return paired_wilcoxon(b[common].to_numpy(float), a[common].to_numpy(float))["p_value"]
+    return b[common].to_numpy(float), a[common].to_numpy(float)
+
+
+def table_frame(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str],
+                regions: Sequence[str]) -> pd.DataFrame:
+    """The numbers of :func:`comparison_table` as a tidy frame, one row per run x region
+    x metric: ``n``, ``mean``, ``sd`` (ddof 1), ``median``, ``ci95_low`` / ``ci95_high``
+    (percentile bootstrap of the mean, :func:`~fusionseg.evaluation.aggregate.describe`)
+    and, for runs other than ``reference``, the paired comparison over the cases both
+    have: ``n_paired``, ``mean_difference`` (run - reference), ``p_wilcoxon`` (as in
+    the table; empty when undefined) and ``n_higher`` / ``n_lower`` / ``n_tied``.
+    """
+    present = [m for m in metrics if all(m in df.columns for df in runs.values())]
+    rows = []
+    for name, df in runs.items():
+        for m in present:
+            for r in regions:
+                values = df.loc[df["region"] == r, m].to_numpy(float)
+                if not len(values):
+                    continue
+                row = {"run": name, "region": r, "metric": m, **describe(values)}
+                if reference is not None and name != reference:
+                    x, y = _paired(runs[reference], df, m, r)
+                    diff = x - y
+                    row.update(reference=reference, n_paired=int(diff.size),
+                               mean_difference=float(diff.mean()) if diff.size else None,
+                               p_wilcoxon=paired_p(runs[reference], df, m, r),
+                               n_higher=int((diff > 0).sum()), n_lower=int((diff < 0).sum()),
+                               n_tied=int((diff == 0).sum()))
+                rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def comparison_table(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str],
