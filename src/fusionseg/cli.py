@@ -89,12 +89,13 @@ def train(
     current fold resumes from its last checkpoint.
     """
     from fusionseg.config import load_config
-    from fusionseg.experiments.runner import run_experiment
 
     overrides = list(set_ or [])
     if vgg_weights is not None:
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # a bad config fails here, before the heavy imports
+    from fusionseg.experiments.runner import run_experiment
+
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
     result = run_experiment(cfg, progress=progress)

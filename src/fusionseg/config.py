@@ -275,11 +275,41 @@ class ExperimentConfig(_Strict):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output_dir: Path = Path("runs")
 
+    @model_validator(mode="after")
+    def _names_in_registries(self) -> "ExperimentConfig":
+        """Every component name (and option name) is checked against its registry at
+        load, so a typo fails before any work, listing the valid choices."""
+        check_component_names(self)
+        return self
+
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def check_component_names(cfg: "ExperimentConfig") -> None:
+    """Raise ValueError (naming the key and the valid choices) when ``model``,
+    ``fusion.model`` (strategies with a fusion network), ``loss`` or
+    ``evaluation.challenge`` name something that is not registered, or pass an option
+    the component does not take."""
+    from fusionseg.evaluation.metrics.lesionwise import challenge_params
+    from fusionseg.losses import check_seg_loss_options
+    from fusionseg.models import check_model_options
+
+    checks = [("model", lambda: check_model_options(cfg.model.name, cfg.model.kwargs)),
+              ("loss", lambda: check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs)),
+              ("evaluation.challenge", lambda: challenge_params(cfg.evaluation.challenge))]
+    if cfg.strategy != "early":
+        checks.append(("fusion.model", lambda: check_model_options(cfg.fusion.model.name,
+                                                                   cfg.fusion.model.kwargs)))
+    for key, check in checks:
+        try:
+            check()
+        except (KeyError, TypeError, ValueError) as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            raise ValueError(f"{key}: {message}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -328,7 +358,8 @@ def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
         lines = [f"{source}: invalid configuration:"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  - {where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {where}: {msg}" if where else f"  - {msg}")
         raise ConfigError("\n".join(lines)) from exc
 
 

@@ -8,6 +8,7 @@ from .segmentation import (
     FocalSegLoss,
     SegLoss,
     build_seg_loss,
+    check_seg_loss_options,
     list_seg_losses,
     register_seg_loss,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "FocalSegLoss",
     "SegLoss",
     "build_seg_loss",
+    "check_seg_loss_options",
     "list_seg_losses",
     "register_seg_loss",
 ]

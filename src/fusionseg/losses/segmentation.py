@@ -87,6 +87,16 @@ def build_seg_loss(name: str, num_classes: int, **kwargs: Any) -> SegLoss:
         TypeError: an option the loss does not accept; the message lists accepted ones.
         ValueError: invalid values (e.g. ``class_weights`` length != ``num_classes``).
     """
+    return check_seg_loss_options(name, kwargs)(num_classes=num_classes, **kwargs)
+
+
+def check_seg_loss_options(name: str, kwargs: dict[str, Any]) -> type[SegLoss]:
+    """The loss class of ``name`` after checking that it accepts every key of ``kwargs``.
+
+    Raises:
+        KeyError: unknown ``name``; the message lists the registered losses.
+        TypeError: an option the loss does not accept; the message lists accepted ones.
+    """
     try:
         cls = _LOSS_REGISTRY[name]
     except KeyError:
@@ -95,7 +105,7 @@ def build_seg_loss(name: str, num_classes: int, **kwargs: Any) -> SegLoss:
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown:
         raise TypeError(f"Segmentation loss {name!r} got unexpected argument(s) {unknown}. Accepted: {accepted}.")
-    return cls(num_classes=num_classes, **kwargs)
+    return cls
 
 
 def _class_weights(

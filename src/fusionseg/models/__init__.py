@@ -7,12 +7,13 @@ file.
 from __future__ import annotations
 
 from .lrrnet import LRRNet
-from .registry import build_model, get_model_builder, list_models, register_model
+from .registry import build_model, check_model_options, get_model_builder, list_models, register_model
 from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
 
 __all__ = [
     "LRRNet",
     "build_model",
+    "check_model_options",
     "get_model_builder",
     "list_models",
     "register_model",

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["register_model", "build_model", "list_models", "get_model_builder"]
+__all__ = ["register_model", "build_model", "check_model_options", "list_models", "get_model_builder"]
 
 _MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_TASKS: dict[str, str] = {}
@@ -115,6 +115,25 @@ def _accepted_kwargs(builder: Callable[..., Any]) -> tuple[list[str], bool]:
     return names, has_var_kw
 
 
+def check_model_options(name: str, kwargs: dict[str, Any]) -> Callable[..., nn.Module]:
+    """The builder of ``name`` after checking that it accepts every key of ``kwargs``
+    (values are checked only when the model is built).
+
+    Raises:
+        KeyError: unknown ``name``; the message lists the registered models.
+        TypeError: an option the model does not accept; the message lists those it accepts.
+    """
+    builder = get_model_builder(name)
+    accepted, has_var_kw = _accepted_kwargs(builder)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown and not has_var_kw:
+        raise TypeError(
+            f"Model {name!r} got unexpected argument(s) {unknown}. "
+            f"Accepted arguments besides {_CORE_ARGS}: {accepted or '(none)'}."
+        )
+    return builder
+
+
 def build_model(
     name: str, in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs: Any
 ) -> nn.Module:
@@ -136,12 +155,5 @@ def build_model(
             and lists the options it accepts.
         ValueError: whatever the builder raises for invalid values.
     """
-    builder = get_model_builder(name)
-    accepted, has_var_kw = _accepted_kwargs(builder)
-    unknown = sorted(k for k in kwargs if k not in accepted)
-    if unknown and not has_var_kw:
-        raise TypeError(
-            f"Model {name!r} got unexpected argument(s) {unknown}. "
-            f"Accepted arguments besides {_CORE_ARGS}: {accepted or '(none)'}."
-        )
+    builder = check_model_options(name, kwargs)
     return builder(in_channels=in_channels, num_classes=num_classes, spatial_dims=spatial_dims, **kwargs)
