@@ -276,8 +276,11 @@ def test_cli_runs_and_prints_summary(folders, tmp_path):
     assert json.loads((out / "summary.json").read_text())["conventions"]["challenge"] == "MEN"
     help_text = runner.invoke(app, ["evaluate", "--help"]).output
     assert "summary.json" in help_text and "374" in help_text
-    bad = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--metrics", "nope"])
-    assert bad.exit_code == 1 and "choose from" in bad.output
+    from fusionseg.cli import app as fusionseg_app
+
+    # an unknown metric is a usage error (exit 2) with the valid choices
+    bad = runner.invoke(fusionseg_app, ["evaluate", str(pred_dir), str(gt_dir), "--metrics", "nope"])
+    assert bad.exit_code == 2 and "choose from" in bad.output and "Traceback" not in bad.output
 
 
 def test_cli_custom_dilation_and_volume_threshold(folders, tmp_path):
@@ -299,3 +302,18 @@ def test_cli_custom_dilation_and_volume_threshold(folders, tmp_path):
     assert not per_case["lesion_dice"].equals(preset["lesion_dice"])  # the parameters took effect
     missing = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "-c", "custom", "--dilation", "2"])
     assert missing.exit_code != 0 and "volume-threshold" in missing.output
+
+
+def test_first_evaluation_announces_compilation_once(monkeypatch, capsys):
+    import fusionseg.evaluation.evaluate as ev
+
+    monkeypatch.setattr(ev, "_ANNOUNCED", False)
+    monkeypatch.setattr(ev, "kernels_cached", lambda: False)
+    ev.announce_compilation()
+    ev.announce_compilation()
+    err = capsys.readouterr().err
+    assert err.count("compiling the evaluation kernels") == 1
+    monkeypatch.setattr(ev, "_ANNOUNCED", False)
+    monkeypatch.setattr(ev, "kernels_cached", lambda: True)
+    ev.announce_compilation()
+    assert capsys.readouterr().err == ""

@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fusionseg.errors import FusionsegError
+from fusionseg.errors import FusionsegError, exit_code
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,7 +28,7 @@ app = typer.Typer(
     help="Multimodal medical image segmentation (brain-tumour MRI, PET/CT): train, "
          "compare, predict and evaluate fusion strategies under one protocol.\n\n"
          "Start with `fusionseg demo`, then `fusionseg data check YOUR_DATA`, then "
-         "`fusionseg train configs/baseline_brats.yaml --set data.root=YOUR_DATA`.",
+         "`fusionseg train configs/baseline_brats18_cpu.yaml --set data.root=YOUR_DATA`.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Dataset tools: validate a folder before training on it.",
@@ -37,28 +37,51 @@ app.add_typer(data_app, name="data")
 
 
 def friendly_errors(func):
-    """Print fusionseg's own errors (bad data, bad config) without a traceback."""
+    """Print fusionseg's own errors (bad data, bad config) and operating-system errors
+    (a file that cannot be read or written) as one message without a traceback, and
+    exit with the code of :func:`fusionseg.errors.exit_code` (1 data, 2 usage)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except (FusionsegError, FileExistsError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
+        except (FusionsegError, OSError) as exc:
+            err_console.print(f"[bold red]error:[/] {_describe(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code(exc)) from None
 
     return wrapper
+
+
+def _describe(exc: BaseException) -> str:
+    """One-line text of an error; OS errors name the file and what to check."""
+    from rich.markup import escape
+
+    if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.filename:
+        text = (f"{exc.filename}: {exc.strerror or exc}. Check that the path exists and that "
+                "you may read (inputs) or write (outputs) it, and that the disk is not full.")
+    else:
+        text = str(exc)
+    return escape(text)
 
 
 def _register_optional_commands() -> None:
     from fusionseg.data.check import check_command
     from fusionseg.evaluation.cli import evaluate_command
+    from fusionseg.inference.cli import predict_command
 
     data_app.command("check")(friendly_errors(check_command))
     app.command("evaluate")(friendly_errors(evaluate_command))
+    app.command("predict")(friendly_errors(predict_command))
 
 
 _register_optional_commands()
+
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="A run folder of the same name that holds a run with other settings is "
+                        "deleted and trained again (default: stop and name the changed settings).")]
+ResumeChangesOption = Annotated[bool, typer.Option(
+    "--resume-with-changes", help="Resume a run folder whose settings differ anyway, keeping its "
+                                  "trained folds; the change is recorded in run.json.")]
 
 SetOption = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override a config value, e.g. --set train.epochs=3 --set data.root=/data/brats "
@@ -72,6 +95,8 @@ def train(
     set_: SetOption = None,
     output_dir: Annotated[Optional[Path], typer.Option(help="Parent folder of the run folder (default: config's output_dir, 'runs').")] = None,
     vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss (strategies decoupled/joint); sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
+    overwrite: OverwriteOption = False,
+    resume_with_changes: ResumeChangesOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
     """Train and cross-validate one experiment config.
@@ -86,7 +111,12 @@ def train(
     summary.json, results.md, overlays/*.png.
 
     Interrupted? Run the same command again: finished folds are read back and the
-    current fold resumes from its last checkpoint.
+    current fold resumes from its last checkpoint. Every case is checked as `fusionseg
+    data check` does before any work (once: cached cases were checked when cached).
+    A run folder that holds a run with other settings is never silently reused: the
+    command stops and names the changed keys (then: a new name, --overwrite or
+    --resume-with-changes); changed evaluation / postprocess / inference settings
+    re-evaluate the trained folds without retraining.
     """
     from fusionseg.config import load_config
 
@@ -98,8 +128,8 @@ def train(
 
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
-    result = run_experiment(cfg, progress=progress)
-    console.print((result.run_dir / "results.md").read_text(), markup=False)
+    result = run_experiment(cfg, progress=progress, overwrite=overwrite, resume_with_changes=resume_with_changes)
+    console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -113,6 +143,8 @@ def compare(
     vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss; sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
     rows: Annotated[Optional[list[str]], typer.Option("--rows", help="Run only these rows of a study (comma-separated and/or repeated, e.g. --rows A,B,C-dynamic); the reference row must be among them.")] = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
+    resume_with_changes: ResumeChangesOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
     """Run several experiments on the same data and the same case splits, then tabulate.
@@ -141,67 +173,10 @@ def compare(
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
     selected = [r.strip() for item in rows or [] for r in item.split(",") if r.strip()]
     study = load_study_or_configs(configs, protocol, overrides, name, selected or None)
-    out = run_comparison(study, output_dir, progress=progress)
+    out = run_comparison(study, output_dir, progress=progress, overwrite=overwrite,
+                         resume_with_changes=resume_with_changes)
     console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")
-
-
-@app.command()
-@friendly_errors
-def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder of `fusionseg train` (ensembles its folds) or a best.ckpt file.", exists=True)],
-    input: Annotated[Path, typer.Argument(help="A dataset folder (any supported layout) or one case folder.", exists=True)],
-    output: Annotated[Path, typer.Argument(help="Folder for <case>.nii.gz label maps.")],
-    fold: Annotated[Optional[int], typer.Option(help="Use only this fold's model (default: average all folds).")] = None,
-    format: Annotated[Optional[str], typer.Option("--format", help="Dataset layout of INPUT (default: autodetect).")] = None,
-    cases: Annotated[Optional[list[str]], typer.Option("--case", help="Predict only this case id (repeatable).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Slices per forward pass.")] = 16,
-    postprocess: Annotated[bool, typer.Option(help="Apply the connected-component post-processing the run chose (fit.json; the folds' median setting for an ensemble).")] = True,
-    tta: Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Test-time mirroring: average the 4 in-plane flips of each slice (4x slower). Default: as the run predicted its test cases (config inference.tta).")] = None,
-):
-    """Predict label maps for new cases.
-
-    Each case is preprocessed exactly as in training, predicted slice-wise (2-D models)
-    and written as OUTPUT/<case>.nii.gz in the dataset's own label convention (e.g.
-    BraTS 2018: 0/1/2/4), with the input image's exact affine and header. Cases need
-    only the modalities the model was trained on; segmentations are not needed.
-    Existing files are never replaced without --overwrite. Small whole-tumour
-    components are removed as the run's post-processing decided (see config
-    `postprocess`); --no-postprocess gives the network's raw arg-max.
-    """
-    from fusionseg.data.cases import discover
-    from fusionseg.errors import DataError
-    from fusionseg.inference.predict import load_predictor
-    from fusionseg.progress import make_progress
-
-    predictor = load_predictor(model, fold=fold, device=device, postprocess=postprocess, tta=tta)
-    try:
-        dataset = discover(input, format=format)
-        selected = list(dataset.cases)
-    except DataError:
-        dataset = discover(input.parent, format=format)
-        selected = [dataset.case(input.name)]
-    if cases:
-        selected = [dataset.case(c) for c in cases]
-    output.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        clash = [c.case_id for c in selected if (output / f"{c.case_id}.nii.gz").exists()]
-        if clash:
-            raise FusionsegError(f"{output}: {len(clash)} output file(s) exist (e.g. {clash[0]}.nii.gz); "
-                                 "pass --overwrite to replace them.")
-    console.print(f"{len(selected)} case(s), model(s): {len(predictor.models)} "
-                  f"({', '.join(str(p) for p in predictor.sources)}), modalities {list(predictor.modalities)}, "
-                  f"post-processing: {predictor.postprocess.label()}, "
-                  f"test-time mirroring: {'on' if predictor.mirror else 'off'}")
-    with make_progress() as bar:
-        task = bar.add_task("predict", total=len(selected), info="")
-        for case in selected:
-            predictor.write_case(case, output / f"{case.case_id}.nii.gz", overwrite=overwrite,
-                                 batch_size=batch_size)
-            bar.update(task, advance=1, info=case.case_id)
-    console.print(f"label maps written to {output}")
 
 
 @app.command()
@@ -223,8 +198,27 @@ def demo(
     from fusionseg.experiments.demo import run_demo
 
     result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress)
-    console.print((result.run_dir / "results.md").read_text(), markup=False)
+    console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
+
+
+def terminal_table(per_case, summary: dict) -> str:
+    """The run's result for an 80-column terminal: one row per region, mean ± sd of
+    Dice, HD95, lesion-wise Dice and HD95 (the full table is in results.md)."""
+    metrics = [("dice", "Dice", 3), ("hd95", "HD95 mm", 1), ("lesion_dice", "LW Dice", 3),
+               ("lesion_hd95", "LW HD95 mm", 1)]
+    metrics = [m for m in metrics if m[0] in per_case.columns]
+    lines = [f"{summary['name']}: mean ± sd over {summary['n_cases']} test cases",
+             f"{'region':<7}" + "".join(f"{title:>17}" for _, title, _ in metrics)]
+    for region in dict.fromkeys(per_case["region"]):
+        sub = per_case[per_case["region"] == region]
+        cells = []
+        for col, _, digits in metrics:
+            v = sub[col].astype(float)
+            sd = v.std(ddof=1) if len(v) > 1 else 0.0
+            cells.append(f"{v.mean():.{digits}f} ± {sd:.{digits}f}".rjust(17))
+        lines.append(f"{region:<7}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -170,6 +170,11 @@ def scheme_to_dict(scheme: LabelScheme) -> dict:
             "regions": {k: list(v) for k, v in scheme.regions.items()}}
 
 
+def describe_labels(scheme: LabelScheme) -> str:
+    """A scheme's raw values and names, e.g. ``"0 background, 1 NCR, 2 ED, 4 ET"``."""
+    return ", ".join(f"{v} {scheme.labels[v]}" for v in scheme.values)
+
+
 def scheme_from_dict(data: dict | str) -> LabelScheme:
     """Inverse of :func:`scheme_to_dict` (a bare name looks up the registry)."""
     if isinstance(data, str):

@@ -1,5 +1,16 @@
 """Exception types. Every user-facing error names the offending file or argument and
-says how to fix it."""
+says how to fix it.
+
+Exit codes of the command line (one policy for every command, :func:`exit_code`):
+
+- 0: success;
+- 1: a data error: an input file or folder is missing, unreadable or inconsistent
+  (:class:`DataError`, or an operating-system error while reading or writing), or
+  ``fusionseg data check`` found a failing case;
+- 2: a usage error: an invalid config or option (:class:`ConfigError`), outputs that
+  exist and would be replaced, a run folder that holds another experiment, an output
+  location that cannot be written (:class:`OutputError`).
+"""
 
 from __future__ import annotations
 
@@ -33,3 +44,24 @@ class DataError(FusionsegError):
 
 class ConfigError(FusionsegError):
     """An invalid configuration value or combination."""
+
+
+class OutputError(FusionsegError):
+    """An output location that cannot be used (under a file, read-only, or holding
+    results of another experiment)."""
+
+
+#: Exit code of the data errors (see the module docstring).
+EXIT_DATA = 1
+#: Exit code of the usage errors.
+EXIT_USAGE = 2
+
+
+def exit_code(exc: BaseException) -> int:
+    """The command-line exit code for ``exc`` (module docstring): 1 for data and
+    operating-system errors, 2 for everything else a user can cause."""
+    if isinstance(exc, FileExistsError):
+        return EXIT_USAGE
+    if isinstance(exc, (DataError, OSError)):
+        return EXIT_DATA
+    return EXIT_USAGE

@@ -9,7 +9,14 @@ Checks per case: each modality file present and readable (a corrupt file is an
 error naming it); images and segmentation of one shape; affines equal within a
 tolerance (mm); finite voxel values; no empty (all-zero or constant) image; label
 values within the label scheme (with the scheme that would fit, if any); an empty
-segmentation is only a warning (cases without tumour exist).
+segmentation is only a warning (cases without tumour exist); two modalities of one
+case with identical voxels (one file copied over the other) are a warning.
+
+Checks across cases (:func:`check_dataset`): cases whose image data are identical
+(the same scan under two ids, which leaks between train and test when the copies land
+in different parts of a split) are a warning on every case of the group. Each case's
+images are hashed as they are decoded (:mod:`fusionseg.data.duplicates`), so this
+costs no second read.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from rich.text import Text
 
 from fusionseg.constants import LABEL_SCHEMES, LabelScheme
 from fusionseg.data.cases import LAYOUTS, Case, Dataset, ImageRef, discover
+from fusionseg.data.duplicates import combine_digests, duplicate_groups, volume_digest
 from fusionseg.data.io import affines_close, atomic_path, load_nifti, read_array, voxel_spacing
 from fusionseg.errors import DataError
 from fusionseg.progress import make_progress
@@ -58,6 +66,11 @@ class CaseResult:
     spacing: tuple[float, ...] | None = None
     label_values: list[int] | None = None
     problems: list[Problem] = field(default_factory=list)
+    #: content hash of the decoded images (every modality, dataset modality order; see
+    #: :mod:`fusionseg.data.duplicates`); None when a modality could not be read.
+    image_hash: str | None = None
+    #: content hash of the decoded segmentation; None without a readable one.
+    seg_hash: str | None = None
 
     @property
     def status(self) -> str:
@@ -80,6 +93,8 @@ class CheckReport:
     modalities: tuple[str, ...]
     cases: list[CaseResult] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # dataset-level findings
+    #: groups of case ids with identical image data (each sorted; see duplicate_groups)
+    duplicates: list[list[str]] = field(default_factory=list)
 
     @property
     def n_passed(self) -> int:
@@ -106,7 +121,8 @@ class CheckReport:
             "modalities": list(self.modalities), "passed": self.n_passed,
             "total": len(self.cases), "ok": self.ok, "summary": self.summary(),
             "problems": [asdict(p) for p in self.problems],
-            "cases": [{"case_id": c.case_id, "status": c.status,
+            "duplicate_groups": [list(g) for g in self.duplicates],
+            "cases": [{"case_id": c.case_id, "status": c.status, "image_hash": c.image_hash,
                        "shape": list(c.shape) if c.shape else None,
                        "spacing": list(c.spacing) if c.spacing else None,
                        "label_values": c.label_values,
@@ -250,11 +266,13 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
                         "resample it onto the reference grid; if the voxels are already aligned, "
                         f"copy the header (affine) from {reference.ref}."))
 
+    invalid: set[str] = set()  # non-finite or empty: already an error
     for v in loaded:
         if v.data.dtype.kind == "f":
             bad = ~np.isfinite(v.data)
             n_bad = int(bad.sum())
             if n_bad:
+                invalid.add(v.name)
                 add(Problem(cid, v.ref, f"{v.name} has {n_bad} non-finite voxel(s) (NaN/inf), "
                             f"first at index {_first_index(bad)}.",
                             "replace NaN/inf (e.g. with the background value 0) and save the file "
@@ -264,9 +282,12 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
             continue
         lo, hi = (float(v.data.min()), float(v.data.max())) if v.data.size else (0.0, 0.0)
         if lo == hi:
+            invalid.add(v.name)
             what = "all zero" if hi == 0 else f"constant ({lo:g})"
             add(Problem(cid, v.ref, f"{v.name} image is empty: {what}.",
                         "re-export the image: it holds no data (wrong file or failed conversion)."))
+
+    _hash_images(case, dataset, loaded, invalid, result)
 
     seg = next((v for v in loaded if v.name == "seg"), None)
     if seg is not None and not (seg.data.dtype.kind == "f" and not np.isfinite(seg.data).all()):
@@ -288,6 +309,35 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
     return result
 
 
+def _hash_images(case: Case, dataset: Dataset, loaded: list[_Loaded], invalid: set[str],
+                 result: CaseResult) -> None:
+    """Content hashes of the decoded volumes (no second read): ``result.image_hash``
+    over every modality in the dataset's modality order (None when one is missing or
+    unreadable), ``result.seg_hash``; and a warning for each modality whose voxels
+    equal those of an earlier modality of the case."""
+    digests = {v.name: volume_digest(v.data) for v in loaded}
+    order = [*(m for m in dataset.modalities if m in case.images),
+             *(m for m in case.images if m not in dataset.modalities)]
+    if order and all(m in digests for m in order):
+        result.image_hash = combine_digests(digests[m] for m in order)
+    result.seg_hash = digests.get("seg")
+    refs = {v.name: v.ref for v in loaded}
+    # Same voxels in two modalities: a file copied over another (t1 saved as t2). Only a
+    # warning: every file is readable and trainable, but the model then sees one
+    # contrast twice and the other not at all. Images already reported as empty or
+    # non-finite are left out (constant images are trivially alike).
+    valid = {m: digests[m] for m in order if m in digests and m not in invalid}
+    for group in duplicate_groups(valid):
+        first, *copies = sorted(group, key=order.index)
+        for m in copies:
+            result.problems.append(Problem(
+                case.case_id, refs[m],
+                f"{m} image is identical to {first} voxel for voxel ({refs[first]}); one file "
+                "was probably copied over the other.",
+                f"re-export {m} from its own scan: as it is, the model sees {first} twice and "
+                f"no {m}.", "warning"))
+
+
 def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[Problem]:
     """Validate one case of ``dataset``.
 
@@ -300,7 +350,9 @@ def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[P
     Returns:
         problems found (empty when the case is fine); severity "error" for missing,
         corrupt, mis-shaped, mis-registered, non-finite or empty images and unknown
-        labels, "warning" for an empty or absent segmentation.
+        labels, "warning" for an empty or absent segmentation and for two modalities
+        with identical voxels. Identical images across cases need the whole dataset:
+        see :func:`check_dataset`.
     """
     return _inspect_case(case, dataset, affine_tol).problems
 
@@ -308,6 +360,11 @@ def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[P
 def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1e-3,
                   console: Console | None = None) -> CheckReport:
     """Validate every case of ``dataset``, one case in memory at a time.
+
+    Besides the per-case checks of :func:`check_case`, cases whose image data are
+    identical (every modality equal in shape, dtype and voxel values; hashed while
+    each case is decoded, see :mod:`fusionseg.data.duplicates`) get a warning naming
+    the other cases of their group, and the groups are in ``report.duplicates``.
 
     Args:
         dataset: from :func:`fusionseg.data.cases.discover`.
@@ -330,7 +387,55 @@ def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1
         for case in dataset.cases:
             report.cases.append(_inspect_case(case, dataset, affine_tol))
             bar.update(task, advance=1, info=case.case_id)
+    _report_duplicates(dataset, report)
     return report
+
+
+def _case_location(case: Case, shared_folders: set[Path]) -> str:
+    """The case's folder when it holds only this case (BraTS, autoPET), else its first
+    image file (MSD / nnU-Net keep every case in imagesTr/)."""
+    first = next(iter(case.images.values())).path
+    return str(first) if first.parent in shared_folders else str(first.parent)
+
+
+def _report_duplicates(dataset: Dataset, report: CheckReport) -> None:
+    """Cases with identical image hashes: a warning on each case of every group.
+
+    Warning, not error: errors in this module mark files that are wrong for any use
+    (unreadable, mis-shaped, mis-registered, non-finite, empty, unknown labels) and make
+    ``data check`` exit 1. Each copy of a duplicated scan is a valid case that
+    preprocesses and trains; the harm is leakage when the copies land in different
+    parts of a split, which is a matter for the split (:func:`fusionseg.data.splits.
+    make_splits` keeps groups it is given in one part), and which copy to keep needs a
+    person - as for an empty segmentation, also a warning. Errors would also make
+    ``data check`` fail on a dataset that trains correctly once the groups are kept
+    together.
+    """
+    groups = duplicate_groups({c.case_id: c.image_hash for c in report.cases})
+    report.duplicates = groups
+    if not groups:
+        return
+    cases = {c.case_id: c for c in dataset.cases}
+    results = {r.case_id: r for r in report.cases}
+    parents = Counter(next(iter(c.images.values())).path.parent for c in dataset.cases if c.images)
+    shared = {folder for folder, n in parents.items() if n > 1}
+    for group in groups:
+        segs = [results[cid].seg_hash for cid in group]
+        if None in segs:
+            seg_note = ""
+        elif len(set(segs)) == 1:
+            seg_note = "; the segmentations are identical too"
+        else:
+            seg_note = "; their segmentations differ (check which one is right)"
+        for cid in group:
+            others = [o for o in group if o != cid]
+            noun = "case" if len(others) == 1 else "cases"
+            results[cid].problems.append(Problem(
+                cid, _case_location(cases[cid], shared),
+                f"identical image data to {noun} {', '.join(others)} (every modality, voxel for "
+                f"voxel{seg_note}); the same scan under two ids leaks between train and test.",
+                "remove all copies but one (keep the one whose segmentation you trust), or keep "
+                "them all in one part (train, val or test) of every split.", "warning"))
 
 
 # ---------------------------------------------------------------------------
@@ -384,7 +489,8 @@ def check_command(
 ) -> None:
     """Check a dataset before training: every case's files present and readable,
     shapes and affines consistent, values finite, images not empty, labels within the
-    label scheme. Prints a table per case and every problem with its file and fix.
+    label scheme, no two cases (or two modalities of a case) with identical image data.
+    Prints a table per case and every problem with its file and fix.
 
     Exit code 0 when every case passes (warnings allowed), 1 when any case has an
     error, 2 when the folder cannot be read as a dataset.

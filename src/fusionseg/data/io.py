@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from fusionseg.data.cases import ImageRef
-from fusionseg.errors import DataError
+from fusionseg.errors import DataError, OutputError
 
 
 def load_nifti(path: str | Path) -> nib.Nifti1Image:
@@ -120,9 +120,18 @@ def affines_close(a: np.ndarray, b: np.ndarray, atol: float = 1e-3) -> bool:
     return bool(np.allclose(a, b, atol=atol, rtol=0))
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_path(final: Path):
     """Context manager yielding a temporary path beside ``final``; renamed onto
-    ``final`` only if the block succeeds, removed otherwise (no half-written files)."""
+    ``final`` only if the block succeeds, removed otherwise (no half-written files).
+    The file gets the permissions a plain ``open`` would give (0666 less the umask),
+    so collaborators can read results where the umask allows it."""
     return _AtomicPath(Path(final))
 
 
@@ -141,6 +150,8 @@ class _AtomicPath:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
+            if self.tmp.exists():  # mkstemp makes it 0600: give it the umask's permissions
+                os.chmod(self.tmp, 0o666 & ~current_umask())
             os.replace(self.tmp, self.final)
         else:
             self.tmp.unlink(missing_ok=True)
@@ -178,3 +189,63 @@ def save_label_map(labels: np.ndarray, reference: str | Path, out: str | Path,
     with atomic_path(out) as tmp:
         nib.save(img, str(tmp))
     return out
+
+
+#: Written by ``fusionseg predict`` beside its label maps: the label convention they
+#: are in, so ``fusionseg evaluate`` can state (and check) what it compares.
+LABEL_CONVENTION_JSON = "label_convention.json"
+
+
+def write_label_convention(folder: str | Path, scheme, **info) -> Path:
+    """Write ``<folder>/label_convention.json`` (atomically): the label scheme of the
+    label maps in ``folder`` (:func:`fusionseg.constants.scheme_to_dict`) and ``info``
+    (JSON-able; e.g. which convention was chosen and why)."""
+    import json
+
+    from fusionseg.constants import scheme_to_dict
+
+    path = Path(folder) / LABEL_CONVENTION_JSON
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"label_scheme": scheme_to_dict(scheme), **info}, indent=2) + "\n")
+    return path
+
+
+def read_label_convention(folder: str | Path):
+    """The label scheme recorded in ``<folder>/label_convention.json``; None when the
+    folder has no such file.
+
+    Raises:
+        DataError: the file exists but cannot be read.
+    """
+    import json
+
+    from fusionseg.constants import scheme_from_dict
+
+    path = Path(folder) / LABEL_CONVENTION_JSON
+    if not path.is_file():
+        return None
+    try:
+        return scheme_from_dict(json.loads(path.read_text())["label_scheme"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"cannot read the label convention ({exc!r}).", path,
+                        "delete the file (the label maps are then assumed to be in the ground "
+                        "truth's convention) or re-run fusionseg predict.") from exc
+
+
+def ensure_writable(folder: Path) -> None:
+    """Check, before any work, that ``folder`` can be created or written: its nearest
+    existing ancestor must be a writable folder (nothing is created here).
+
+    Raises:
+        OutputError: an ancestor is a file, or the location is not writable.
+    """
+    folder = Path(folder).absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{folder}: cannot create it, {probe} is a file. Fix: choose another "
+                          "--output-dir.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: {probe} is not writable (read-only disk or no permission). "
+                          "Fix: choose another --output-dir.")

@@ -28,7 +28,7 @@ import numpy as np
 from fusionseg.config import PreprocessConfig
 from fusionseg.constants import CT, PET, LabelScheme
 from fusionseg.data.cases import Case
-from fusionseg.data.io import axial_axis, load_nifti, read_all_channels, read_array, voxel_spacing
+from fusionseg.data.io import axial_axis, current_umask, load_nifti, read_all_channels, read_array, voxel_spacing
 from fusionseg.errors import DataError
 
 #: Cache format; 2: arrays stored with the axial axis first (one contiguous read per
@@ -214,23 +214,40 @@ class PreprocessCache:
     def _case_dir(self, case: Case) -> Path:
         return self.root / case.case_id
 
+    def _fresh_meta(self, case: Case, scheme: LabelScheme) -> dict | None:
+        """The cached metadata of ``case`` if its entry matches the source files, the
+        label scheme and the modalities; None otherwise."""
+        meta_path = self._case_dir(case) / "meta.json"
+        if not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            fingerprint = _fingerprint(case)
+        except (OSError, ValueError):
+            return None
+        if meta.get("fingerprint") == fingerprint and meta.get("scheme") == scheme.name \
+                and tuple(meta.get("modalities", ())) == case.modalities:
+            return meta
+        return None
+
+    def is_fresh(self, case: Case, scheme: LabelScheme) -> bool:
+        """Whether :meth:`load` reads ``case`` from the cache (no preprocessing)."""
+        return self._fresh_meta(case, scheme) is not None
+
     def load(self, case: Case, scheme: LabelScheme) -> PreparedCase:
         """The cached case if fresh, otherwise preprocess and store it first."""
         folder = self._case_dir(case)
-        meta_path = folder / "meta.json"
-        fingerprint = _fingerprint(case)
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") == fingerprint and meta.get("scheme") == scheme.name \
-                    and tuple(meta["modalities"]) == case.modalities:
-                return self._read(folder, meta)
+        meta = self._fresh_meta(case, scheme)
+        if meta is not None:
+            return self._read(folder, meta)
         prepared = prepare_case_arrays(case, scheme, self.cfg)
-        self._write(folder, prepared, fingerprint, scheme)
-        return self._read(folder, json.loads(meta_path.read_text()))
+        self._write(folder, prepared, _fingerprint(case), scheme)
+        return self._read(folder, json.loads((folder / "meta.json").read_text()))
 
     def _write(self, folder: Path, p: PreparedCase, fingerprint: dict, scheme: LabelScheme) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         try:
             # axial axis first on disk: a 2-D training slice is then one contiguous read
             # instead of one cache line per voxel (about 10x less memory traffic)

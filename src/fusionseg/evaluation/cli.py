@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES
-from fusionseg.errors import FusionsegError
+from fusionseg.data.io import ensure_writable
+from fusionseg.errors import ConfigError
 from fusionseg.evaluation.metrics.lesionwise import CHALLENGES, challenge_params
 
 
@@ -50,6 +51,7 @@ def evaluate_command(
         help=f"Label scheme ({', '.join(sorted(LABEL_SCHEMES))}). Default: from the dataset layout, or "
              "inferred from the GT label values (4 -> brats2017, 3 -> brats2023, only 0/1 -> petct).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (as on every command).")] = True,
 ) -> None:
     """Evaluate predictions with the BraTS 2023 metrics (whole-image and lesion-wise).
 
@@ -61,6 +63,11 @@ def evaluate_command(
     unmatched prediction a false positive scored Dice 0 / HD95 374) with TP/FN/FP lesion
     counts; voxel sensitivity and specificity; symmetric ASD (MONAI); and for PET/CT the
     false-positive / false-negative volumes in mL. No metric is ever NaN.
+
+    Predictions are read in the ground truth's label convention (from the dataset
+    layout, --scheme, or the GT label values); the output names it for both sides. A
+    label_convention.json in PRED_DIR (written by `fusionseg predict`) must record that
+    same convention, else the command stops (re-predict with `--labels dataset`).
 
     Writes metrics_per_case.csv (one row per case and region), metrics_per_lesion.csv
     (one row per GT lesion and per false-positive component) and summary.json (mean,
@@ -78,15 +85,18 @@ def evaluate_command(
     if name == "CUSTOM" and (dilation is None or volume_threshold is None):
         raise typer.BadParameter("custom needs both --dilation and --volume-threshold",
                                  param_hint="--challenge")
+    if scheme is not None and scheme not in LABEL_SCHEMES:
+        raise typer.BadParameter(f"unknown label scheme {scheme!r}; choose one of "
+                                 f"{', '.join(sorted(LABEL_SCHEMES))}", param_hint="--scheme")
     params = challenge_params(name, dilation, volume_threshold)
     out_dir = output if output is not None else pred_dir / "evaluation"
+    ensure_writable(out_dir)
     try:
         per_case, _, summary = evaluate_folder(
             pred_dir, gt, output_dir=out_dir, challenge=params, metrics=metrics,
-            workers=workers, scheme=scheme, progress=not quiet)
-    except (FusionsegError, ValueError, KeyError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(code=1) from exc
+            workers=workers, scheme=scheme, progress=progress and not quiet)
+    except (ValueError, KeyError) as exc:  # an option value the evaluation cannot use
+        raise ConfigError(str(exc.args[0] if exc.args else exc)) from exc
     if quiet:
         return
     conv = summary["conventions"]
@@ -104,4 +114,10 @@ def evaluate_command(
             cells.append(f"{s['mean']:.4g} [{s['ci95_low']:.4g}, {s['ci95_high']:.4g}]")
         table.add_row(name, *cells)
     console.print(table)
+    gt_labels, pred_labels = conv["gt_labels"], conv["prediction_labels"]
+    values = "{" + ",".join(conv["labels"]) + "}"
+    console.print(f"labels compared: predictions {pred_labels['scheme']} {values} "
+                  f"({pred_labels['source']}) vs ground truth {gt_labels['scheme']} {values} "
+                  f"({gt_labels['source']}): " + ", ".join(f"{v} {n}" for v, n in conv["labels"].items()),
+                  markup=False, soft_wrap=True)
     console.print(f"results in {out_dir}")

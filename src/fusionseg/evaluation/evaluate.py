@@ -273,6 +273,35 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
         clear_rows(gm, first[1], last[1])
 
 
+_ANNOUNCED = False
+
+
+def kernels_cached() -> bool:
+    """Whether numba has compiled the evaluation kernels before (its cache index files,
+    ``*.nbi``, beside the metric modules or under ``NUMBA_CACHE_DIR``)."""
+    import os
+    from pathlib import Path
+
+    places = [Path(kernels.__file__).parent / "__pycache__"]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        places.append(Path(os.environ["NUMBA_CACHE_DIR"]))
+    return any(next(p.rglob("kernels.*.nbi"), None) is not None for p in places if p.is_dir())
+
+
+def announce_compilation() -> None:
+    """On the first evaluation in a process, say on stderr that the compiled kernels
+    are being built when numba has no cache of them yet (about 15 s, once per install)."""
+    global _ANNOUNCED
+    if _ANNOUNCED:
+        return
+    _ANNOUNCED = True
+    if not kernels_cached():
+        import sys
+
+        print("compiling the evaluation kernels (once per installation, about 15 s) ...",
+              file=sys.stderr, flush=True)
+
+
 def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
                   scheme: LabelScheme | str, metrics: Sequence[str] | str | None = None,
                   challenge: str | LesionWiseParams = "GLI") -> tuple[list[dict], list[dict]]:
@@ -297,6 +326,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
         ValueError: shape mismatch, label values outside the scheme, bad spacing,
             unknown metric or challenge.
     """
+    announce_compilation()
     if isinstance(scheme, str):
         scheme = get_label_scheme(scheme)
     params = challenge if isinstance(challenge, LesionWiseParams) else challenge_params(challenge)

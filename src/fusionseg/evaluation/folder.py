@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, get_label_scheme
+from fusionseg.constants import (HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, describe_labels,
+                                 get_label_scheme)
 from fusionseg.errors import DataError
 from fusionseg.evaluation.aggregate import BOOTSTRAP_SEED, N_BOOTSTRAP, summarize
 from fusionseg.evaluation.evaluate import as_label_map, evaluate_case, present_values, resolve_metrics
@@ -39,7 +40,13 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {_case_id(p): p for p in files}
 
 
-def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+#: Largest difference (mm) between a prediction's and its GT's affine entries that
+#: still counts as the same grid (as ``fusionseg data check``).
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def _read_labels(path: Path, with_affine: bool = False):
+    """(labels, spacing) of a label map, plus its affine with ``with_affine``."""
     from fusionseg.data.io import load_nifti, voxel_spacing
 
     img = load_nifti(path)
@@ -54,6 +61,8 @@ def _read_labels(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         data = as_label_map(data, "label map")
     except ValueError as exc:
         raise DataError(str(exc), path, "write integer label maps.") from exc
+    if with_affine:
+        return data, voxel_spacing(img)[: data.ndim], np.asarray(img.affine, dtype=np.float64)
     return data, voxel_spacing(img)[: data.ndim]
 
 
@@ -75,26 +84,58 @@ def _infer_scheme(gt_files: Sequence[Path]) -> LabelScheme:
                     f"pass --scheme (one of {sorted(LABEL_SCHEMES)}).")
 
 
-def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Path], LabelScheme]:
-    """GT label files by case id and the label scheme."""
+def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Path], LabelScheme, str]:
+    """GT label files by case id, the label scheme and where the scheme came from."""
     if isinstance(scheme, str):
-        scheme = get_label_scheme(scheme)
+        try:
+            scheme = get_label_scheme(scheme)
+        except KeyError:
+            raise DataError(f"unknown label scheme {scheme!r}.", None,
+                            f"use one of {', '.join(sorted(LABEL_SCHEMES))}.") from None
+    given = "given (--scheme)"
     if not gt.exists():
         raise DataError("GT folder not found.", gt, "give a dataset folder or a folder of <case>.nii.gz label maps.")
     if gt.is_dir() and _label_files(gt):  # a folder of <case>.nii.gz label maps
         files = _label_files(gt)
-        return files, scheme if scheme is not None else _infer_scheme(list(files.values()))
-    from fusionseg.data import cases as cases_module
+        if scheme is not None:
+            return files, scheme, given
+        return files, _infer_scheme(list(files.values())), "inferred from the GT label values"
+    from fusionseg.data.cases import discover
 
-    discover = getattr(cases_module, "discover", None)
-    if discover is None:
-        raise DataError("dataset discovery (fusionseg.data.cases.discover) is not available.", gt,
-                        "give a folder of <case>.nii.gz label maps instead.")
-    dataset = discover(gt, scheme=scheme) if scheme is not None else discover(gt)
+    # the scheme (an object, perhaps not a registered one) replaces the layout's
+    # default here: discover() takes registered scheme names only
+    dataset = discover(gt)
     files = {c.case_id: Path(c.label) for c in dataset.labelled}
     if not files:
         raise DataError("the dataset has no labelled cases.", gt, "point GT at labelled training data.")
-    return files, scheme if scheme is not None else dataset.scheme
+    if scheme is not None:
+        return files, scheme, given
+    return files, dataset.scheme, f"the {dataset.format} dataset layout"
+
+
+def _prediction_scheme(pred_dir: Path, gt_scheme: LabelScheme, gt_source: str) -> tuple[LabelScheme, str]:
+    """The predictions' label scheme and its source: the one ``fusionseg predict``
+    recorded in ``label_convention.json`` (it must be the GT's), else assumed to be
+    the GT's.
+
+    Raises:
+        DataError: the recorded convention differs from the GT's, or is unreadable.
+    """
+    from fusionseg.data.io import LABEL_CONVENTION_JSON, read_label_convention
+
+    if not pred_dir.is_dir():
+        return gt_scheme, "assumed: the ground truth's"
+    recorded = read_label_convention(pred_dir)
+    if recorded is None:
+        return gt_scheme, f"assumed: the ground truth's (no {LABEL_CONVENTION_JSON})"
+    if recorded.labels != gt_scheme.labels:
+        raise DataError(
+            f"the predictions are in the {recorded.name} label convention ({describe_labels(recorded)}; "
+            f"{LABEL_CONVENTION_JSON}) but the ground truth is {gt_scheme.name} "
+            f"({describe_labels(gt_scheme)}; {gt_source}).", pred_dir,
+            "predict again with `fusionseg predict --labels dataset` on the ground truth's dataset "
+            "folder (writes its convention), or pass --scheme if the ground truth's scheme is wrong.")
+    return recorded, f"recorded by fusionseg predict in {LABEL_CONVENTION_JSON}"
 
 
 def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -123,15 +164,23 @@ def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, P
 def _evaluate_files(case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme,
                     metrics: list[str], params: LesionWiseParams) -> tuple[str, list[dict], list[dict]]:
     """Worker: load one pair and evaluate it (module level so processes can pickle it)."""
-    gt, spacing = _read_labels(gt_path)
-    pred, _ = _read_labels(pred_path)
+    gt, spacing, gt_affine = _read_labels(gt_path, with_affine=True)
+    pred, _, pred_affine = _read_labels(pred_path, with_affine=True)
     if pred.shape != gt.shape:
         raise DataError(f"prediction shape {pred.shape} differs from the GT shape {gt.shape} ({gt_path}).",
                         pred_path, "predict on the full, uncropped GT grid.")
+    offset = float(np.max(np.abs(pred_affine - gt_affine)))
+    if offset > AFFINE_TOLERANCE_MM:
+        raise DataError(f"prediction affine differs from the GT's ({gt_path}) by up to {offset:.3g} mm: "
+                        "the two grids are not aligned, so overlap and distances would be wrong.", pred_path,
+                        "write predictions on the GT's grid with its affine (fusionseg predict copies the "
+                        "input image's header), or resample them onto it.")
     try:
         rows, lesions = evaluate_case(pred, gt, spacing, scheme, metrics, params)
     except ValueError as exc:
-        raise DataError(f"{exc} (GT: {gt_path})", pred_path, "check the label convention (--scheme).") from exc
+        raise DataError(f"{exc} (GT: {gt_path})", pred_path,
+                        "check the label convention: --scheme for the GT; predictions written by "
+                        "`fusionseg predict --labels dataset` use the GT dataset's.") from exc
     for r in rows:
         r["case"] = case_id
     for r in lesions:
@@ -156,20 +205,27 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
         challenge: lesion-wise preset or :class:`LesionWiseParams`.
         metrics: metric names (see :data:`METRICS`); None = all that apply.
         workers: processes (cases run in parallel when > 1; results are identical).
-        scheme: label scheme or name; None = from the dataset / inferred.
+        scheme: label scheme or name of the GT (replaces the dataset layout's); None =
+            from the dataset / inferred. Predictions are read in the same convention:
+            when ``pred_dir`` holds the ``label_convention.json`` that ``fusionseg
+            predict`` writes, it must name the same labels.
         progress: show a rich progress bar.
     Returns:
         (per_case, per_lesion, summary): tidy DataFrames (columns ``case``, ``region``,
-        metric columns / lesion columns) and the summary dict written to summary.json.
+        metric columns / lesion columns) and the summary dict written to summary.json
+        (its ``conventions`` name the label scheme of GT and predictions and where
+        each came from).
     Raises:
         DataError: missing folders, a prediction without a GT case (names the files;
             GT cases without a prediction are skipped and listed in the summary), shape mismatch,
-            labels outside the scheme, unreadable files.
+            labels outside the scheme, predictions recorded in another label convention than
+            the GT's, an unknown scheme name, unreadable files.
         ValueError: unknown metric or challenge.
     """
     pred_dir, gt = Path(pred_dir), Path(gt)
     params = challenge if isinstance(challenge, LesionWiseParams) else challenge_params(challenge)
-    gt_files, scheme_obj = _gt_cases(gt, scheme)
+    gt_files, scheme_obj, gt_source = _gt_cases(gt, scheme)
+    _, pred_source = _prediction_scheme(pred_dir, scheme_obj, gt_source)
     names = resolve_metrics(metrics, scheme_obj)
     pairs, unpredicted = _match(pred_dir, gt_files)
     workers = max(1, int(workers))
@@ -217,6 +273,9 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
             "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
             "spacing_source": "GT NIfTI header (pixdim)",
             "label_scheme": scheme_obj.name,
+            "labels": {str(v): scheme_obj.labels[v] for v in scheme_obj.values},
+            "gt_labels": {"scheme": scheme_obj.name, "source": gt_source},
+            "prediction_labels": {"scheme": scheme_obj.name, "source": pred_source},
             "regions": {k: list(v) for k, v in scheme_obj.regions.items()},
             "metrics": names,
             "bootstrap": {"statistic": "mean", "resamples": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED,

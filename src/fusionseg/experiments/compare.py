@@ -49,11 +49,13 @@ import yaml
 from fusionseg.config import ExperimentConfig, apply_override, load_config, validate_config
 from fusionseg.data.io import atomic_path
 from fusionseg.data.splits import load_splits, make_splits, save_splits
-from fusionseg.errors import ConfigError
+from fusionseg.errors import ConfigError, OutputError
 from fusionseg.experiments.claims import Claim, claims_frame, claims_markdown, evaluate_claims
+from fusionseg.data.io import ensure_writable
+from fusionseg.experiments.identity import check_run_folder
 from fusionseg.experiments.figures import example_figure, lambda_figure, paired_figure
 from fusionseg.experiments.report import comparison_table, table_frame
-from fusionseg.experiments.runner import load_dataset, run_experiment
+from fusionseg.experiments.runner import duplicate_case_groups, load_dataset, prepare_all, run_experiment
 
 DEFAULT_TABLES = [{"name": "overlap", "title": "Dice and lesion-wise Dice",
                    "metrics": ["dice", "lesion_dice"]},
@@ -181,11 +183,40 @@ def fusion_quality_table(summaries: dict[str, dict]) -> str | None:
     return "\n".join(lines)
 
 
-def run_comparison(study: Study, output_dir: Path, progress: bool = True) -> dict:
+def _comparison_split(first: ExperimentConfig, out: Path, overwrite: bool, progress: bool) -> Path:
+    """The comparison's shared split file: the config's ``split.file``, or
+    ``<out>/splits.json`` made from the split settings (and checked against them when
+    it exists: a split made with other settings is an error, or replaced with
+    ``overwrite``)."""
+    if first.split.file is not None:
+        return Path(first.split.file)
+    split_path = out / "splits.json"
+    dataset, _ = load_dataset(first)
+    prepared = prepare_all(dataset, first, progress)  # checks the cases; later runs read the cache
+    groups = duplicate_case_groups(prepared)
+    expected = make_splits(sorted(prepared), first.split, groups=groups)
+    if split_path.exists() and not overwrite:
+        if load_splits(split_path, groups=groups)["folds"] != expected["folds"]:
+            raise OutputError(f"{split_path} was made with other split settings or cases than this "
+                              "comparison's. Fix: --name NEW for a new comparison, or --overwrite to "
+                              "replace it (and retrain the runs whose settings changed).")
+        return split_path
+    out.mkdir(parents=True, exist_ok=True)
+    save_splits(expected, split_path)
+    return split_path
+
+
+def run_comparison(study: Study, output_dir: Path, progress: bool = True, overwrite: bool = False,
+                   resume_with_changes: bool = False) -> dict:
     """Run every config of ``study`` with one shared split and write the comparison.
+
+    ``overwrite`` / ``resume_with_changes`` apply to every run folder
+    (:func:`~fusionseg.experiments.runner.run_experiment`); every run folder is checked
+    before the first run starts.
 
     Raises:
         ConfigError: configs disagree on the dataset, or two share a name.
+        OutputError: a run folder holds another experiment, or the output is not writable.
     """
     configs = study.configs
     names = [c.name for c in configs]
@@ -195,18 +226,17 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True) -> dic
     if len(roots) != 1:
         raise ConfigError(f"all runs of a comparison must use the same data.root; got {sorted(roots)}")
     out = Path(output_dir) / study.name
-    out.mkdir(parents=True, exist_ok=True)
-    first = configs[0]
-    split_path = Path(first.split.file) if first.split.file is not None else out / "splits.json"
-    if not split_path.exists():
-        dataset, _ = load_dataset(first)
-        save_splits(make_splits([c.case_id for c in dataset.labelled], first.split), split_path)
+    ensure_writable(out)
+    split_path = Path(configs[0].split.file) if configs[0].split.file is not None else out / "splits.json"
+    configs = [cfg.model_copy(update={"output_dir": out,
+                                      "split": cfg.split.model_copy(update={"file": split_path})})
+               for cfg in configs]
+    for cfg in configs:  # every run folder is checked before any work
+        check_run_folder(cfg, overwrite, resume_with_changes)
+    _comparison_split(study.configs[0], out, overwrite, progress)
     load_splits(split_path)
-    results = {}
-    for cfg in configs:
-        cfg = cfg.model_copy(update={"output_dir": out,
-                                     "split": cfg.split.model_copy(update={"file": split_path})})
-        results[cfg.name] = run_experiment(cfg, progress=progress)
+    results = {cfg.name: run_experiment(cfg, progress=progress, overwrite=overwrite,
+                                        resume_with_changes=resume_with_changes) for cfg in configs}
     runs = {n: r.per_case for n, r in results.items()}
     summaries = {n: r.summary for n, r in results.items()}
     all_regions = list(summaries[names[0]]["label_scheme"]["regions"])

@@ -29,14 +29,17 @@ from rich.console import Console
 from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig
 from fusionseg.constants import scheme_to_dict
 from fusionseg.data.cases import Dataset, discover
-from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
+from fusionseg.data.duplicates import duplicate_groups, prepared_hashes
+from fusionseg.data.io import atomic_path, ensure_writable, load_nifti, read_array, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
 from fusionseg.data.sampling import SliceDataset, common_slice_size, select_slices
 from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.errors import ConfigError, DataError
 from fusionseg.evaluation.aggregate import summarize
 from fusionseg.evaluation.evaluate import evaluate_case
+from fusionseg.data.validate import validate_cases
 from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.identity import check_run_folder, clear_run_folder, write_record
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.report import comparison_table, write_overlays
 from fusionseg.inference.postprocess import (
@@ -100,13 +103,25 @@ def describe_strategy(cfg: ExperimentConfig) -> dict:
 
 
 def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) -> dict[str, PreparedCase]:
-    """Preprocess (or read from cache) every labelled case."""
+    """Preprocess (or read from cache) every labelled case. Cases not yet in the cache
+    are first checked as ``fusionseg data check`` does (:func:`~fusionseg.data.validate.validate_cases`):
+    any error stops here, before any run folder is written.
+
+    Raises:
+        DataError: no labelled case, or a case fails the checks.
+        OutputError: the cache folder cannot be written.
+    """
     cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
-    prepared = {}
     cases = dataset.labelled
     if not cases:
         raise DataError("no case has a segmentation; training needs labelled cases.", dataset.root,
                         "add <case>_seg files or point data.root at a training set.")
+    todo = [c for c in cases if not cache.is_fresh(c, dataset.scheme)]
+    if todo:
+        ensure_writable(cache.root)
+        console.print(f"checking {len(todo)} case(s) not yet in the preprocessing cache")
+        validate_cases(todo, dataset, console)
+    prepared = {}
     with make_progress(disable=not progress) as bar:
         task = bar.add_task("preprocess", total=len(cases), info=str(cache.root))
         for case in cases:
@@ -115,15 +130,35 @@ def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) 
     return prepared
 
 
-def resolve_splits(cfg: ExperimentConfig, case_ids: list[str], run_dir: Path) -> dict:
+def duplicate_case_groups(prepared: dict[str, PreparedCase]) -> list[list[str]]:
+    """Groups of cases with identical preprocessed images (the same scan under two
+    ids); printed as a warning. Splits keep each group in one part (no leakage)."""
+    groups = duplicate_groups(prepared_hashes(prepared))
+    for group in groups:
+        console.print(f"[yellow]warning:[/] cases {group} hold identical images; they are kept in "
+                      "the same part of every split. Remove all copies but one if they are one scan.")
+    return groups
+
+
+def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run_dir: Path,
+                   reuse: bool = True) -> dict:
+    """The run's split: ``split.file``, else the run folder's ``splits.json`` (with
+    ``reuse``; not for a run folder about to be overwritten), else a
+    new split (duplicate cases kept together, :func:`duplicate_case_groups`). Not
+    written here (the run folder may not exist yet; :func:`_open_run_folder` saves it).
+
+    Raises:
+        ConfigError: unreadable split file or unknown cases.
+        DataError: a split file that puts two copies of one scan in different parts.
+    """
+    case_ids = sorted(prepared)
     existing = run_dir / "splits.json"
     if cfg.split.file is not None:
         splits = load_splits(cfg.split.file, case_ids)
-    elif existing.exists():
+    elif reuse and existing.exists():
         splits = load_splits(existing, case_ids)
     else:
-        splits = make_splits(case_ids, cfg.split)
-    save_splits(splits, existing)
+        splits = make_splits(case_ids, cfg.split, groups=duplicate_case_groups(prepared))
     return splits
 
 
@@ -244,6 +279,7 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
                      "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
                      "checkpoint": str(result.best_checkpoint.relative_to(run_dir))})
     model = strategy.eval().cpu()
+    after_training = time.perf_counter()
     post, post_info = decide_postprocess(cfg, model, fold, prepared, dataset, modalities, divisor)
     _write_json(fold_dir / "fit.json", {
         "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"],
@@ -276,34 +312,47 @@ def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase
         lesion_rows += [{"case": case_id, "fold": k, **r} for r in lesions]
     _write_json(fold_dir / "test_metrics.json", {
         "rows": rows, "lesions": lesion_rows, "fusion_quality": quality,
-        "postprocess": post.to_dict(), "inputs": _evaluation_inputs(cfg)})
+        "postprocess": post.to_dict(), "inputs": _evaluation_inputs(cfg),
+        # training time of every invocation (resumes included) + this prediction and evaluation
+        "seconds": round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)})
     return rows
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
-    """Run the whole experiment (resumable: finished folds are read back)."""
-    start = time.perf_counter()
+def _open_run_folder(cfg: ExperimentConfig, overwrite: bool, resume_with_changes: bool,
+                     progress: bool) -> tuple[Dataset, tuple[str, ...], dict[str, PreparedCase], dict]:
+    """Everything that can fail on user input, before the run folder is written: the
+    output location, the run folder's identity, the dataset, the cases' checks and
+    preprocessing, the split. Then (``overwrite``: after deleting the old run) the run
+    folder gets config.yaml, environment.json, run.json and splits.json. Returns
+    (dataset, modalities, prepared cases, splits)."""
     run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.yaml"
-    if config_path.exists() and config_path.read_text() != cfg.to_yaml():
-        console.print(f"[yellow]note:[/] {config_path} differs from this config; "
-                      "the run folder is reused (resume) and config.yaml rewritten")
-    with atomic_path(config_path) as tmp:
-        tmp.write_text(cfg.to_yaml())
-    _write_json(run_dir / "environment.json", environment_info())
+    ensure_writable(run_dir)
+    state = check_run_folder(cfg, overwrite, resume_with_changes)
     dataset, modalities = load_dataset(cfg)
     console.print(f"[bold]{cfg.name}[/]: {len(dataset.labelled)} labelled cases "
                   f"({dataset.format}, labels {dataset.scheme.name}), modalities {list(modalities)}")
     prepared = prepare_all(dataset, cfg, progress)
-    splits = resolve_splits(cfg, sorted(prepared), run_dir)
-    folds = splits["folds"]
-    if cfg.split.run_folds is not None:
-        folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
-    rows: list[dict] = []
-    lesions: list[dict] = []
-    quality: list[dict] = []
-    post_per_fold: dict[int, dict] = {}
+    splits = resolve_splits(cfg, prepared, run_dir, reuse=not state.clear)
+    if state.clear:
+        console.print(f"[yellow]note:[/] --overwrite: deleting {run_dir} (it holds a run with other settings)")
+        clear_run_folder(cfg)
+    elif state.changes:
+        console.print(f"[yellow]note:[/] resuming {run_dir} with changed settings "
+                      f"{[k for k, _, _ in state.changes]} (recorded in run.json)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        tmp.write_text(cfg.to_yaml())
+    _write_json(run_dir / "environment.json", environment_info())
+    write_record(cfg, state.changes)
+    save_splits(splits, run_dir / "splits.json")
+    return dataset, modalities, prepared, splits
+
+
+def _run_folds(cfg: ExperimentConfig, folds: list[dict], prepared: dict[str, PreparedCase],
+               dataset: Dataset, modalities: tuple[str, ...], progress: bool) -> dict:
+    """Train (or read back) every fold; returns the gathered per-fold records."""
+    run_dir = cfg.run_dir()
+    out: dict = {"rows": [], "lesions": [], "quality": [], "post": {}, "seconds": 0.0}
     for fold in folds:
         done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
         data = json.loads(done.read_text()) if done.exists() else None
@@ -316,11 +365,46 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         else:
             run_fold(cfg, fold, prepared, dataset, modalities, run_dir, progress)
             data = json.loads(done.read_text())
-        rows += data["rows"]
-        lesions += data["lesions"]
-        quality += data.get("fusion_quality", [])
-        post_per_fold[fold["fold"]] = data.get("postprocess", Postprocess().to_dict())
-    per_case = pd.DataFrame(rows)
+        out["rows"] += data["rows"]
+        out["lesions"] += data["lesions"]
+        out["quality"] += data.get("fusion_quality", [])
+        out["post"][fold["fold"]] = data.get("postprocess", Postprocess().to_dict())
+        out["seconds"] += float(data.get("seconds", 0.0))
+    return out
+
+
+def _fusion_quality_summary(quality: list[dict]) -> dict:
+    qdf = pd.DataFrame(quality)
+    out = {c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0,
+               "n": int(len(qdf))} for c in qdf.columns if c not in ("case", "fold", "slices")}
+    out["conventions"] = (
+        "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
+        "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
+        "(bits, 256 bins); Qabf")
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig, progress: bool = True, overwrite: bool = False,
+                   resume_with_changes: bool = False) -> RunResult:
+    """Run the whole experiment (resumable: finished folds are read back).
+
+    Args:
+        overwrite: a run folder of this name with other settings is deleted (after the
+            inputs have been checked) and trained again.
+        resume_with_changes: resume a run folder whose settings differ from ``cfg``
+            (:func:`~fusionseg.experiments.identity.check_run_folder`).
+    Raises:
+        OutputError: the run folder holds another experiment or cannot be written.
+        DataError, ConfigError: bad inputs, found before the run folder is written.
+    """
+    start = time.perf_counter()
+    run_dir = cfg.run_dir()
+    dataset, modalities, prepared, splits = _open_run_folder(cfg, overwrite, resume_with_changes, progress)
+    folds = splits["folds"]
+    if cfg.split.run_folds is not None:
+        folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
+    done = _run_folds(cfg, folds, prepared, dataset, modalities, progress)
+    per_case = pd.DataFrame(done["rows"])
     wall = time.perf_counter() - start
     summary = {
         "name": cfg.name, "strategy": cfg.strategy, "model": cfg.model.name,
@@ -329,33 +413,28 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> RunResult:
         "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
         "challenge": cfg.evaluation.challenge, "evaluation_scope": cfg.evaluation.scope,
         "wall_seconds": round(wall, 1),
+        "fold_seconds_total": round(done["seconds"], 1),
         **describe_strategy(cfg),
         "postprocess": {"method": cfg.postprocess.method,
-                        "per_fold": {str(k): Postprocess.from_dict(v).label() for k, v in post_per_fold.items()}},
+                        "per_fold": {str(k): Postprocess.from_dict(v).label() for k, v in done["post"].items()}},
         "metrics": summarize(per_case, metrics=[c for c in per_case.columns
                                                 if c not in ("case", "region", "fold")]),
     }
     with atomic_path(run_dir / "metrics_per_case.csv") as tmp:
         per_case.to_csv(tmp, index=False)
     with atomic_path(run_dir / "metrics_per_lesion.csv") as tmp:
-        pd.DataFrame(lesions).to_csv(tmp, index=False)
-    if quality:
-        qdf = pd.DataFrame(quality)
+        pd.DataFrame(done["lesions"]).to_csv(tmp, index=False)
+    if done["quality"]:
         with atomic_path(run_dir / "fusion_quality.csv") as tmp:
-            qdf.to_csv(tmp, index=False)
-        summary["fusion_quality"] = {
-            c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0,
-                "n": int(len(qdf))} for c in qdf.columns if c not in ("case", "fold", "slices")}
-        summary["fusion_quality"]["conventions"] = (
-            "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
-            "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
-            "(bits, 256 bins); Qabf")
+            pd.DataFrame(done["quality"]).to_csv(tmp, index=False)
+        summary["fusion_quality"] = _fusion_quality_summary(done["quality"])
     _write_json(run_dir / "summary.json", summary)
     table, _ = comparison_table({cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"),
                                 dataset.scheme.region_names)
     with atomic_path(run_dir / "results.md") as tmp:
         tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
-                       f"wall time {wall / 60:.1f} min.\n")
+                       f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
+                       f"{done['seconds'] / 60:.1f} min over every invocation).\n")
     if cfg.evaluation.overlays:
         write_overlays(dataset, prepared, run_dir, modalities, per_case, cfg.evaluation.overlays)
     return RunResult(run_dir, per_case, summary)

@@ -1,10 +1,12 @@
-"""Predict whole cases and write label maps in the dataset's own convention.
+"""Predict whole cases and write label maps in a chosen label convention.
 
 2-D models run slice-wise along the axial axis of the preprocessed (cropped,
 normalised) volume; class probabilities of several models (e.g. the folds of a
 cross-validation run) are averaged; the arg-max is placed back into the original grid
-and mapped to the label scheme's raw values. The NIfTI written has the input's exact
-affine and header (only the data type changes to an integer type).
+and mapped to the raw values of the model's label scheme, and from there, label by
+label name (:func:`label_mapping`), to another scheme when asked (e.g. a BraTS 2018
+model predicting a BraTS 2023 folder writes ET as 3, not 4). The NIfTI written has
+the input's exact affine and header (only the data type changes to an integer type).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import torch
 from torch import nn
 
 from fusionseg.config import ExperimentConfig, InferenceConfig, PreprocessConfig, validate_config
-from fusionseg.constants import LabelScheme, scheme_from_dict, scheme_to_dict
-from fusionseg.data.cases import Case
+from fusionseg.constants import LabelScheme, describe_labels, scheme_from_dict, scheme_to_dict
+from fusionseg.data.cases import Case, _label_tags
 from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import round_up
-from fusionseg.errors import FusionsegError
+from fusionseg.errors import DataError, FusionsegError
 from fusionseg.inference.postprocess import Postprocess, combine_settings
 
 
@@ -92,6 +94,62 @@ def predict_prepared(models: Sequence[nn.Module], case: PreparedCase, modalities
     return case.uncrop(raw)
 
 
+def _tissue(name: str) -> frozenset[str] | None:
+    """The tissue class a label name denotes, as the tags dataset discovery uses to
+    tell schemes apart ("NCR", "NET", "necrotic core" -> core; "ED", "edema" -> ed;
+    "ET", "enhancing tumour" -> et; "background" -> bg); None for a name that says
+    nothing ("label 3")."""
+    tags = _label_tags(name)
+    return frozenset(tags) if tags else None
+
+
+def label_mapping(source: LabelScheme, target: LabelScheme) -> dict[int, int]:
+    """Raw value in ``source`` -> raw value in ``target`` of the same tissue class.
+
+    Labels are matched by name (:func:`_tissue`: NCR = NCR/NET = NET, ED, ET,
+    background, tumour), so BraTS 2017-2021 -> BraTS 2023 is {0: 0, 1: 1, 2: 2, 4: 3}
+    and BraTS -> MSD Task01 is {0: 0, 1: 2, 2: 1, 4: 3}. Schemes with equal labels
+    map onto themselves whatever their names.
+
+    Raises:
+        FusionsegError: a ``source`` label has no name-match in ``target``, or
+            several, or two labels would land on one value (names both schemes).
+    """
+    if source.labels == target.labels:
+        return {v: v for v in source.values}
+    wanted = {v: _tissue(n) for v, n in target.labels.items()}
+    mapping: dict[int, int] = {}
+    problems = []
+    for value, name in sorted(source.labels.items()):
+        tissue = _tissue(name)
+        hits = [t for t, w in wanted.items() if tissue is not None and w == tissue]
+        if len(hits) == 1:
+            mapping[value] = hits[0]
+        else:
+            problems.append(f"{value} {name!r} matches {'no' if not hits else 'several'} "
+                            f"{target.name} label{'s' if hits else ''}")
+    if not problems and len(set(mapping.values())) < len(mapping):
+        problems.append("two labels would get the same value")
+    if problems:
+        raise FusionsegError(
+            f"cannot map the model's label scheme {source.name} ({describe_labels(source)}) onto "
+            f"{target.name} ({describe_labels(target)}) by label name: {'; '.join(problems)}. "
+            "Pass --labels model to write the model's own convention.")
+    return mapping
+
+
+def remap_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """Apply a :func:`label_mapping` to a raw label map (same shape; uint8, or int16
+    when a target value exceeds 255). Values absent from ``mapping`` must not occur."""
+    dtype = np.int16 if max(mapping.values(), default=0) > 255 else np.uint8
+    if all(k == v for k, v in mapping.items()):
+        return labels.astype(dtype, copy=False)
+    lut = np.zeros(max(mapping) + 1, dtype=dtype)
+    for k, v in mapping.items():
+        lut[k] = v
+    return lut[np.asarray(labels, dtype=np.int64)]
+
+
 @dataclass
 class Predictor:
     """Trained model(s) with what is needed to predict new cases.
@@ -109,33 +167,52 @@ class Predictor:
     postprocess: Postprocess = field(default_factory=Postprocess)
     mirror: bool = False  # test-time mirroring
 
-    def predict_case(self, case: Case, batch_size: int = 16) -> np.ndarray:
+    def predict_case(self, case: Case, batch_size: int = 16,
+                     labels: LabelScheme | None = None) -> np.ndarray:
         """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
         :attr:`postprocess` (the run's choice; identity when none).
 
+        Args:
+            case: the case; needs the model's :attr:`modalities` (not a segmentation).
+            batch_size: slices per forward pass.
+            labels: label convention of the result (e.g. the dataset's scheme); None =
+                the model's :attr:`scheme`. Labels map by name (:func:`label_mapping`).
+        Returns:
+            integer array (X, Y, Z), uint8 (int16 for values > 255), values of ``labels``.
         Raises:
             DataError: a modality the model needs is missing or unreadable.
+            FusionsegError: ``labels`` cannot be mapped from the model's scheme.
         """
+        mapping = label_mapping(self.scheme, labels) if labels is not None else None
         missing = [m for m in self.modalities if m not in case.images]
         if missing:
-            raise FusionsegError(
-                f"case {case.case_id}: the model needs modalities {list(self.modalities)}, "
-                f"missing {missing}. Provide those files.")
+            raise DataError(f"case {case.case_id}: the model needs modalities {list(self.modalities)}, "
+                            f"missing {missing}.", None, "provide those files.")
         prepared = prepare_case_arrays(
             Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
             self.scheme, self.preprocess, self.modalities)
-        labels = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
-                                  batch_size, self.device, self.mirror)
-        return labels if self.postprocess.is_identity else self.postprocess(labels, prepared.spacing, self.scheme)
+        raw = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
+                               batch_size, self.device, self.mirror)
+        if not self.postprocess.is_identity:
+            raw = self.postprocess(raw, prepared.spacing, self.scheme)
+        return raw if mapping is None else remap_labels(raw, mapping)
 
-    def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16) -> Path:
-        """Predict ``case`` and write ``out`` with the affine and header of the case's
-        first model modality. Raises FileExistsError unless ``overwrite``."""
+    def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16,
+                   labels: LabelScheme | None = None) -> Path:
+        """Predict ``case`` and write ``out`` atomically (a temporary file renamed onto
+        ``out``: an interrupted write leaves no partial ``out``) with the affine and
+        header of the case's first model modality, in the ``labels`` convention (None =
+        the model's; see :meth:`predict_case`).
+
+        Raises:
+            FileExistsError: ``out`` exists and not ``overwrite``.
+            DataError, FusionsegError: as :meth:`predict_case`.
+        """
         out = Path(out)
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
-        labels = self.predict_case(case, batch_size)
-        return save_label_map(labels, case.images[self.modalities[0]].path, out, overwrite=overwrite)
+        result = self.predict_case(case, batch_size, labels)
+        return save_label_map(result, case.images[self.modalities[0]].path, out, overwrite=overwrite)
 
 
 def checkpoint_meta(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme,
@@ -170,12 +247,22 @@ def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
     """Final best checkpoints of a run folder (every fold, or one), or the file itself.
 
     Each fold's ``fit.json`` names its final checkpoint (the last stage's best).
+
+    Raises:
+        FusionsegError: no trained fold found, or a ``fit.json`` cannot be read.
     """
     source = Path(source)
     if source.is_file():
         return [source]
     pattern = f"fold_{fold}/fit.json" if fold is not None else "fold_*/fit.json"
-    found = [source / json.loads(p.read_text())["checkpoint"] for p in sorted(source.glob(pattern))]
+    found = []
+    for record in sorted(source.glob(pattern)):
+        try:
+            found.append(source / json.loads(record.read_text())["checkpoint"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FusionsegError(f"{record}: cannot read the fold's checkpoint name ({exc!r}). "
+                                 "Retrain that fold (rerun `fusionseg train`) or pass --fold "
+                                 "with another fold.") from None
     found = [p for p in found if p.exists()]
     if not found:
         raise FusionsegError(
