@@ -78,7 +78,8 @@ class ClaimTest(BaseModel):
     def describe(self) -> str:
         where = f"{self.metric} {self.region}"
         if self.than is not None:
-            return f"{self.run} {self.expect.replace('_', ' ')} than {self.than} ({where})"
+            verb = {"differs": "differs from"}.get(self.expect, self.expect.replace("_", " ") + " than")
+            return f"{self.run} {verb} {self.than} ({where})"
         return f"{self.run} {self.expect} {self.value:g} ({where})"
 
 
