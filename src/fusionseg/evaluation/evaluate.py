@@ -20,9 +20,12 @@ All values are finite: empty-mask cases have the values stated in docs/EVALUATIO
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -279,9 +282,6 @@ _ANNOUNCED = False
 def kernels_cached() -> bool:
     """Whether numba has compiled the evaluation kernels before (its cache index files,
     ``*.nbi``, beside the metric modules or under ``NUMBA_CACHE_DIR``)."""
-    import os
-    from pathlib import Path
-
     places = [Path(kernels.__file__).parent / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):
         places.append(Path(os.environ["NUMBA_CACHE_DIR"]))
@@ -296,8 +296,6 @@ def announce_compilation() -> None:
         return
     _ANNOUNCED = True
     if not kernels_cached():
-        import sys
-
         print("compiling the evaluation kernels (once per installation, about 15 s) ...",
               file=sys.stderr, flush=True)
 

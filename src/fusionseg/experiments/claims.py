@@ -112,13 +112,13 @@ def run_test(test: ClaimTest, runs: Mapping[str, pd.DataFrame], alpha: float = A
               "region": test.region, "expect": test.expect, "value": test.value}
     needed = [test.run] + ([test.than] if test.than else [])
     absent = [r for r in needed if r not in runs]
-    try:
-        a = _values(runs[test.run], test.metric, test.region) if not absent else None
-        b = _values(runs[test.than], test.metric, test.region) if test.than and not absent else None
-    except KeyError as exc:
-        return {**record, "status": NOT_TESTED, "reason": f"no {exc.args[0]} in the results"}
     if absent:
         return {**record, "status": NOT_TESTED, "reason": f"run(s) {absent} not in this comparison"}
+    try:
+        a, b = (_values(runs[r], test.metric, test.region) for r in needed) if test.than else \
+            (_values(runs[test.run], test.metric, test.region), None)
+    except KeyError as exc:
+        return {**record, "status": NOT_TESTED, "reason": f"no {exc.args[0]} in the results"}
     if b is None:
         low, high = bootstrap_ci(a.to_numpy())
         below = test.expect == "below"
