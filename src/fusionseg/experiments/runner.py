@@ -52,6 +52,7 @@ from fusionseg.inference.postprocess import (
 from fusionseg.inference.predict import checkpoint_meta, predict_prepared
 from fusionseg.progress import make_progress
 from fusionseg.strategies import build_strategy
+from fusionseg.strategies.registry import describe_strategy
 from fusionseg.training.loop import fit
 
 console = Console()
@@ -84,22 +85,6 @@ def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
         raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
                           f"(it has {list(dataset.modalities)})")
     return dataset, modalities
-
-
-def describe_strategy(cfg: ExperimentConfig) -> dict:
-    """What a result depends on beyond the model: for fusion strategies the fusion
-    network, source mapping, loss weighting and the VGG-16 features used."""
-    if cfg.strategy == "early":
-        return {}
-    f = cfg.fusion
-    out = {"fusion_model": f.model.name, "detail_source": f.detail, "salient_source": f.salient,
-           "seg_inputs": f.seg_inputs or [f.detail, f.salient]}
-    if cfg.strategy == "joint":
-        out.update(weighting=f.weighting, lambda_f=f.lambda_f if f.weighting == "static" else None,
-                   lambda_s=f.lambda_s if f.weighting == "static" else None)
-    if not (cfg.strategy == "joint" and f.weighting == "seg_only"):
-        out["perceptual_features"] = f.perceptual_features
-    return out
 
 
 def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) -> dict[str, PreparedCase]:

@@ -63,6 +63,22 @@ def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
                        lr=f.lr)
 
 
+def describe_strategy(cfg: ExperimentConfig) -> dict:
+    """What a result depends on beyond the model: for fusion strategies the fusion
+    network, source mapping, loss weighting and the VGG-16 features used."""
+    if cfg.strategy == "early":
+        return {}
+    f = cfg.fusion
+    out = {"fusion_model": f.model.name, "detail_source": f.detail, "salient_source": f.salient,
+           "seg_inputs": f.seg_inputs or [f.detail, f.salient]}
+    if cfg.strategy == "joint":
+        out.update(weighting=f.weighting, lambda_f=f.lambda_f if f.weighting == "static" else None,
+                   lambda_s=f.lambda_s if f.weighting == "static" else None)
+    if not (cfg.strategy == "joint" and f.weighting == "seg_only"):
+        out["perceptual_features"] = f.perceptual_features
+    return out
+
+
 STRATEGIES: dict[str, Callable[..., Strategy]] = {"early": _early, "decoupled": _decoupled, "joint": _joint}
 
 
