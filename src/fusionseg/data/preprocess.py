@@ -262,12 +262,39 @@ class PreprocessCache:
                 "config": self.cfg.model_dump(mode="json"),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
+            self._publish(tmp, folder, meta)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    @staticmethod
+    def _publish(tmp: Path, folder: Path, meta: dict) -> None:
+        """Move the finished ``tmp`` folder to ``folder``. Safe when several processes
+        (e.g. Ray workers) write the same case at once: an entry another process has
+        just published with the same fingerprint is kept (``tmp`` is discarded); a stale
+        entry is first moved aside (one rename), then deleted."""
+        for _ in range(3):
+            try:
+                os.replace(tmp, folder)  # atomic; fails if ``folder`` exists and is not empty
+                return
+            except OSError:
+                if not folder.exists():
+                    continue
+            try:
+                current = json.loads((folder / "meta.json").read_text())
+            except (OSError, ValueError):
+                current = {}
+            if current.get("fingerprint") == meta["fingerprint"] and current.get("config") == meta["config"] \
+                    and current.get("scheme") == meta["scheme"]:
+                shutil.rmtree(tmp, ignore_errors=True)  # the same entry, published by another writer
+                return
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale.", dir=folder.parent))
+            try:
+                os.replace(folder, stale / "old")
+            except OSError:
+                pass  # another writer moved it first
+            shutil.rmtree(stale, ignore_errors=True)
+        raise OSError(f"could not publish the cache entry {folder} (other writers kept replacing it)")
 
     @staticmethod
     def _read(folder: Path, meta: dict) -> PreparedCase:

@@ -10,8 +10,8 @@ Slice selection (``SamplingConfig.mode``):
 For slice modes a ``patch_size`` crops the same way; without it whole slices are
 zero-padded (centred) to one common size so they batch.
 
-Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str,
-"slice": int}``; channels follow the requested modality names. Training samples are
+Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "available": bool
+(C,) (the modalities present), "case": str, "slice": int}``; channels follow the requested modality names. Training samples are
 optionally augmented (``SamplingConfig.augment``: flips, intensity scale and shift,
 with MONAI's transforms).
 """
@@ -235,6 +235,9 @@ class SliceDataset(TorchDataset):
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
             "label": torch.from_numpy(np.ascontiguousarray(label)),
+            # which input modalities are present (all, here); missing-modality training
+            # and per-modality branches read this mask
+            "available": torch.ones(len(self.modalities), dtype=torch.bool),
             "case": case.case_id,
             "slice": z,
         }

@@ -257,34 +257,52 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
     lesion_cols = ["case", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95",
                    "matched_pred_ids"]
     per_lesion = pd.DataFrame(lesion_rows, columns=lesion_cols)
-    summary = {
-        "n_cases": len(results),
-        "gt_cases_without_prediction": unpredicted,
-        "regions": summarize(per_case, names),
-        "conventions": {
-            "challenge": params.challenge,
-            "dilation_voxels": params.dilation,
-            "volume_threshold_mm3": params.volume_threshold_mm3,
-            "hd95_penalty_mm": HD95_PENALTY_MM,
-            "hd95": "surface-area weighted, max of the two directed 95th percentiles (BraTS 2023 / DeepMind)",
-            "asd": "symmetric, pooled boundary distances of both directions (MONAI)",
-            "empty_masks": "Dice 1 / HD95 0 / ASD 0 when both empty; HD95 and ASD 374 when one is empty; "
-                           "lesion-wise 0/0 -> Dice 1, HD95 0",
-            "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
-            "spacing_source": "GT NIfTI header (pixdim)",
-            "label_scheme": scheme_obj.name,
-            "labels": {str(v): scheme_obj.labels[v] for v in scheme_obj.values},
-            "gt_labels": {"scheme": scheme_obj.name, "source": gt_source},
-            "prediction_labels": {"scheme": scheme_obj.name, "source": pred_source},
-            "regions": {k: list(v) for k, v in scheme_obj.regions.items()},
-            "metrics": names,
-            "bootstrap": {"statistic": "mean", "resamples": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED,
-                          "method": "percentile, cases resampled with replacement"},
-        },
-    }
+    summary = build_summary(per_case, names, params, scheme_obj, gt_source, pred_source,
+                            n_cases=len(results), unpredicted=unpredicted)
     if output_dir is not None:
         write_results(Path(output_dir), per_case, per_lesion, summary)
     return per_case, per_lesion, summary
+
+
+def conventions(params: LesionWiseParams, scheme: LabelScheme, names: Sequence[str],
+                gt_source: str, pred_source: str) -> dict:
+    """The evaluation conventions written into every ``summary.json`` (EVALUATION.md):
+    lesion-wise parameters, HD95 penalty, empty-mask rules, connectivity, spacing,
+    label scheme and where the GT and prediction labels came from, metric names and
+    the bootstrap of the confidence intervals."""
+    return {
+        "challenge": params.challenge,
+        "dilation_voxels": params.dilation,
+        "volume_threshold_mm3": params.volume_threshold_mm3,
+        "hd95_penalty_mm": HD95_PENALTY_MM,
+        "hd95": "surface-area weighted, max of the two directed 95th percentiles (BraTS 2023 / DeepMind)",
+        "asd": "symmetric, pooled boundary distances of both directions (MONAI)",
+        "empty_masks": "Dice 1 / HD95 0 / ASD 0 when both empty; HD95 and ASD 374 when one is empty; "
+                       "lesion-wise 0/0 -> Dice 1, HD95 0",
+        "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
+        "spacing_source": "GT NIfTI header (pixdim)",
+        "label_scheme": scheme.name,
+        "labels": {str(v): scheme.labels[v] for v in scheme.values},
+        "gt_labels": {"scheme": scheme.name, "source": gt_source},
+        "prediction_labels": {"scheme": scheme.name, "source": pred_source},
+        "regions": {k: list(v) for k, v in scheme.regions.items()},
+        "metrics": list(names),
+        "bootstrap": {"statistic": "mean", "resamples": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED,
+                      "method": "percentile, cases resampled with replacement"},
+    }
+
+
+def build_summary(per_case: pd.DataFrame, names: Sequence[str], params: LesionWiseParams,
+                  scheme: LabelScheme, gt_source: str, pred_source: str, n_cases: int,
+                  unpredicted: Sequence[str] = (), **extra) -> dict:
+    """The one ``summary.json`` schema, written by ``fusionseg evaluate`` and by every
+    run and fold: ``n_cases``, ``gt_cases_without_prediction``, ``regions`` (per region
+    and metric: n, mean, sd, median, 95 % bootstrap CI; :func:`summarize`),
+    ``conventions`` (:func:`conventions`), then ``extra`` keys (runs: name, strategy,
+    folds, wall time, ...)."""
+    return {"n_cases": int(n_cases), "gt_cases_without_prediction": list(unpredicted),
+            "regions": summarize(per_case, list(names)),
+            "conventions": conventions(params, scheme, names, gt_source, pred_source), **extra}
 
 
 def write_results(output_dir: Path, per_case: pd.DataFrame, per_lesion: pd.DataFrame,

@@ -1,0 +1,14 @@
+"""The 2-D inferer (``spatial_dims: 2``): every axial slice of the case's brain box
+predicted on its own (optionally with the four in-plane mirrorings), class
+probabilities averaged over models, argmax, un-cropped to the original grid
+(:func:`fusionseg.inference.predict.predict_prepared`)."""
+
+from __future__ import annotations
+
+from fusionseg.inference.inferers import register_inferer
+from fusionseg.inference.predict import predict_prepared
+
+
+@register_inferer(2)
+def slicewise(models, case, modalities, scheme, divisor: int, mirror: bool = False):
+    return predict_prepared(models, case, modalities, scheme, divisor, mirror=mirror)
