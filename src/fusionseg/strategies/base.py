@@ -15,30 +15,14 @@ can be rebuilt for prediction without the losses' resources.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from fusionseg.training.stage import Stage
 
-@dataclass(frozen=True)
-class Stage:
-    """One training stage of a strategy.
-
-    Attributes:
-        name: stage name; its checkpoints go to ``fold_K/<name>/`` when a strategy has
-            more than one stage.
-        lr: learning rate (None = ``train.lr``).
-        epochs: epoch budget (None = ``train.epochs``).
-        score: what early stopping watches: ``"dice"`` (validation Dice over the
-            label scheme's regions) or ``"loss"`` (minus the validation loss).
-    """
-
-    name: str = "train"
-    lr: float | None = None
-    epochs: int | None = None
-    score: Literal["dice", "loss"] = "dice"
+__all__ = ["Stage", "Strategy"]
 
 
 class Strategy(nn.Module, ABC):

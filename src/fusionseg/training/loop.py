@@ -4,7 +4,7 @@ Fabric handles the device (CPU here, GPU or DDP where present), precision and
 checkpoint I/O. The loop knows nothing of a strategy's insides: it calls
 ``strategy.training_loss(batch)`` to train and ``strategy(image)`` to validate.
 
-A strategy may train in several stages (:class:`~fusionseg.strategies.base.Stage`):
+A strategy may train in several stages (:class:`~fusionseg.training.stage.Stage`):
 each stage is one call of :func:`fit` with its own folder, learning rate, epoch budget
 and early-stopping score (validation Dice, or minus the validation loss for stages
 without a segmentation output, e.g. fusion pre-training). The optimiser sees only the
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from fusionseg.config import TrainConfig
 from fusionseg.constants import LabelScheme
 from fusionseg.progress import make_progress
-from fusionseg.strategies.base import Stage
+from fusionseg.training.stage import Stage
 
 
 @dataclass
