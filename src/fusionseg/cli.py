@@ -76,6 +76,10 @@ def _register_optional_commands() -> None:
 
 _register_optional_commands()
 
+ExecutorOption = Annotated[str, typer.Option("--executor", help="Where fold jobs run: local (this process, one after another; default) or ray (one Ray task per run x fold; pip install 'fusionseg[ray]'). See docs/architecture.md for a Slurm or cloud cluster.")]
+AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray instance with this machine's CPUs.")]
+CpusOption = Annotated[Optional[int], typer.Option("--cpus", min=1, help="CPUs per fold job; also sets train.threads (the torch thread count changes float rounding, so local and ray runs with the same --cpus give the same numbers). Default: the config's train.threads (ray: 1).")]
+GpusOption = Annotated[float, typer.Option("--gpus", min=0, help="GPUs per fold job (ray).")]
 OverwriteOption = Annotated[bool, typer.Option(
     "--overwrite", help="A run folder of the same name that holds a run with other settings is "
                         "deleted and trained again (default: stop and name the changed settings).")]
@@ -98,6 +102,10 @@ def train(
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    cpus: CpusOption = None,
+    gpus: GpusOption = 0.0,
 ):
     """Train and cross-validate one experiment config.
 
@@ -128,7 +136,10 @@ def train(
 
     if output_dir is not None:
         cfg = cfg.model_copy(update={"output_dir": output_dir})
-    result = run_experiment(cfg, progress=progress, overwrite=overwrite, resume_with_changes=resume_with_changes)
+    from fusionseg.experiments.executors import build_executor
+
+    result = run_experiment(cfg, progress=progress, overwrite=overwrite, resume_with_changes=resume_with_changes,
+                            executor=build_executor(executor, address, cpus, gpus))
     console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
@@ -146,6 +157,10 @@ def compare(
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    cpus: CpusOption = None,
+    gpus: GpusOption = 0.0,
 ):
     """Run several experiments on the same data and the same case splits, then tabulate.
 
@@ -173,8 +188,11 @@ def compare(
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
     selected = [r.strip() for item in rows or [] for r in item.split(",") if r.strip()]
     study = load_study_or_configs(configs, protocol, overrides, name, selected or None)
+    from fusionseg.experiments.executors import build_executor
+
     out = run_comparison(study, output_dir, progress=progress, overwrite=overwrite,
-                         resume_with_changes=resume_with_changes)
+                         resume_with_changes=resume_with_changes,
+                         executor=build_executor(executor, address, cpus, gpus))
     console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")
 

@@ -67,7 +67,7 @@ def save_example(strategy, case: PreparedCase, modalities: Sequence[str], predic
     data = {"slice": z + case.bbox[case.axial_axis][0], "modalities": np.array(list(modalities)),
             "image": np.array(axial_slice(case.select(list(modalities)), case.axial_axis, z)),
             "label": axial_slice(label, case.axial_axis, z), "prediction": axial_slice(pred, case.axial_axis, z)}
-    if hasattr(strategy, "fuse"):
+    if "fusion_image" in getattr(strategy, "capabilities", frozenset()):
         parts = strategy.fuse(_stack(case, modalities, [z]))
         data.update(fused=parts["fused"][0, 0].numpy(), detail=parts["detail"][0, 0].numpy(),
                     salient=parts["salient"][0, 0].numpy())

@@ -26,34 +26,33 @@ import pandas as pd
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 
-from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig
+from fusionseg.config import ExperimentConfig
 from fusionseg.constants import scheme_to_dict
-from fusionseg.data.cases import Dataset, discover
+from fusionseg.data.cases import Dataset
 from fusionseg.data.duplicates import duplicate_groups, prepared_hashes
-from fusionseg.data.io import atomic_path, ensure_writable, load_nifti, read_array, save_label_map, voxel_spacing
+from fusionseg.data.io import atomic_path, ensure_writable
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
-from fusionseg.data.sampling import SliceDataset, common_slice_size, select_slices
 from fusionseg.data.splits import load_splits, make_splits, save_splits
-from fusionseg.errors import ConfigError, DataError
-from fusionseg.evaluation.aggregate import summarize
-from fusionseg.evaluation.evaluate import evaluate_case
 from fusionseg.data.validate import validate_cases
+from fusionseg.errors import DataError
+from fusionseg.evaluation.folder import build_summary, write_results
 from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.executors import LocalExecutor
 from fusionseg.experiments.identity import check_run_folder, clear_run_folder, write_record
-from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
-from fusionseg.experiments.report import comparison_table, write_overlays
-from fusionseg.inference.postprocess import (
-    Postprocess,
-    candidate_settings,
-    choose_postprocess,
-    inner_settings,
-    nested_regions,
+from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_dataset, slab helpers)
+    FoldJob,
+    FoldResult,
+    RunContext,
+    decide_postprocess,
+    lesion_params,
+    load_dataset,
+    sampled_slab,
+    slab_slices,
 )
-from fusionseg.inference.predict import checkpoint_meta, predict_prepared
+from fusionseg.experiments.report import comparison_table, write_overlays
+from fusionseg.inference.postprocess import Postprocess
 from fusionseg.progress import make_progress
-from fusionseg.strategies import build_strategy
 from fusionseg.strategies.registry import describe_strategy
-from fusionseg.training.loop import fit
 
 console = Console()
 
@@ -68,23 +67,6 @@ class RunResult:
 def _write_json(path: Path, data) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, default=str))
-
-
-def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
-    """Discover the dataset and resolve the input modalities (channel order)."""
-    dataset = discover(cfg.data.root, format=cfg.data.format, scheme=cfg.data.scheme)
-    if cfg.data.cases:
-        unknown = sorted(set(cfg.data.cases) - {c.case_id for c in dataset.cases})
-        if unknown:
-            raise ConfigError(f"data.cases names cases not in {cfg.data.root}: {unknown[:5]}")
-        dataset = Dataset(dataset.root, dataset.format, dataset.scheme, dataset.modalities,
-                          tuple(c for c in dataset.cases if c.case_id in set(cfg.data.cases)))
-    modalities = tuple(cfg.data.modalities or dataset.modalities)
-    missing = [m for m in modalities if m not in dataset.modalities]
-    if missing:
-        raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
-                          f"(it has {list(dataset.modalities)})")
-    return dataset, modalities
 
 
 def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) -> dict[str, PreparedCase]:
@@ -147,162 +129,6 @@ def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run
     return splits
 
 
-def slab_slices(case: PreparedCase, mode: str, central_k: int) -> range:
-    """Axial indices (cropped grid) of the slab spanned by the slices ``mode`` selects
-    in ``case`` (``evaluation.scope: sampled_slices``)."""
-    chosen = select_slices(case, "all" if mode == "patch" else mode, central_k)
-    return range(min(chosen), max(chosen) + 1)
-
-
-def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
-    """Index window (original grid) of :func:`slab_slices`."""
-    slab = slab_slices(case, mode, central_k)
-    axis, offset = case.axial_axis, case.bbox[case.axial_axis][0]
-    window = [slice(None)] * 3
-    window[axis] = slice(offset + slab.start, offset + slab.stop)
-    return tuple(window)
-
-
-def _inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
-    return {"postprocess": postprocess.model_dump(mode="json"),
-            "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
-            "inference": inference.model_dump(mode="json")}
-
-
-def _evaluation_inputs(cfg: ExperimentConfig) -> dict:
-    """What a fold's test results depend on after training; a resumed run whose
-    evaluation, inference or post-processing settings changed re-predicts (without
-    retraining)."""
-    return _inputs(cfg.postprocess, cfg.evaluation, cfg.inference)
-
-
-def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
-    """The inputs a finished fold recorded, with defaults for settings added since.
-    Folds written before ``inputs`` was recorded are taken to have used this config's
-    evaluation settings (and defaults for the rest: no post-processing)."""
-    recorded = data.get("inputs", {"evaluation": _evaluation_inputs(cfg)["evaluation"]})
-    defaults = _inputs(PostprocessConfig(), EvalConfig(), InferenceConfig())
-    return {key: {**value, **recorded.get(key, {})} for key, value in defaults.items()}
-
-
-def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
-              gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``pred`` and ``gt`` cut to what ``evaluation.scope`` evaluates (the whole volume,
-    or the slab of the sampled slices)."""
-    if cfg.evaluation.scope != "sampled_slices":
-        return pred, gt
-    window = sampled_slab(case, cfg.sampling.mode, cfg.sampling.central_k)
-    return pred[window], gt[window]
-
-
-def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:
-    gt_img = load_nifti(case.label)
-    return read_array(gt_img, case.label, dtype=np.int64), voxel_spacing(gt_img)
-
-
-def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, prepared: dict[str, PreparedCase],
-                       dataset: Dataset, modalities: tuple[str, ...],
-                       divisor: int) -> tuple[Postprocess, dict]:
-    """The fold's post-processing: none, the config's fixed setting, or the candidate
-    that scores best on the fold's validation cases predicted as whole volumes (with
-    the evaluation scope of the test cases). Returns (setting, record for fit.json)."""
-    pc = cfg.postprocess
-    if pc.method == "none":
-        return Postprocess(), {"method": "none", "setting": Postprocess().to_dict()}
-    if pc.method == "fixed":
-        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest, pc.inner_min_volume_mm3)
-        return setting, {"method": "fixed", "setting": setting.to_dict()}
-    if not fold["val"]:
-        raise ConfigError("postprocess.method: validation needs validation cases; set "
-                          "split.val_fraction > 0 or use postprocess.method: fixed")
-    cases = []
-    for case_id in fold["val"]:
-        gt, spacing = _ground_truth(dataset.case(case_id))
-        pred = predict_prepared([model], prepared[case_id], modalities, dataset.scheme, divisor,
-                                mirror=cfg.inference.mirror)
-        cases.append((*_in_scope(cfg, prepared[case_id], pred, gt), spacing))
-    setting, table = choose_postprocess(cases, dataset.scheme,
-                                        candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
-                                        criterion=pc.criterion, challenge=cfg.evaluation.challenge)
-    if pc.inner_candidates_mm3 and nested_regions(dataset.scheme):
-        # second stage, given the whole-tumour setting: nested-region (TC/ET) specks
-        setting, inner = choose_postprocess(cases, dataset.scheme,
-                                            inner_settings(setting, pc.inner_candidates_mm3),
-                                            criterion=pc.criterion, challenge=cfg.evaluation.challenge)
-        table += inner[1:]
-    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: "
-                  f"{setting.label()}")
-    return setting, {"method": "validation", "criterion": pc.criterion, "setting": setting.to_dict(),
-                     "validation_cases": list(fold["val"]), "candidates": table}
-
-
-def run_fold(cfg: ExperimentConfig, fold: dict, prepared: dict[str, PreparedCase], dataset: Dataset,
-             modalities: tuple[str, ...], run_dir: Path, progress: bool = True) -> list[dict]:
-    """Train one fold, predict and evaluate its test cases; returns per-case rows."""
-    k = fold["fold"]
-    fold_dir = run_dir / f"fold_{k}"
-    scheme = dataset.scheme
-    # torch seeds its default generator at random per process: seed before the weights
-    # are initialised, or the same config trains a different network each time
-    seed_everything(cfg.train.seed, verbose=False)
-    strategy = build_strategy(cfg, modalities, scheme)
-    divisor = strategy.required_divisor
-    size = common_slice_size(list(prepared.values()), max(divisor, 16))
-    train = SliceDataset([prepared[c] for c in fold["train"]], modalities, cfg.sampling, size,
-                         train=True, seed=cfg.train.seed)
-    val = SliceDataset([prepared[c] for c in fold["val"]], modalities, cfg.sampling, size,
-                       mode=cfg.sampling.val_mode, train=False)
-    meta = checkpoint_meta(cfg, modalities, scheme, divisor)
-    stages = strategy.stages()
-    fits = []
-    for stage in stages:
-        stage_dir = fold_dir if len(stages) == 1 else fold_dir / stage.name
-        result = fit(strategy, train, val, cfg.train, stage_dir, scheme, meta=meta, progress=progress,
-                     description=f"fold {k} {stage.name}", stage=stage)
-        fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
-                     "best_val_score": result.best_score, "epochs_run": result.epochs_run,
-                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-                     "checkpoint": str(result.best_checkpoint.relative_to(run_dir))})
-    model = strategy.eval().cpu()
-    after_training = time.perf_counter()
-    post, post_info = decide_postprocess(cfg, model, fold, prepared, dataset, modalities, divisor)
-    _write_json(fold_dir / "fit.json", {
-        "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"],
-        "train_slices": len(train), "val_slices": len(val), "slice_size": list(size),
-        "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info,
-        "inference": cfg.inference.model_dump(mode="json")})
-    rows: list[dict] = []
-    lesion_rows: list[dict] = []
-    quality: list[dict] = []
-    pred_dir = run_dir / "predictions"
-    for case_id in fold["test"]:
-        case = dataset.case(case_id)
-        gt, spacing = _ground_truth(case)
-        pred = post(predict_prepared([model], prepared[case_id], modalities, scheme, divisor,
-                                     mirror=cfg.inference.mirror), spacing, scheme)
-        ref = case.images[modalities[0]].path
-        save_label_map(pred, ref, pred_dir / f"{case_id}.nii.gz", overwrite=True)
-        slab = (slab_slices(prepared[case_id], cfg.sampling.mode, cfg.sampling.central_k)
-                if cfg.evaluation.scope == "sampled_slices" else None)
-        save_example(model, prepared[case_id], modalities, pred, scheme,
-                     run_dir / "examples" / f"{case_id}.npz", slices=slab)
-        if hasattr(model, "fuse"):
-            quality.append({"case": case_id, "fold": k, **fusion_quality_case(
-                model, prepared[case_id], modalities, cfg.sampling.val_mode)})
-        pred, gt = _in_scope(cfg, prepared[case_id], pred, gt)
-        region_rows, lesions = evaluate_case(pred, gt, spacing, scheme,
-                                             metrics=cfg.evaluation.metrics,
-                                             challenge=cfg.evaluation.challenge)
-        rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
-        lesion_rows += [{"case": case_id, "fold": k, **r} for r in lesions]
-    _write_json(fold_dir / "test_metrics.json", {
-        "rows": rows, "lesions": lesion_rows, "fusion_quality": quality,
-        "postprocess": post.to_dict(), "inputs": _evaluation_inputs(cfg),
-        # training time of every invocation (resumes included) + this prediction and evaluation
-        "seconds": round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)})
-    return rows
-
-
 def _open_run_folder(cfg: ExperimentConfig, overwrite: bool, resume_with_changes: bool,
                      progress: bool) -> tuple[Dataset, tuple[str, ...], dict[str, PreparedCase], dict]:
     """Everything that can fail on user input, before the run folder is written: the
@@ -333,29 +159,13 @@ def _open_run_folder(cfg: ExperimentConfig, overwrite: bool, resume_with_changes
     return dataset, modalities, prepared, splits
 
 
-def _run_folds(cfg: ExperimentConfig, folds: list[dict], prepared: dict[str, PreparedCase],
-               dataset: Dataset, modalities: tuple[str, ...], progress: bool) -> dict:
-    """Train (or read back) every fold; returns the gathered per-fold records."""
-    run_dir = cfg.run_dir()
-    out: dict = {"rows": [], "lesions": [], "quality": [], "post": {}, "seconds": 0.0}
-    for fold in folds:
-        done = run_dir / f"fold_{fold['fold']}" / "test_metrics.json"
-        data = json.loads(done.read_text()) if done.exists() else None
-        if data is not None and _recorded_inputs(data, cfg) != _evaluation_inputs(cfg):
-            console.print(f"fold {fold['fold']}: evaluation, inference or post-processing settings changed; "
-                          "predicting again with the trained model")
-            data = None
-        if data is not None and all((run_dir / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
-            console.print(f"fold {fold['fold']}: finished earlier, results read back")
-        else:
-            run_fold(cfg, fold, prepared, dataset, modalities, run_dir, progress)
-            data = json.loads(done.read_text())
-        out["rows"] += data["rows"]
-        out["lesions"] += data["lesions"]
-        out["quality"] += data.get("fusion_quality", [])
-        out["post"][fold["fold"]] = data.get("postprocess", Postprocess().to_dict())
-        out["seconds"] += float(data.get("seconds", 0.0))
-    return out
+def fold_jobs(cfg: ExperimentConfig, splits: dict) -> list[FoldJob]:
+    """The run's fold jobs (``split.run_folds`` only, when set)."""
+    folds = splits["folds"]
+    if cfg.split.run_folds is not None:
+        folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
+    config = cfg.model_dump(mode="json")
+    return [FoldJob(config, fold, cfg.preprocess.key()) for fold in folds]
 
 
 def _fusion_quality_summary(quality: list[dict]) -> dict:
@@ -369,57 +179,84 @@ def _fusion_quality_summary(quality: list[dict]) -> dict:
     return out
 
 
+@dataclass
+class RunPlan:
+    """A run whose folder is open and whose fold jobs are ready to dispatch."""
+
+    cfg: ExperimentConfig
+    context: RunContext
+    jobs: list[FoldJob]
+
+
+def plan_run(cfg: ExperimentConfig, overwrite: bool = False, resume_with_changes: bool = False,
+             progress: bool = True) -> RunPlan:
+    """Check the inputs, preprocess every case (once, before any dispatch), open the
+    run folder and make its fold jobs (:func:`_open_run_folder`)."""
+    dataset, modalities, prepared, splits = _open_run_folder(cfg, overwrite, resume_with_changes, progress)
+    return RunPlan(cfg, RunContext(dataset, modalities, prepared), fold_jobs(cfg, splits))
+
+
+def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult], wall: float) -> dict:
+    cfg, dataset = plan.cfg, plan.context.dataset
+    names = [c for c in per_case.columns if c not in ("case", "region", "fold")]
+    return build_summary(
+        per_case, names, lesion_params(cfg), dataset.scheme, f"dataset folder {cfg.data.root}",
+        "the run's fold predictions", n_cases=per_case["case"].nunique(),
+        name=cfg.name, strategy=cfg.strategy, model=cfg.model.name, modalities=list(plan.context.modalities),
+        label_scheme=scheme_to_dict(dataset.scheme), dataset=str(cfg.data.root), format=dataset.format,
+        folds=[r.fold for r in results], challenge=cfg.evaluation.challenge,
+        evaluation_scope=cfg.evaluation.scope, wall_seconds=round(wall, 1),
+        fold_seconds_total=round(sum(r.seconds for r in results), 1), **describe_strategy(cfg),
+        postprocess={"method": cfg.postprocess.method,
+                     "per_fold": {str(r.fold): Postprocess.from_dict(r.postprocess).label() for r in results}})
+
+
+def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResult:
+    """Build the run's tables and figures from its fold results alone:
+    metrics_per_case.csv / metrics_per_lesion.csv / summary.json (evaluate's schema),
+    fusion_quality.csv, results.md and overlays."""
+    cfg, run_dir = plan.cfg, plan.cfg.run_dir()
+    results = sorted(results, key=lambda r: r.fold)
+    per_case = pd.concat([r.per_case for r in results], ignore_index=True)
+    per_lesion = pd.concat([r.per_lesion for r in results], ignore_index=True)
+    summary = _run_summary(plan, per_case, results, wall)
+    quality = [r.quality for r in results if r.quality is not None]
+    if quality:
+        frame = pd.concat(quality, ignore_index=True)
+        with atomic_path(run_dir / "fusion_quality.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        summary["fusion_quality"] = _fusion_quality_summary(frame.to_dict("records"))
+    write_results(run_dir, per_case, per_lesion, summary)
+    scheme = plan.context.dataset.scheme
+    table, _ = comparison_table({cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"),
+                                scheme.region_names)
+    with atomic_path(run_dir / "results.md") as tmp:
+        tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
+                       f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
+                       f"{summary['fold_seconds_total'] / 60:.1f} min over every invocation).\n")
+    if cfg.evaluation.overlays:
+        write_overlays(plan.context.dataset, plan.context.prepared, run_dir, plan.context.modalities,
+                       per_case, cfg.evaluation.overlays)
+    return RunResult(run_dir, per_case, summary)
+
+
 def run_experiment(cfg: ExperimentConfig, progress: bool = True, overwrite: bool = False,
-                   resume_with_changes: bool = False) -> RunResult:
-    """Run the whole experiment (resumable: finished folds are read back).
+                   resume_with_changes: bool = False, executor=None) -> RunResult:
+    """Run the whole experiment (resumable: finished folds are read back): plan, run
+    the fold jobs with ``executor`` (default: local, in this process), gather.
 
     Args:
         overwrite: a run folder of this name with other settings is deleted (after the
             inputs have been checked) and trained again.
         resume_with_changes: resume a run folder whose settings differ from ``cfg``
             (:func:`~fusionseg.experiments.identity.check_run_folder`).
+        executor: :class:`~fusionseg.experiments.executors.LocalExecutor` or
+            :class:`~fusionseg.experiments.executors.RayExecutor`.
     Raises:
         OutputError: the run folder holds another experiment or cannot be written.
         DataError, ConfigError: bad inputs, found before the run folder is written.
     """
     start = time.perf_counter()
-    run_dir = cfg.run_dir()
-    dataset, modalities, prepared, splits = _open_run_folder(cfg, overwrite, resume_with_changes, progress)
-    folds = splits["folds"]
-    if cfg.split.run_folds is not None:
-        folds = [f for f in folds if f["fold"] in cfg.split.run_folds]
-    done = _run_folds(cfg, folds, prepared, dataset, modalities, progress)
-    per_case = pd.DataFrame(done["rows"])
-    wall = time.perf_counter() - start
-    summary = {
-        "name": cfg.name, "strategy": cfg.strategy, "model": cfg.model.name,
-        "modalities": list(modalities), "label_scheme": scheme_to_dict(dataset.scheme),
-        "dataset": str(cfg.data.root), "format": dataset.format,
-        "folds": [f["fold"] for f in folds], "n_cases": int(per_case["case"].nunique()),
-        "challenge": cfg.evaluation.challenge, "evaluation_scope": cfg.evaluation.scope,
-        "wall_seconds": round(wall, 1),
-        "fold_seconds_total": round(done["seconds"], 1),
-        **describe_strategy(cfg),
-        "postprocess": {"method": cfg.postprocess.method,
-                        "per_fold": {str(k): Postprocess.from_dict(v).label() for k, v in done["post"].items()}},
-        "metrics": summarize(per_case, metrics=[c for c in per_case.columns
-                                                if c not in ("case", "region", "fold")]),
-    }
-    with atomic_path(run_dir / "metrics_per_case.csv") as tmp:
-        per_case.to_csv(tmp, index=False)
-    with atomic_path(run_dir / "metrics_per_lesion.csv") as tmp:
-        pd.DataFrame(done["lesions"]).to_csv(tmp, index=False)
-    if done["quality"]:
-        with atomic_path(run_dir / "fusion_quality.csv") as tmp:
-            pd.DataFrame(done["quality"]).to_csv(tmp, index=False)
-        summary["fusion_quality"] = _fusion_quality_summary(done["quality"])
-    _write_json(run_dir / "summary.json", summary)
-    table, _ = comparison_table({cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"),
-                                dataset.scheme.region_names)
-    with atomic_path(run_dir / "results.md") as tmp:
-        tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
-                       f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
-                       f"{done['seconds'] / 60:.1f} min over every invocation).\n")
-    if cfg.evaluation.overlays:
-        write_overlays(dataset, prepared, run_dir, modalities, per_case, cfg.evaluation.overlays)
-    return RunResult(run_dir, per_case, summary)
+    plan = plan_run(cfg, overwrite, resume_with_changes, progress)
+    results = (executor or LocalExecutor()).run(plan.jobs, {cfg.name: plan.context}, progress)
+    return gather_run(plan, results, time.perf_counter() - start)

@@ -33,6 +33,11 @@ class Strategy(nn.Module, ABC):
         losses: named loss modules (may be empty when built only for prediction).
     """
 
+    #: What the strategy produces beyond segmentation logits, declared instead of
+    #: probed: ``"fusion_image"`` (a ``fuse(image)`` method returning the fused image F;
+    #: the runner then reports fused-image quality). Later: extra heads, branches.
+    capabilities: frozenset[str] = frozenset()
+
     def __init__(self, modalities: Sequence[str], losses: dict[str, nn.Module] | None = None):
         super().__init__()
         self.modalities = tuple(modalities)

@@ -29,6 +29,8 @@ class DecoupledFusion(Strategy):
         fusion_lr, fusion_epochs: the fusion stage's learning rate and epoch budget.
     """
 
+    capabilities = frozenset({"fusion_image"})
+
     def __init__(self, net: FusionSegNet, modalities: Sequence[str], fusion_loss: nn.Module | None = None,
                  seg_loss: nn.Module | None = None, fusion_lr: float = 1e-4,
                  fusion_epochs: int | None = None):

@@ -32,6 +32,8 @@ class JointFusion(Strategy):
         lr: learning rate of both networks.
     """
 
+    capabilities = frozenset({"fusion_image"})
+
     def __init__(self, net: FusionSegNet, modalities: Sequence[str], weighting: LossWeighting | None,
                  fusion_loss: nn.Module | None = None, seg_loss: nn.Module | None = None,
                  lr: float = 1e-4):

@@ -1,0 +1,372 @@
+"""The fold job: one pure unit of work of an experiment.
+
+A :class:`FoldJob` is (resolved config, fold record, preprocessing-cache key). Running
+it (:func:`run_fold_job`, in this process or on a Ray worker) trains the strategy on
+the fold's training cases (early stopping on its validation cases), chooses the
+post-processing on the validation cases, predicts every test case as a whole volume
+and evaluates it. It writes only ``<run>/fold_<k>/`` and its own test cases'
+``<run>/predictions/<case>.nii.gz`` / ``<run>/examples/<case>.npz``:
+
+- ``fold_<k>/checkpoints/{best,last}.ckpt`` (``<stage>/checkpoints/`` per stage for
+  multi-stage strategies), ``train_log.csv``, ``tensorboard/``;
+- ``fold_<k>/fit.json``: per stage best epoch, score, epochs, seconds; the samples;
+  the post-processing choice and its validation table;
+- ``fold_<k>/metrics_per_case.csv``, ``metrics_per_lesion.csv``, ``summary.json``:
+  the fold's test cases, written by the same writer and in the same schema as
+  ``fusionseg evaluate`` (:func:`fusionseg.evaluation.folder.write_results`), plus a
+  ``fold`` column; ``summary.json`` also records the evaluation inputs, the applied
+  post-processing and the fold's seconds; ``fusion_quality.csv`` for strategies that
+  make a fused image.
+
+The job returns a :class:`FoldResult` holding the same tables in memory, so the
+gather step in the same process never reads back what was just written. A finished
+fold (its ``summary.json`` records the same evaluation inputs and its predictions
+exist) is read back instead of run; an interrupted one resumes from ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lightning_fabric.utilities.seed import seed_everything
+from rich.console import Console
+
+from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig, validate_config
+from fusionseg.data.cases import Dataset, discover
+from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
+from fusionseg.data.preprocess import PreparedCase, PreprocessCache
+from fusionseg.data.samplers import get_sampler
+from fusionseg.data.sampling import select_slices
+from fusionseg.errors import ConfigError
+from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
+from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
+from fusionseg.evaluation.metrics.lesionwise import LesionWiseParams, challenge_params
+from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
+from fusionseg.inference.inferers import get_inferer
+from fusionseg.inference.postprocess import (
+    Postprocess,
+    candidate_settings,
+    choose_postprocess,
+    inner_settings,
+    nested_regions,
+)
+from fusionseg.inference.predict import checkpoint_meta
+from fusionseg.strategies import build_strategy
+from fusionseg.training.loop import fit
+
+console = Console()
+
+LESION_COLUMNS = ["case", "fold", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95",
+                  "matched_pred_ids"]
+FUSION_QUALITY_CSV = "fusion_quality.csv"
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One (config, fold) unit of work; picklable (plain data only).
+
+    Attributes:
+        config: the resolved experiment config (``ExperimentConfig.model_dump(mode="json")``),
+            ``output_dir`` and ``split.file`` included.
+        fold: the split's fold record: ``fold`` (int), ``train`` / ``val`` / ``test`` case ids.
+        cache_key: the preprocessing-cache key the driver prepared the cases under
+            (``PreprocessConfig.key()``); the job only reads the cache.
+    """
+
+    config: dict
+    fold: dict
+    cache_key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.config['name']} fold {self.fold['fold']}"
+
+
+@dataclass
+class FoldResult:
+    """What a fold job produced (also on disk under ``fold_<k>/``)."""
+
+    run: str
+    fold: int
+    per_case: pd.DataFrame
+    per_lesion: pd.DataFrame
+    quality: pd.DataFrame | None
+    postprocess: dict
+    seconds: float
+    reused: bool = False
+
+
+@dataclass
+class RunContext:
+    """A run's dataset, input modalities and prepared cases, shared by its fold jobs
+    in one process (a remote job builds its own from the config)."""
+
+    dataset: Dataset
+    modalities: tuple[str, ...]
+    prepared: dict[str, PreparedCase]
+
+
+def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
+    """Discover the dataset and resolve the input modalities (channel order).
+
+    Raises:
+        ConfigError: ``data.cases`` or ``data.modalities`` name what the dataset lacks.
+        DataError: the folder is missing or in no supported layout.
+    """
+    dataset = discover(cfg.data.root, format=cfg.data.format, scheme=cfg.data.scheme)
+    if cfg.data.cases:
+        unknown = sorted(set(cfg.data.cases) - {c.case_id for c in dataset.cases})
+        if unknown:
+            raise ConfigError(f"data.cases names cases not in {cfg.data.root}: {unknown[:5]}")
+        dataset = Dataset(dataset.root, dataset.format, dataset.scheme, dataset.modalities,
+                          tuple(c for c in dataset.cases if c.case_id in set(cfg.data.cases)))
+    modalities = tuple(cfg.data.modalities or dataset.modalities)
+    missing = [m for m in modalities if m not in dataset.modalities]
+    if missing:
+        raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
+                          f"(it has {list(dataset.modalities)})")
+    return dataset, modalities
+
+
+def run_context(cfg: ExperimentConfig) -> RunContext:
+    """The context of a job run away from the driver: the dataset discovered again and
+    every labelled case read from the preprocessing cache (prepared before dispatch)."""
+    dataset, modalities = load_dataset(cfg)
+    cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
+    prepared = {c.case_id: cache.load(c, dataset.scheme) for c in dataset.labelled}
+    return RunContext(dataset, modalities, prepared)
+
+
+def lesion_params(cfg: ExperimentConfig) -> LesionWiseParams:
+    """The lesion-wise parameters of ``evaluation.challenge``."""
+    custom = getattr(cfg.evaluation, "lesion_params", None)
+    return custom() if callable(custom) else challenge_params(cfg.evaluation.challenge)
+
+
+def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
+    """What a fold's test results depend on after training; a fold whose recorded
+    inputs differ is predicted and evaluated again (without retraining)."""
+    return {"postprocess": postprocess.model_dump(mode="json"),
+            "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
+            "inference": inference.model_dump(mode="json")}
+
+
+def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
+    """The inputs a finished fold recorded, with defaults for settings added since."""
+    recorded = data.get("inputs", {})
+    defaults = evaluation_inputs(PostprocessConfig(), EvalConfig(), InferenceConfig())
+    return {key: {**value, **recorded.get(key, {})} for key, value in defaults.items()}
+
+
+def fold_dir(cfg: ExperimentConfig, k: int) -> Path:
+    return cfg.run_dir() / f"fold_{k}"
+
+
+def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
+    """A finished fold's results from its artifacts, or None when the fold has not
+    finished, its test predictions are missing, or it recorded other evaluation inputs
+    (then it is predicted again)."""
+    folder = fold_dir(cfg, fold["fold"])
+    path = folder / SUMMARY_JSON
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    mine = evaluation_inputs(cfg.postprocess, cfg.evaluation, cfg.inference)
+    if _recorded_inputs(data, cfg) != mine:
+        console.print(f"fold {fold['fold']}: evaluation, inference or post-processing settings changed; "
+                      "predicting again with the trained model")
+        return None
+    if not all((cfg.run_dir() / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
+        return None
+    quality = folder / FUSION_QUALITY_CSV
+    return FoldResult(cfg.name, fold["fold"], pd.read_csv(folder / PER_CASE_CSV),
+                      pd.read_csv(folder / PER_LESION_CSV),
+                      pd.read_csv(quality) if quality.exists() else None,
+                      data["postprocess"], float(data["seconds"]), reused=True)
+
+
+def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None = None) -> FoldResult:
+    """Run one fold job (see module docstring); finished folds are read back.
+
+    Args:
+        job: the unit of work.
+        progress: progress bars (off on remote workers).
+        context: the run's dataset and prepared cases when the caller has them (local
+            executor); None builds them from the config and the cache.
+    Raises:
+        ConfigError: the job's cache key is not the config's preprocessing key.
+    """
+    cfg = validate_config(job.config, source=f"job {job.label}")
+    if cfg.preprocess.key() != job.cache_key:
+        raise ConfigError(f"job {job.label}: preprocessing key {cfg.preprocess.key()} is not the "
+                          f"key {job.cache_key} the cases were prepared with")
+    done = read_fold_result(cfg, job.fold)
+    if done is not None:
+        console.print(f"{job.label}: finished earlier, results read back")
+        return done
+    context = context or run_context(cfg)
+    return train_and_test(cfg, job.fold, context, progress)
+
+
+def _train_stages(cfg: ExperimentConfig, strategy, samples, fold_path: Path, scheme, meta: dict,
+                  progress: bool) -> list[dict]:
+    """Fit every stage of ``strategy`` in order; their records for fit.json."""
+    stages = strategy.stages()
+    fits = []
+    for stage in stages:
+        stage_dir = fold_path if len(stages) == 1 else fold_path / stage.name
+        result = fit(strategy, samples.train, samples.val, cfg.train, stage_dir, scheme,
+                     meta=meta, progress=progress, description=f"fold {fold_path.name[5:]} {stage.name}",
+                     stage=stage)
+        fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
+                     "best_val_score": result.best_score, "epochs_run": result.epochs_run,
+                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
+                     "checkpoint": str(result.best_checkpoint.relative_to(cfg.run_dir()))})
+    return fits
+
+
+def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progress: bool = True) -> FoldResult:
+    """Train one fold, choose its post-processing, predict and evaluate its test cases,
+    write ``fold_<k>/``; see the module docstring."""
+    k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
+    # torch seeds its default generator at random per process: seed before the weights
+    # are initialised, or the same config trains a different network each time
+    seed_everything(cfg.train.seed, verbose=False)
+    strategy = build_strategy(cfg, modalities, scheme)
+    divisor = strategy.required_divisor
+    samples = get_sampler(cfg.spatial_dims)(cfg, fold, context.prepared, modalities, divisor)
+    fits = _train_stages(cfg, strategy, samples, fold_dir(cfg, k), scheme,
+                         checkpoint_meta(cfg, modalities, scheme, divisor), progress)
+    model = strategy.eval().cpu()
+    after_training = time.perf_counter()
+    post, post_info = decide_postprocess(cfg, model, fold, context, divisor)
+    with atomic_path(fold_dir(cfg, k) / "fit.json") as tmp:
+        tmp.write_text(json.dumps({
+            "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"], **samples.info,
+            "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info,
+            "inference": cfg.inference.model_dump(mode="json")}, indent=1, default=str))
+    rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
+    seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
+    return write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
+
+
+def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:
+    gt_img = load_nifti(case.label)
+    return read_array(gt_img, case.label, dtype=np.int64), voxel_spacing(gt_img)
+
+
+def slab_slices(case: PreparedCase, mode: str, central_k: int) -> range:
+    """Axial indices (cropped grid) of the slab spanned by the slices ``mode`` selects
+    in ``case`` (``evaluation.scope: sampled_slices``)."""
+    chosen = select_slices(case, "all" if mode == "patch" else mode, central_k)
+    return range(min(chosen), max(chosen) + 1)
+
+
+def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
+    """Index window (original grid) of :func:`slab_slices`."""
+    slab = slab_slices(case, mode, central_k)
+    axis, offset = case.axial_axis, case.bbox[case.axial_axis][0]
+    window = [slice(None)] * 3
+    window[axis] = slice(offset + slab.start, offset + slab.stop)
+    return tuple(window)
+
+
+def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
+              gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``gt`` cut to what ``evaluation.scope`` evaluates (the whole volume,
+    or the slab of the sampled slices)."""
+    if cfg.evaluation.scope != "sampled_slices":
+        return pred, gt
+    window = sampled_slab(case, cfg.sampling.mode, cfg.sampling.central_k)
+    return pred[window], gt[window]
+
+
+def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, context: RunContext,
+                       divisor: int) -> tuple[Postprocess, dict]:
+    """The fold's post-processing: none, the config's fixed setting, or the candidate
+    that scores best on the fold's validation cases predicted as whole volumes (with
+    the evaluation scope of the test cases). Returns (setting, record for fit.json).
+
+    Raises:
+        ConfigError: ``method: validation`` without validation cases.
+    """
+    pc, scheme = cfg.postprocess, context.dataset.scheme
+    if pc.method == "none":
+        return Postprocess(), {"method": "none", "setting": Postprocess().to_dict()}
+    if pc.method == "fixed":
+        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest, pc.inner_min_volume_mm3)
+        return setting, {"method": "fixed", "setting": setting.to_dict()}
+    if not fold["val"]:
+        raise ConfigError("postprocess.method: validation needs validation cases; set "
+                          "split.val_fraction > 0 or use postprocess.method: fixed")
+    infer, cases = get_inferer(cfg.spatial_dims), []
+    for case_id in fold["val"]:
+        gt, spacing = _ground_truth(context.dataset.case(case_id))
+        pred = infer([model], context.prepared[case_id], context.modalities, scheme, divisor,
+                     mirror=cfg.inference.mirror)
+        cases.append((*_in_scope(cfg, context.prepared[case_id], pred, gt), spacing))
+    params = lesion_params(cfg)
+    setting, table = choose_postprocess(cases, scheme, candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
+                                        criterion=pc.criterion, challenge=params)
+    if pc.inner_candidates_mm3 and nested_regions(scheme):
+        # second stage, given the whole-tumour setting: nested-region (TC/ET) specks
+        setting, inner = choose_postprocess(cases, scheme, inner_settings(setting, pc.inner_candidates_mm3),
+                                            criterion=pc.criterion, challenge=params)
+        table += inner[1:]
+    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: "
+                  f"{setting.label()}")
+    return setting, {"method": "validation", "criterion": pc.criterion, "setting": setting.to_dict(),
+                     "validation_cases": list(fold["val"]), "candidates": table}
+
+
+def test_fold(cfg: ExperimentConfig, model, fold: dict, context: RunContext, post: Postprocess,
+              divisor: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Predict, write and evaluate every test case of ``fold``; returns (region rows,
+    lesion rows, fused-image quality rows)."""
+    k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
+    infer, params = get_inferer(cfg.spatial_dims), lesion_params(cfg)
+    makes_fused = "fusion_image" in getattr(model, "capabilities", frozenset())
+    rows, lesions, quality = [], [], []
+    for case_id in fold["test"]:
+        case, prepared = context.dataset.case(case_id), context.prepared[case_id]
+        gt, spacing = _ground_truth(case)
+        pred = post(infer([model], prepared, modalities, scheme, divisor, mirror=cfg.inference.mirror),
+                    spacing, scheme)
+        save_label_map(pred, case.images[modalities[0]].path,
+                       cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+        slab = (slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k)
+                if cfg.evaluation.scope == "sampled_slices" else None)
+        save_example(model, prepared, modalities, pred, scheme,
+                     cfg.run_dir() / "examples" / f"{case_id}.npz", slices=slab)
+        if makes_fused:
+            quality.append({"case": case_id, "fold": k, **fusion_quality_case(
+                model, prepared, modalities, cfg.sampling.val_mode)})
+        region_rows, case_lesions = evaluate_case(*_in_scope(cfg, prepared, pred, gt), spacing, scheme,
+                                                  metrics=cfg.evaluation.metrics, challenge=params)
+        rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
+        lesions += [{"case": case_id, "fold": k, **r} for r in case_lesions]
+    return rows, lesions, quality
+
+
+def write_fold_result(cfg: ExperimentConfig, fold: dict, scheme, rows: list[dict], lesions: list[dict],
+                      quality: list[dict], post: Postprocess, seconds: float) -> FoldResult:
+    """Write the fold's test metrics (evaluate's writer and schema) and return them."""
+    folder = fold_dir(cfg, fold["fold"])
+    names = resolve_metrics(cfg.evaluation.metrics, scheme)
+    per_case = pd.DataFrame(rows, columns=["case", "fold", "region", *names])
+    per_lesion = pd.DataFrame(lesions, columns=LESION_COLUMNS)
+    summary = build_summary(per_case, names, lesion_params(cfg), scheme, "dataset folder",
+                            "fold predictions", n_cases=per_case["case"].nunique(), fold=fold["fold"],
+                            inputs=evaluation_inputs(cfg.postprocess, cfg.evaluation, cfg.inference),
+                            postprocess=post.to_dict(), seconds=seconds)
+    frame = pd.DataFrame(quality) if quality else None
+    if frame is not None:
+        with atomic_path(folder / FUSION_QUALITY_CSV) as tmp:
+            frame.to_csv(tmp, index=False)
+    write_results(folder, per_case, per_lesion, summary)
+    return FoldResult(cfg.name, fold["fold"], per_case, per_lesion, frame, post.to_dict(), seconds)
