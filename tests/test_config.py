@@ -46,6 +46,8 @@ def test_component_name_typos_fail_at_load_with_the_choices(section, expected):
     assert "Value error," not in str(info.value)
 
 
-def test_fusion_model_is_not_checked_under_early_fusion():
-    # the fusion network is not built under early fusion; its name does not matter there
-    validate_config({"name": "x", "data": {"root": "somewhere"}, "fusion": {"model": {"name": "lrnet"}}})
+def test_a_fusion_section_under_early_fusion_is_an_error():
+    # early fusion builds no fusion network: a fusion section there is an error, not ignored
+    with pytest.raises(ConfigError, match="fusion does not apply under strategy: early"):
+        validate_config({"name": "x", "data": {"root": "somewhere"}, "fusion": {"model": {"name": "lrnet"}}})
+    assert validate_config({"name": "x", "data": {"root": "somewhere"}}).fusion is None

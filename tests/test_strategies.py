@@ -22,11 +22,11 @@ MODS = ["t1ce", "flair"]
 
 
 def config(strategy, weighting="static", **fusion):
+    section = {"perceptual_features": "random", "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}},
+               **({"epochs": 1} if strategy == "decoupled" else {"weighting": weighting}), **fusion}
     return validate_config({
         "name": "x", "strategy": strategy, "data": {"root": "x", "modalities": MODS},
-        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-        "fusion": {"perceptual_features": "random", "weighting": weighting, "epochs": 1,
-                   "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}}, **fusion}})
+        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}}, "fusion": section})
 
 
 def batch(seed=0):

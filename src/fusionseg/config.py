@@ -11,13 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fusionseg.constants import MRI_MODALITIES, canonical_modality
 from fusionseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fusionseg.evaluation.metrics.lesionwise import LesionWiseParams
 
 
 class _Strict(BaseModel):
@@ -90,7 +104,7 @@ class SamplingConfig(_Strict):
     val_mode: Literal["central", "tumour", "all"] = "tumour"
 
     @model_validator(mode="after")
-    def _patch_needs_size(self) -> "SamplingConfig":
+    def _patch_needs_size(self) -> SamplingConfig:
         if self.mode == "patch" and self.patch_size is None:
             raise ValueError("sampling.mode 'patch' needs sampling.patch_size, e.g. [128, 128]")
         return self
@@ -148,19 +162,88 @@ class SplitConfig(_Strict):
     file: Path | None = Field(None, description="reuse this split JSON")
 
 
+class ChallengeConfig(_Strict):
+    """Lesion-wise parameters as ``fusionseg evaluate`` takes them: a BraTS 2023
+    ``preset`` whose dilation d and volume threshold tau (mm^3) ``dilation`` /
+    ``volume_threshold_mm3`` override (either or both), or without a preset (``custom``)
+    both numbers."""
+
+    preset: str = Field("custom", description="GLI, SSA, MEN, PED, MET, or custom (both numbers given)")
+    dilation: int | None = Field(None, ge=0, description="GT dilation d in voxels (18-neighbourhood)")
+    volume_threshold_mm3: float | None = Field(
+        None, ge=0, description="tau: lesions of volume <= tau are ignored")
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: Any) -> dict:
+        """Numbers not given are left out of the YAML (they are the preset's)."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def _challenge_tag(value: Any) -> str:
+    return "settings" if isinstance(value, (dict, ChallengeConfig)) else "preset"
+
+
 class EvalConfig(_Strict):
     """Evaluation of the test predictions (EVALUATION.md conventions).
 
+    ``challenge``: the lesion-wise protocol, a BraTS 2023 preset name (``GLI``, ``SSA``,
+    ``MEN``, ``PED``, ``MET``) or a mapping ``{preset: GLI, dilation: 2,
+    volume_threshold_mm3: 20}`` overriding the preset's d / tau (without ``preset``
+    both numbers are needed), as ``fusionseg evaluate --challenge / --dilation /
+    --volume-threshold``; :meth:`lesion_params` resolves it.
     ``scope``: ``volume`` evaluates each whole test case in 3-D (default);
     ``sampled_slices`` evaluates the axial slab spanned by the slices the sampling mode
     selects in that case (e.g. S0's slices 72-81), as a study that trains and tests on
     those slices does. Predictions are written for the whole volume either way.
     """
 
-    challenge: str = "GLI"
+    challenge: Annotated[Annotated[str, Tag("preset")] | Annotated[ChallengeConfig, Tag("settings")],
+                         Discriminator(_challenge_tag)] = "GLI"
     scope: Literal["volume", "sampled_slices"] = "volume"
     metrics: list[str] | None = None
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
+
+    @field_validator("challenge", mode="before")
+    @classmethod
+    def _name_or_mapping(cls, value: Any) -> Any:
+        if not isinstance(value, (str, dict, ChallengeConfig)):
+            # a ValueError (not TypeError): pydantic reports it as a validation error
+            raise ValueError(  # noqa: TRY004
+                "evaluation.challenge must be a preset name (e.g. GLI) or a mapping "
+                f"{{preset, dilation, volume_threshold_mm3}}, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _known_challenge(self) -> EvalConfig:
+        """The preset name is checked at load (the message lists the presets)."""
+        c = self.challenge
+        if isinstance(c, ChallengeConfig) and c.preset.strip().lower() == "custom" \
+                and (c.dilation is None or c.volume_threshold_mm3 is None):
+            raise ValueError("evaluation.challenge without a preset needs both dilation and "
+                             "volume_threshold_mm3 (or a preset, e.g. {preset: GLI, dilation: 2}, "
+                             "whose values they override)")
+        if isinstance(c, str) and c.strip().lower() == "custom":
+            raise ValueError("evaluation.challenge: custom needs both numbers: write "
+                             "{dilation: D, volume_threshold_mm3: TAU}")
+        try:
+            self.lesion_params()
+        except ValueError as exc:
+            raise ValueError(f"evaluation.challenge: {exc.args[0] if exc.args else exc}") from None
+        return self
+
+    def lesion_params(self) -> LesionWiseParams:
+        """The lesion-wise parameters of ``challenge`` (a preset's, or ``custom`` when
+        dilation or volume threshold is given, as ``fusionseg evaluate``).
+
+        Raises:
+            ValueError: unknown preset, or no preset and not both numbers.
+        """
+        from fusionseg.evaluation.metrics.lesionwise import challenge_params
+
+        c = self.challenge
+        if isinstance(c, str):
+            return challenge_params(c)
+        return challenge_params(c.preset, c.dilation, c.volume_threshold_mm3)
 
 
 class PostprocessConfig(_Strict):
@@ -209,19 +292,42 @@ class InferenceConfig(_Strict):
         return self.tta == "mirror"
 
 
-class FusionConfig(_Strict):
+#: Fusion settings every fusion strategy takes.
+FUSION_COMMON_KEYS = ("model", "detail", "salient", "seg_inputs", "perceptual_features", "w_s", "w_d",
+                      "gammas", "lr")
+#: Loss weightings of strategy joint, and the settings each takes.
+WEIGHTING_KEYS: dict[str, tuple[str, ...]] = {"static": ("lambda_f", "lambda_s"), "dynamic": ("temperature",),
+                                              "dwa": ("temperature",), "seg_only": ()}
+#: Every fusion setting of any strategy.
+FUSION_KEYS = FUSION_COMMON_KEYS + ("epochs", "weighting", "lambda_f", "lambda_s", "temperature")
+
+
+def fusion_keys(strategy: str, weighting: str = "static") -> tuple[str, ...]:
+    """The fusion settings that apply under ``strategy`` (and, for joint, ``weighting``);
+    empty for early (no fusion network)."""
+    if strategy == "decoupled":
+        return FUSION_COMMON_KEYS + ("epochs",)
+    if strategy == "joint":
+        return FUSION_COMMON_KEYS + ("weighting",) + WEIGHTING_KEYS.get(weighting, ())
+    return ()
+
+
+class FusionCommon(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
     source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
     image F; the segmentation network sees ``seg_inputs`` + the z-scored F.
 
-    ``weighting`` (joint strategy only): ``static`` (lambda_f, lambda_s), ``dynamic``
-    (S0 Eq. 6, T = 1), ``dwa`` (MTAN's DWA: K = 2, T = 2) or ``seg_only`` (ablation
-    L = L_seg; the fusion network learns only from segmentation gradients).
     ``perceptual_features``: VGG-16 weights of the fusion loss: ``imagenet``
     (torchvision's, from the local torch hub cache; never downloaded), a path to a
     local VGG-16 state dict, or ``random`` (explicitly random features).
+
+    The section's type follows the experiment's ``strategy`` (and under joint its
+    ``weighting``): :class:`DecoupledFusionConfig`, :class:`StaticFusionConfig`,
+    :class:`DynamicFusionConfig`, :class:`SegOnlyFusionConfig`. ``strategy`` here is the
+    experiment's, filled in at load and never written to YAML.
     """
 
+    strategy: Literal["decoupled", "joint"] = Field(exclude=True, repr=False)
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(name="lrrnet"))
     detail: str = "t1ce"
     salient: str = "flair"
@@ -232,11 +338,6 @@ class FusionConfig(_Strict):
     w_d: float = 0.5
     gammas: tuple[float, float, float, float] = (10.0, 1.5, 1.0, 2000.0)
     lr: float = Field(1e-4, gt=0, description="fusion pre-training lr (decoupled) and joint lr")
-    epochs: int | None = Field(None, ge=1, description="fusion pre-training epochs (None = train.epochs)")
-    weighting: Literal["static", "dynamic", "dwa", "seg_only"] = "static"
-    lambda_f: float = Field(1e-5, ge=0)
-    lambda_s: float = Field(1.0, ge=0)
-    temperature: float | None = Field(None, gt=0)
 
     @field_validator("detail", "salient")
     @classmethod
@@ -249,6 +350,130 @@ class FusionConfig(_Strict):
         return None if v is None else [canonical_modality(m) for m in v]
 
 
+class DecoupledFusionConfig(FusionCommon):
+    """Fusion under strategy decoupled (S0 B): the fusion network is pre-trained with
+    L_fusion for ``epochs`` (None = train.epochs), frozen, then the segmentation network
+    is trained."""
+
+    strategy: Literal["decoupled"] = Field("decoupled", exclude=True, repr=False)
+    epochs: int | None = Field(None, ge=1, description="fusion pre-training epochs (None = train.epochs)")
+
+
+class _JointFusion(FusionCommon):
+    strategy: Literal["joint"] = Field("joint", exclude=True, repr=False)
+
+
+class StaticFusionConfig(_JointFusion):
+    """Joint training (S0 C) with static weights: L = lambda_f L_fusion + lambda_s L_seg."""
+
+    weighting: Literal["static"] = "static"
+    lambda_f: float = Field(1e-5, ge=0)
+    lambda_s: float = Field(1.0, ge=0)
+
+
+class DynamicFusionConfig(_JointFusion):
+    """Joint training (S0 C) with weights from the loss descent rates: ``dynamic`` (S0
+    Eq. 6, T = 1) or ``dwa`` (MTAN's DWA: K = 2, T = 2); ``temperature`` None = the
+    variant's T."""
+
+    weighting: Literal["dynamic", "dwa"]
+    temperature: float | None = Field(None, gt=0)
+
+
+class SegOnlyFusionConfig(_JointFusion):
+    """Joint training ablation: L = L_seg (the fusion network learns only from the
+    segmentation gradients; no fusion loss, no VGG features)."""
+
+    weighting: Literal["seg_only"]
+
+
+def _fusion_tag(value: Any) -> str | None:
+    """The union member of a fusion section: its strategy, and under joint its weighting."""
+    if isinstance(value, dict):
+        strategy, weighting = value.get("strategy"), value.get("weighting", "static")
+    else:
+        strategy, weighting = getattr(value, "strategy", None), getattr(value, "weighting", None)
+    if strategy == "decoupled":
+        return "decoupled"
+    if strategy == "joint" and isinstance(weighting, str):
+        return weighting
+    return None
+
+
+#: The fusion section: a discriminated union on (strategy, weighting).
+FusionConfig = Annotated[
+    Annotated[DecoupledFusionConfig, Tag("decoupled")]
+    | Annotated[StaticFusionConfig, Tag("static")]
+    | Annotated[DynamicFusionConfig, Tag("dynamic")]
+    | Annotated[DynamicFusionConfig, Tag("dwa")]
+    | Annotated[SegOnlyFusionConfig, Tag("seg_only")],
+    Discriminator(_fusion_tag)]
+_FUSION_TAGS = {"decoupled", *WEIGHTING_KEYS}
+
+
+def _fusion_problems(raw: dict, strategy: str) -> list[str]:
+    """Keys of a raw fusion section that are unknown or do not apply under ``strategy``
+    (and its weighting): one sentence per reason, naming the keys and what applies."""
+    weighting = raw.get("weighting", "static")
+    problems = []
+    if strategy == "joint" and weighting not in WEIGHTING_KEYS:
+        problems.append(f"fusion.weighting: {weighting!r} is not a weighting; choose one of "
+                        f"{', '.join(WEIGHTING_KEYS)}")
+        weighting = None
+    takes = fusion_keys(strategy, weighting or "static")
+    variant = f"strategy: {strategy}" + (f", weighting: {weighting}" if strategy == "joint" and weighting else "")
+    reasons: dict[str, list[str]] = {}
+    for key in raw:
+        if key in takes or (weighting is None and key in FUSION_KEYS):
+            continue
+        if key == "strategy":
+            reason = f": unknown key; the strategy is the top-level `strategy` (here {strategy})"
+        elif key not in FUSION_KEYS:
+            reason = f": unknown key; fusion under {variant} takes: {', '.join(takes)}"
+        elif strategy == "decoupled":
+            reason = (" under strategy: decoupled (loss weighting is a joint setting; decoupled takes: "
+                      f"{', '.join(takes)})")
+        elif key == "epochs":
+            reason = (" under strategy: joint (only decoupled pre-trains the fusion network; joint "
+                      f"takes: {', '.join(takes)})")
+        else:
+            own = WEIGHTING_KEYS[weighting]
+            reason = (f" under fusion.weighting: {weighting} "
+                      f"({'it takes: ' + ', '.join(own) if own else 'it takes no weighting settings'})")
+        reasons.setdefault(reason, []).append(f"fusion.{key}")
+    for reason, keys in reasons.items():
+        if reason.startswith(":"):
+            problems.append(f"{', '.join(keys)}{reason}")
+        else:
+            problems.append(f"{', '.join(keys)} {'does' if len(keys) == 1 else 'do'} not apply{reason}")
+    return problems
+
+
+def _check_fusion_section(value: Any, strategy: str) -> Any:
+    """The raw fusion section with the experiment's strategy filled in (a default
+    section when none is given), or None under early; ValueError naming each key that
+    is unknown or does not apply."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump()
+    if strategy == "early":
+        if value is None:
+            return None
+        unknown = [k for k in value if k not in FUSION_KEYS] if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError("; ".join(f"fusion.{k}: unknown key" for k in unknown)
+                             + " (and no fusion section applies under strategy: early)")
+        raise ValueError("fusion does not apply under strategy: early (a fusion section is for strategy "
+                         "decoupled or joint; early has no fusion network)")
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"fusion must be a mapping of settings, got {value!r}")  # noqa: TRY004
+    problems = _fusion_problems(value, strategy)
+    if problems:
+        raise ValueError("\n".join(problems))  # validate_config lists each on its own line
+    return {**value, "strategy": strategy}
+
+
 class ExperimentConfig(_Strict):
     """One experiment: data -> preprocess -> sampling -> strategy (model + loss) ->
     training -> whole-case prediction -> evaluation -> report.
@@ -256,7 +481,14 @@ class ExperimentConfig(_Strict):
     ``strategy``: ``early`` (modalities as channels, METHODS.md §1), ``decoupled``
     (S0 B: fusion network trained first with L_fusion, frozen, then the segmentation
     network on [seg_inputs, F]) or ``joint`` (S0 C: lambda_f L_fusion + lambda_s L_seg,
-    both networks together). ``fusion`` configures B and C and is ignored by early.
+    both networks together).
+
+    ``fusion`` configures B and C and holds only the settings of the chosen strategy
+    (:func:`fusion_keys`): none under early (``cfg.fusion`` is None), the common ones and
+    ``epochs`` under decoupled, the common ones, ``weighting`` and that weighting's
+    (static: lambda_f, lambda_s; dynamic / dwa: temperature; seg_only: none) under
+    joint. A setting that does not apply is an error naming it; a missing section under
+    decoupled / joint is the default one (joint: static, lambda_f 1e-5, lambda_s 1).
     """
 
     name: str
@@ -267,7 +499,7 @@ class ExperimentConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    fusion: FusionConfig | None = Field(None, validate_default=True)
     train: TrainConfig = Field(default_factory=TrainConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
@@ -275,10 +507,23 @@ class ExperimentConfig(_Strict):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     output_dir: Path = Path("runs")
 
+    @field_validator("fusion", mode="before")
+    @classmethod
+    def _fusion_of_the_strategy(cls, value: Any, info: ValidationInfo) -> Any:
+        """The fusion section's type follows ``strategy`` (validated before it)."""
+        strategy = info.data.get("strategy")
+        if strategy is None:  # the strategy itself is invalid (reported there)
+            return None
+        return _check_fusion_section(value, strategy)
+
     @model_validator(mode="after")
-    def _names_in_registries(self) -> "ExperimentConfig":
+    def _names_in_registries(self) -> ExperimentConfig:
         """Every component name (and option name) is checked against its registry at
         load, so a typo fails before any work, listing the valid choices."""
+        fusion_strategy = None if self.fusion is None else self.fusion.strategy
+        if fusion_strategy != (None if self.strategy == "early" else self.strategy):
+            raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: "
+                             f"{self.strategy}")
         check_component_names(self)
         return self
 
@@ -289,19 +534,18 @@ class ExperimentConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def check_component_names(cfg: "ExperimentConfig") -> None:
+def check_component_names(cfg: ExperimentConfig) -> None:
     """Raise ValueError (naming the key and the valid choices) when ``model``,
-    ``fusion.model`` (strategies with a fusion network), ``loss`` or
-    ``evaluation.challenge`` name something that is not registered, or pass an option
-    the component does not take."""
-    from fusionseg.evaluation.metrics.lesionwise import challenge_params
+    ``fusion.model`` (strategies with a fusion network) or ``loss`` name something that
+    is not registered, or pass an option the component does not take
+    (``evaluation.challenge`` is checked by :class:`EvalConfig` itself, which needs no
+    torch import)."""
     from fusionseg.losses import check_seg_loss_options
     from fusionseg.models import check_model_options
 
     checks = [("model", lambda: check_model_options(cfg.model.name, cfg.model.kwargs)),
-              ("loss", lambda: check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs)),
-              ("evaluation.challenge", lambda: challenge_params(cfg.evaluation.challenge))]
-    if cfg.strategy != "early":
+              ("loss", lambda: check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs))]
+    if cfg.fusion is not None:
         checks.append(("fusion.model", lambda: check_model_options(cfg.fusion.model.name,
                                                                    cfg.fusion.model.kwargs)))
     for key, check in checks:
@@ -352,15 +596,96 @@ def apply_override(raw: dict, item: str) -> None:
 
 
 def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    """Validate a raw config mapping (as read from YAML).
+
+    Raises:
+        ConfigError: every problem, one line each, naming its dotted key.
+    """
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         lines = [f"{source}: invalid configuration:"]
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
+            where = ".".join(str(p) for p in _without_union_tags(err["loc"]))
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {where}: {msg}" if where else f"  - {msg}")
+            if err["type"] == "literal_error":
+                msg += f" (got {err['input']!r})"
+            for part in msg.split("\n"):  # a validator's message may hold several problems
+                same = where and (part == where or part.startswith((where + ".", where + " ", where + ":")))
+                lines.append(f"  - {where}: {part}" if where and not same else f"  - {part}")
         raise ConfigError("\n".join(lines)) from exc
+
+
+#: Tags of the discriminated unions, by the key that holds the union; they are the
+#: union member's name, not a key the user wrote, so error locations leave them out.
+_UNION_TAGS = {"fusion": _FUSION_TAGS, "challenge": {"preset", "settings"}}
+
+
+def _without_union_tags(loc: tuple) -> list:
+    return [p for i, p in enumerate(loc)
+            if not (i and isinstance(loc[i - 1], str) and p in _UNION_TAGS.get(loc[i - 1], ()))]
+
+
+def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
+    """A copy of the raw config mapping ``raw`` without the fusion settings that do not
+    apply to its strategy (and weighting): the whole ``fusion`` section under early,
+    ``epochs`` under joint, the weighting keys under decoupled and those of the other
+    weightings under joint. Settings in ``written`` (the part of ``raw`` its author
+    wrote for this config) are kept, so validation reports them; unknown keys are kept
+    (typos stay errors).
+
+    Used for settings shared by several configs (a study's base, protocol and
+    ``--set``, each applying to the runs it fits; the run entry is ``written``) and for
+    saved run configs (:func:`validate_saved_config`), never for a user's own config.
+    """
+    out = dict(raw)
+    fusion = raw.get("fusion")
+    strategy = raw.get("strategy", "early")
+    if not isinstance(fusion, dict) or strategy not in ("early", "decoupled", "joint"):
+        return out
+    weighting = fusion.get("weighting", "static")
+    if strategy == "joint" and weighting not in WEIGHTING_KEYS:
+        return out  # the weighting itself is invalid: validation reports it
+    mine = (written or {}).get("fusion")
+    if strategy == "early" and mine is not None:
+        return out
+    mine = mine if isinstance(mine, dict) else {}
+    takes = fusion_keys(strategy, weighting)
+    kept = {k: v for k, v in fusion.items() if k in takes or k in mine or k not in FUSION_KEYS}
+    if strategy == "early" and not kept:
+        del out["fusion"]
+    else:
+        out["fusion"] = kept
+    return out
+
+
+def validate_saved_config(raw: dict, source: str = "saved config") -> ExperimentConfig:
+    """Validate a resolved config saved with a run (``config.yaml``, a checkpoint's
+    metadata). Earlier versions saved every fusion setting under every strategy (a full
+    ``fusion`` section even for early, ``epochs`` for joint, the weighting keys for
+    decoupled); those that do not apply are dropped first (:func:`drop_inapplicable`).
+
+    Raises:
+        ConfigError: as :func:`validate_config`.
+    """
+    return validate_config(drop_inapplicable(raw), source=source)
+
+
+def load_saved_config(path: str | Path) -> ExperimentConfig:
+    """Read a run folder's ``config.yaml`` (also one written by an earlier version; see
+    :func:`validate_saved_config`).
+
+    Raises:
+        ConfigError: unreadable file or invalid values.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections.")
+    return validate_saved_config(raw, source=str(path))
 
 
 DEFAULT_MRI_MODALITIES = list(MRI_MODALITIES)

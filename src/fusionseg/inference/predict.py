@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.config import ExperimentConfig, InferenceConfig, PreprocessConfig, validate_config
+from fusionseg.config import ExperimentConfig, InferenceConfig, PreprocessConfig, validate_saved_config
 from fusionseg.constants import LabelScheme, describe_labels, scheme_from_dict, scheme_to_dict
 from fusionseg.data.cases import Case, _label_tags
 from fusionseg.data.io import save_label_map
@@ -235,7 +235,7 @@ def model_from_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, d
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         meta = ckpt["meta"]
-        cfg = validate_config(meta["experiment"], source=str(path))
+        cfg = validate_saved_config(meta["experiment"], source=str(path))
     except Exception as exc:
         raise FusionsegError(f"{path}: not a best.ckpt written by fusionseg train ({exc}).") from exc
     strategy = build_strategy(cfg, meta["modalities"], scheme_from_dict(meta["scheme"]), with_losses=False)

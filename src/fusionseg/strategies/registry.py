@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from fusionseg.config import ExperimentConfig
+from fusionseg.config import (
+    DynamicFusionConfig,
+    ExperimentConfig,
+    FusionCommon,
+    StaticFusionConfig,
+)
 from fusionseg.constants import LabelScheme
 from fusionseg.errors import ConfigError
 from fusionseg.losses import build_seg_loss
 from fusionseg.losses.fusion import LRRNetFusionLoss, vgg16_features
 from fusionseg.losses.weighting import DynamicWeighting, StaticWeighting
-from fusionseg.models.fusion_seg import FusionSegNet
 from fusionseg.models import build_model
+from fusionseg.models.fusion_seg import FusionSegNet
 from fusionseg.strategies.base import Strategy
 from fusionseg.strategies.decoupled import DecoupledFusion
 from fusionseg.strategies.early import EarlyFusion
@@ -26,8 +31,14 @@ def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
     return EarlyFusion(model, modalities, loss)
 
 
+def _fusion_section(cfg: ExperimentConfig) -> FusionCommon:
+    if cfg.fusion is None:  # only under early, which builds no fusion network
+        raise ConfigError(f"strategy {cfg.strategy} needs a fusion section")
+    return cfg.fusion
+
+
 def _fusion_net(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme) -> FusionSegNet:
-    f = cfg.fusion
+    f = _fusion_section(cfg)
     seg_inputs = f.seg_inputs or [f.detail, f.salient]
     fusion_net = build_model(f.model.name, in_channels=2, num_classes=1, spatial_dims=2, **f.model.kwargs)
     seg_net = build_model(cfg.model.name, in_channels=len(seg_inputs) + 1, num_classes=scheme.num_classes,
@@ -36,23 +47,24 @@ def _fusion_net(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelS
 
 
 def _fusion_loss(cfg: ExperimentConfig) -> LRRNetFusionLoss:
-    f = cfg.fusion
+    f = _fusion_section(cfg)
     return LRRNetFusionLoss(vgg16_features(f.perceptual_features), w_s=f.w_s, w_d=f.w_d, gammas=f.gammas)
 
 
 def _decoupled(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    f = _fusion_section(cfg)
     seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
         if with_losses else None
     return DecoupledFusion(_fusion_net(cfg, modalities, scheme), modalities,
                            _fusion_loss(cfg) if with_losses else None, seg_loss,
-                           fusion_lr=cfg.fusion.lr, fusion_epochs=cfg.fusion.epochs)
+                           fusion_lr=f.lr, fusion_epochs=f.epochs)
 
 
 def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
-    f = cfg.fusion
-    if f.weighting == "static":
+    f = _fusion_section(cfg)
+    if isinstance(f, StaticFusionConfig):
         weighting = StaticWeighting(f.lambda_f, f.lambda_s)
-    elif f.weighting in ("dynamic", "dwa"):
+    elif isinstance(f, DynamicFusionConfig):
         weighting = DynamicWeighting(f.temperature, variant="s0" if f.weighting == "dynamic" else "dwa")
     else:  # seg_only ablation: L = L_seg, no fusion loss (and no VGG) at all
         weighting = None
@@ -66,15 +78,17 @@ def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
 def describe_strategy(cfg: ExperimentConfig) -> dict:
     """What a result depends on beyond the model: for fusion strategies the fusion
     network, source mapping, loss weighting and the VGG-16 features used."""
-    if cfg.strategy == "early":
-        return {}
     f = cfg.fusion
+    if f is None:  # early
+        return {}
     out = {"fusion_model": f.model.name, "detail_source": f.detail, "salient_source": f.salient,
            "seg_inputs": f.seg_inputs or [f.detail, f.salient]}
-    if cfg.strategy == "joint":
-        out.update(weighting=f.weighting, lambda_f=f.lambda_f if f.weighting == "static" else None,
-                   lambda_s=f.lambda_s if f.weighting == "static" else None)
-    if not (cfg.strategy == "joint" and f.weighting == "seg_only"):
+    weighting = getattr(f, "weighting", None)  # joint only
+    if weighting is not None:
+        static = isinstance(f, StaticFusionConfig)
+        out.update(weighting=weighting, lambda_f=f.lambda_f if static else None,
+                   lambda_s=f.lambda_s if static else None)
+    if weighting != "seg_only":
         out["perceptual_features"] = f.perceptual_features
     return out
 
