@@ -112,8 +112,10 @@ def bench_fusionseg(repeats: int) -> dict:
         secs = _time(lambda: evaluate_case(pred, gt, (1, 1, 1), BRATS2017, FULL_SET, "GLI"), repeats)
         out["synthetic"][name] = {
             "seconds": secs,
-            "components_gt_wt": int(__import__("cc3d").connected_components(BRATS2017.region_mask(gt, "WT"), connectivity=26).max()),
-            "components_pred_wt": int(__import__("cc3d").connected_components(BRATS2017.region_mask(pred, "WT"), connectivity=26).max()),
+            "components_gt_wt": int(__import__("cc3d").connected_components(
+                BRATS2017.region_mask(gt, "WT"), connectivity=26).max()),
+            "components_pred_wt": int(__import__("cc3d").connected_components(
+                BRATS2017.region_mask(pred, "WT"), connectivity=26).max()),
             "rows": rows,
         }
     out["synthetic"]["fragmented_over_simple"] = (out["synthetic"]["fragmented"]["seconds"]
@@ -189,7 +191,8 @@ def _legacy_seconds(csv: Path) -> float | None:
 _PANOPTICA_SCRIPT = r'''
 import json, statistics, sys, time
 import numpy as np
-from panoptica import InputType, Metric, Panoptica_Evaluator, ConnectedComponentsInstanceApproximator, NaiveThresholdMatching
+from panoptica import (ConnectedComponentsInstanceApproximator, InputType, Metric, NaiveThresholdMatching,
+                           Panoptica_Evaluator)
 from panoptica.utils import SegmentationClassGroups, LabelMergeGroup
 data = np.load(sys.argv[1])
 groups = SegmentationClassGroups({"ET": LabelMergeGroup([4], False), "TC": LabelMergeGroup([1, 4], False),

@@ -44,11 +44,13 @@ def test_paired_tests_give_supported_contradicted_undecided():
     flat = run_test(ClaimTest(run="B", than="A", region="TC", expect="higher"), _runs(noise=0.0))
     assert flat["status"] == "undecided" and flat["p_wilcoxon"] == 1.0
     # "level or better" holds without a significant loss, fails with one
-    assert run_test(ClaimTest(run="B", than="A", region="TC", expect="not_lower"), _runs(noise=0.0))["status"] == "supported"
+    test = ClaimTest(run="B", than="A", region="TC", expect="not_lower")
+    assert run_test(test, _runs(noise=0.0))["status"] == "supported"
     assert run_test(ClaimTest(run="B", than="A", region="ET", expect="not_lower"), runs)["status"] == "contradicted"
     assert run_test(ClaimTest(run="B", than="A", region="ET", expect="differs"), runs)["status"] == "supported"
     # lower HD95 is a claim like any other
-    assert run_test(ClaimTest(run="B", than="A", metric="hd95", region="WT", expect="lower"), runs)["status"] == "supported"
+    test = ClaimTest(run="B", than="A", metric="hd95", region="WT", expect="lower")
+    assert run_test(test, runs)["status"] == "supported"
 
 
 def test_mean_region_and_constant_thresholds():

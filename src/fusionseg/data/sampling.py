@@ -11,7 +11,8 @@ For slice modes a ``patch_size`` crops the same way; without it whole slices are
 zero-padded (centred) to one common size so they batch.
 
 Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "available": bool
-(C,) (the modalities present), "case": str, "slice": int}``; channels follow the requested modality names. Training samples are
+(C,) (the modalities present), "case": str, "slice": int}``; channels follow the requested
+modality names. Training samples are
 optionally augmented (``SamplingConfig.augment``: flips, intensity scale and shift,
 with MONAI's transforms).
 """

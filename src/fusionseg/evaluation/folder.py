@@ -149,7 +149,8 @@ def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, P
         raise DataError("prediction folder not found.", pred_dir, "give the folder holding <case>.nii.gz predictions.")
     preds = _label_files(pred_dir)
     if not preds:
-        raise DataError("no <case>.nii.gz predictions found.", pred_dir, "write one label map per case named <case>.nii.gz.")
+        raise DataError("no <case>.nii.gz predictions found.", pred_dir,
+                        "write one label map per case named <case>.nii.gz.")
     extra = sorted(set(preds) - set(gt_files))
     if extra:
         shown = [preds[c].name for c in extra[:10]]

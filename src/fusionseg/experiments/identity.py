@@ -23,7 +23,6 @@ import hashlib
 from dataclasses import dataclass, field
 import json
 import shutil
-from pathlib import Path
 
 import yaml
 

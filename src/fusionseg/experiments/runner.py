@@ -21,9 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 
 from fusionseg.config import ExperimentConfig

@@ -171,18 +171,18 @@ def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
                     best2 = leaf_min
                 continue
             # children whose box may hold a nearer point; the nearer one searched first
-            l, r = left[node], right[node]
-            box_l = _box_distance2(lo[l], hi[l], qx, qy, qz, sx, sy, sz)
-            box_r = _box_distance2(lo[r], hi[r], qx, qy, qz, sx, sy, sz)
+            a, b = left[node], right[node]
+            box_l = _box_distance2(lo[a], hi[a], qx, qy, qz, sx, sy, sz)
+            box_r = _box_distance2(lo[b], hi[b], qx, qy, qz, sx, sy, sz)
             if box_l > box_r:
-                l, r = r, l
+                a, b = b, a
                 box_l, box_r = box_r, box_l
             if box_r < best2:
-                stack[n_stack] = r
+                stack[n_stack] = b
                 bound[n_stack] = box_r
                 n_stack += 1
             if box_l < best2:
-                stack[n_stack] = l
+                stack[n_stack] = a
                 bound[n_stack] = box_l
                 n_stack += 1
         dist[q] = np.sqrt(best2)
