@@ -63,7 +63,7 @@ def test_cache_is_reused_and_refreshed_when_source_changes(brats18_copy, tmp_pat
     case = ds.cases[0]
     cache = PreprocessCache(PreprocessConfig(), tmp_path / "cache")
     first = cache.load(case, ds.scheme)
-    meta = cache.root / case.case_id / "meta.json"
+    meta = cache.root / case.case_id / "+".join(case.modalities) / "meta.json"
     stamp = meta.stat().st_mtime_ns
     second = cache.load(case, ds.scheme)
     assert meta.stat().st_mtime_ns == stamp  # read back, not rewritten

@@ -32,8 +32,9 @@ from fusionseg.data.io import axial_axis, current_umask, load_nifti, read_all_ch
 from fusionseg.errors import DataError
 
 #: Cache format; 2: arrays stored with the axial axis first (one contiguous read per
-#: axial slice).
-CACHE_VERSION = 2
+#: axial slice); 3: one entry per (case, input modalities), since the brain mask, crop
+#: and normalisation follow the modalities a run uses.
+CACHE_VERSION = 3
 
 
 def default_cache_dir() -> Path:
@@ -201,10 +202,12 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
 class PreprocessCache:
     """On-disk cache of :class:`PreparedCase` arrays.
 
-    Layout: ``<root>/v<CACHE_VERSION>-<config key>/<case id>/{image.npy, label.npy,
-    meta.json}``; the arrays are stored with the axial axis first and read back
-    (memory-mapped) as (C, X, Y, Z) / (X, Y, Z) views. Every case folder is written to
-    a temporary folder and renamed, so an interrupted run leaves nothing half-written.
+    Layout: ``<root>/v<CACHE_VERSION>-<config key>/<case id>/<modalities joined by
+    +>/{image.npy, label.npy, meta.json}`` (the brain mask comes from the case's
+    modalities, so a run on [t1ce, flair] has entries of its own); the arrays are
+    stored with the axial axis first and read back (memory-mapped) as (C, X, Y, Z) /
+    (X, Y, Z) views. Every case folder is written to a temporary folder and renamed,
+    so an interrupted run leaves nothing half-written.
     """
 
     def __init__(self, cfg: PreprocessConfig, root: Path | None = None):
@@ -212,7 +215,7 @@ class PreprocessCache:
         self.root = Path(root or default_cache_dir()) / f"v{CACHE_VERSION}-{cfg.key()}"
 
     def _case_dir(self, case: Case) -> Path:
-        return self.root / case.case_id
+        return self.root / case.case_id / "+".join(case.modalities)
 
     def _fresh_meta(self, case: Case, scheme: LabelScheme) -> dict | None:
         """The cached metadata of ``case`` if its entry matches the source files, the

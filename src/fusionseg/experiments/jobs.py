@@ -37,7 +37,7 @@ from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
 
 from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig, validate_config
-from fusionseg.data.cases import Dataset, discover
+from fusionseg.data.cases import Case, Dataset, discover
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
 from fusionseg.data.samplers import get_sampler
@@ -45,7 +45,7 @@ from fusionseg.data.sampling import select_slices
 from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
-from fusionseg.evaluation.metrics.lesionwise import LesionWiseParams, challenge_params
+from fusionseg.evaluation.metrics.lesionwise import LesionWiseParams
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.inference.inferers import get_inferer
 from fusionseg.inference.postprocess import (
@@ -112,7 +112,10 @@ class RunContext:
 
 
 def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
-    """Discover the dataset and resolve the input modalities (channel order).
+    """Discover the dataset and resolve the input modalities (channel order). The
+    returned dataset's cases hold only those modalities, so that training preprocesses
+    (brain mask, crop, normalisation) from the same images as ``fusionseg predict``,
+    which needs only the model's modalities (e.g. S0's [t1ce, flair]).
 
     Raises:
         ConfigError: ``data.cases`` or ``data.modalities`` name what the dataset lacks.
@@ -130,7 +133,9 @@ def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
     if missing:
         raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
                           f"(it has {list(dataset.modalities)})")
-    return dataset, modalities
+    cases = tuple(Case(c.case_id, {m: c.images[m] for m in modalities if m in c.images}, c.label)
+                  for c in dataset.cases)
+    return Dataset(dataset.root, dataset.format, dataset.scheme, modalities, cases, dataset.skipped), modalities
 
 
 def run_context(cfg: ExperimentConfig) -> RunContext:
@@ -143,9 +148,9 @@ def run_context(cfg: ExperimentConfig) -> RunContext:
 
 
 def lesion_params(cfg: ExperimentConfig) -> LesionWiseParams:
-    """The lesion-wise parameters of ``evaluation.challenge``."""
-    custom = getattr(cfg.evaluation, "lesion_params", None)
-    return custom() if callable(custom) else challenge_params(cfg.evaluation.challenge)
+    """The lesion-wise parameters of ``evaluation.challenge`` (a preset, or its d / tau
+    overridden in the config)."""
+    return cfg.evaluation.lesion_params()
 
 
 def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
