@@ -220,6 +220,20 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True, overwr
         ConfigError: configs disagree on the dataset, or two share a name.
         OutputError: a run folder holds another experiment, or the output is not writable.
     """
+    out, split_path, configs = _checked_rows(study, output_dir, overwrite, resume_with_changes, progress)
+    start = time.perf_counter()
+    plans = [plan_run(cfg, overwrite, resume_with_changes, progress) for cfg in configs]
+    jobs = [job for plan in plans for job in plan.jobs]  # every row's folds in one dispatch
+    done = (executor or LocalExecutor()).run(jobs, {p.cfg.name: p.context for p in plans}, progress)
+    results = {p.cfg.name: gather_run(p, [r for r in done if r.run == p.cfg.name], time.perf_counter() - start)
+               for p in plans}
+    return write_comparison(study, out, split_path, results)
+
+
+def _checked_rows(study: Study, output_dir: Path, overwrite: bool, resume_with_changes: bool,
+                  progress: bool) -> tuple[Path, Path, list[ExperimentConfig]]:
+    """The comparison folder, its shared split file (made now if needed) and the row
+    configs pointed at both, after every run folder was checked (before any work)."""
     configs = study.configs
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
@@ -237,12 +251,14 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True, overwr
         check_run_folder(cfg, overwrite, resume_with_changes)
     _comparison_split(study.configs[0], out, overwrite, progress)
     load_splits(split_path)
-    start = time.perf_counter()
-    plans = [plan_run(cfg, overwrite, resume_with_changes, progress) for cfg in configs]
-    jobs = [job for plan in plans for job in plan.jobs]  # every row's folds in one dispatch
-    done = (executor or LocalExecutor()).run(jobs, {p.cfg.name: p.context for p in plans}, progress)
-    results = {p.cfg.name: gather_run(p, [r for r in done if r.run == p.cfg.name], time.perf_counter() - start)
-               for p in plans}
+    return out, split_path, configs
+
+
+def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -> dict:
+    """The gather step of a comparison: tables (Markdown and CSV), fused-image quality,
+    claims, figures, comparison.md / .csv / .json in ``out``, from the rows' results
+    (:func:`~fusionseg.experiments.runner.gather_run`) alone."""
+    names = list(results)
     runs = {n: r.per_case for n, r in results.items()}
     summaries = {n: r.summary for n, r in results.items()}
     all_regions = list(summaries[names[0]]["label_scheme"]["regions"])
