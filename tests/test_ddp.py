@@ -172,3 +172,42 @@ def test_ddp_validation_is_the_single_process_one_and_ranks_agree(tmp_path):
     for key in ("best_epoch", "epochs_run", "stopped_early", "val_scores", "checksum"):
         assert ranks[0][key] == ranks[1][key], key
     assert len(rows) == ranks[0]["epochs_run"]
+
+
+def test_train_cli_with_devices_2_strategy_ddp_runs_a_fold_job(phantom_dataset, tmp_path):
+    """``fusionseg train --devices 2 --strategy ddp``: each stage trains on 2 CPU
+    processes, rank 0 alone writes the log, and the calling process predicts the test
+    cases with the best checkpoint's weights (``fusionseg predict`` gives the same maps)."""
+    import nibabel as nib
+    import numpy as np
+    import yaml
+
+    from conftest import tiny_config
+
+    data = phantom_dataset("brats2018", n_cases=4)
+    cfg = tiny_config("ddp", data, tmp_path, evaluation={"overlays": 0, "metrics": ["dice"]},
+                      postprocess={"method": "none"},
+                      train={"epochs": 8, "batch_size": 4, "max_steps_per_epoch": 4, "lr": 0.01, "patience": 20,
+                             "threads": 1},
+                      model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}})
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    fs = [sys.executable, "-c", "import sys; from fusionseg.cli import app; sys.argv[0] = 'fusionseg'; app()"]
+    done = subprocess.run([*fs, "train", str(tmp_path / "ddp.yaml"), "--devices", "2", "--strategy", "ddp",
+                           "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    run = tmp_path / "runs" / "ddp"
+    with open(run / "fold_0" / "train_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))  # rank 0's rows only
+    test_cases = json.loads((run / "splits.json").read_text())["folds"][0]["test"]
+    out = tmp_path / "pred"
+    args = [*fs, "predict", str(run), str(data), str(out), "--fold", "0", "--labels", "model", "--no-progress"]
+    done = subprocess.run(args + [a for c in test_cases for a in ("--case", c)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for case in test_cases:
+        mine = np.asanyarray(nib.load(out / f"{case}.nii.gz").dataobj)
+        theirs = np.asanyarray(nib.load(run / "predictions" / f"{case}.nii.gz").dataobj)
+        assert mine.any() and np.array_equal(mine, theirs), case

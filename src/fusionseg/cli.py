@@ -80,6 +80,14 @@ ExecutorOption = Annotated[str, typer.Option("--executor", help="Where fold jobs
 AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray instance with this machine's CPUs.")]
 CpusOption = Annotated[Optional[int], typer.Option("--cpus", min=1, help="CPUs per fold job; also sets train.threads (the torch thread count changes float rounding, so local and ray runs with the same --cpus give the same numbers). Default: the config's train.threads (ray: 1).")]
 GpusOption = Annotated[float, typer.Option("--gpus", min=0, help="GPUs per fold job (ray).")]
+DevicesOption = Annotated[Optional[int], typer.Option("--devices", min=1, help="Devices (GPUs, or CPU processes) per training stage; sets train.devices. With --strategy ddp: one DDP process each.")]
+DistributedOption = Annotated[Optional[str], typer.Option("--strategy", help="Distributed training strategy (Lightning Fabric), not the fusion strategy of the config: ddp trains each stage on --devices processes (validation counts all-reduced, rank 0 writes); none: one process. Sets train.distributed.")]
+
+
+def _device_overrides(devices: int | None, distributed: str | None) -> list[str]:
+    """--devices / --strategy as config overrides (train.devices, train.distributed)."""
+    return ([f"train.devices={devices}"] if devices is not None else []) + \
+        ([f"train.distributed={distributed}"] if distributed is not None else [])
 OverwriteOption = Annotated[bool, typer.Option(
     "--overwrite", help="A run folder of the same name that holds a run with other settings is "
                         "deleted and trained again (default: stop and name the changed settings).")]
@@ -106,6 +114,8 @@ def train(
     address: AddressOption = None,
     cpus: CpusOption = None,
     gpus: GpusOption = 0.0,
+    devices: DevicesOption = None,
+    distributed: DistributedOption = None,
 ):
     """Train and cross-validate one experiment config.
 
@@ -128,7 +138,7 @@ def train(
     """
     from fusionseg.config import load_config
 
-    overrides = list(set_ or [])
+    overrides = list(set_ or []) + _device_overrides(devices, distributed)
     if vgg_weights is not None:
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
     cfg = load_config(config, overrides)  # a bad config fails here, before the heavy imports
@@ -161,6 +171,8 @@ def compare(
     address: AddressOption = None,
     cpus: CpusOption = None,
     gpus: GpusOption = 0.0,
+    devices: DevicesOption = None,
+    distributed: DistributedOption = None,
 ):
     """Run several experiments on the same data and the same case splits, then tabulate.
 
@@ -183,7 +195,7 @@ def compare(
     """
     from fusionseg.experiments.compare import load_study_or_configs, run_comparison
 
-    overrides = list(set_ or [])
+    overrides = list(set_ or []) + _device_overrides(devices, distributed)
     if vgg_weights is not None:
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
     selected = [r.strip() for item in rows or [] for r in item.split(",") if r.strip()]

@@ -142,6 +142,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
+    distributed: Literal["none", "ddp"] = Field(
+        "none", description="ddp: train each stage on `devices` processes (DDP through Lightning "
+        "Fabric; CLI --devices N --strategy ddp); rank 0 writes")
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")

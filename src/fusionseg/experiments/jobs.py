@@ -57,6 +57,7 @@ from fusionseg.inference.postprocess import (
 )
 from fusionseg.inference.predict import checkpoint_meta
 from fusionseg.strategies import build_strategy
+from fusionseg.training.distributed import fit_distributed
 from fusionseg.training.loop import fit
 
 console = Console()
@@ -225,9 +226,10 @@ def _train_stages(cfg: ExperimentConfig, strategy, samples, fold_path: Path, sch
     fits = []
     for stage in stages:
         stage_dir = fold_path if len(stages) == 1 else fold_path / stage.name
-        result = fit(strategy, samples.train, samples.val, cfg.train, stage_dir, scheme,
-                     meta=meta, progress=progress, description=f"fold {fold_path.name[5:]} {stage.name}",
-                     stage=stage)
+        train = fit_distributed if cfg.train.distributed == "ddp" else fit
+        result = train(strategy, samples.train, samples.val, cfg.train, stage_dir, scheme,
+                       meta=meta, progress=progress, description=f"fold {fold_path.name[5:]} {stage.name}",
+                       stage=stage)
         fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
                      "best_val_score": result.best_score, "epochs_run": result.epochs_run,
                      "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
