@@ -112,14 +112,17 @@ def bench_fusionseg(repeats: int) -> dict:
         secs = _time(lambda: evaluate_case(pred, gt, (1, 1, 1), BRATS2017, FULL_SET, "GLI"), repeats)
         out["synthetic"][name] = {
             "seconds": secs,
-            "components_gt_wt": int(__import__("cc3d").connected_components(
-                BRATS2017.region_mask(gt, "WT"), connectivity=26).max()),
-            "components_pred_wt": int(__import__("cc3d").connected_components(
-                BRATS2017.region_mask(pred, "WT"), connectivity=26).max()),
+            "components_gt_wt": int(
+                __import__("cc3d").connected_components(BRATS2017.region_mask(gt, "WT"), connectivity=26).max()
+            ),
+            "components_pred_wt": int(
+                __import__("cc3d").connected_components(BRATS2017.region_mask(pred, "WT"), connectivity=26).max()
+            ),
             "rows": rows,
         }
-    out["synthetic"]["fragmented_over_simple"] = (out["synthetic"]["fragmented"]["seconds"]
-                                                   / out["synthetic"]["simple"]["seconds"])
+    out["synthetic"]["fragmented_over_simple"] = (
+        out["synthetic"]["fragmented"]["seconds"] / out["synthetic"]["simple"]["seconds"]
+    )
 
     golden = DATA / "metrics-golden"
     if not (golden / "pred").is_dir() or not (DATA / "brats18").is_dir():
@@ -147,7 +150,7 @@ def bench_fusionseg(repeats: int) -> dict:
     return out
 
 
-_JIT_SCRIPT = r'''
+_JIT_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from metrics_speed import synthetic_cases, FULL_SET
@@ -158,7 +161,7 @@ t = time.perf_counter(); evaluate_case(pred, gt, (1, 1, 1), BRATS2017, FULL_SET,
 first = time.perf_counter() - t
 t = time.perf_counter(); evaluate_case(pred, gt, (1, 1, 1), BRATS2017, FULL_SET, "GLI")
 print(first, time.perf_counter() - t)
-'''
+"""
 
 
 def bench_jit() -> dict:
@@ -167,8 +170,13 @@ def bench_jit() -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
         for label in ("first_case_seconds_empty_cache", "first_case_seconds_filled_cache"):
-            proc = subprocess.run([sys.executable, "-c", _JIT_SCRIPT, str(ROOT / "benchmarks")],
-                                  capture_output=True, text=True, env=env, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-c", _JIT_SCRIPT, str(ROOT / "benchmarks")],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=600,
+            )
             if proc.returncode != 0:
                 return {"skipped": proc.stderr.strip()[-400:]}
             first, second = (float(x) for x in proc.stdout.split())
@@ -188,7 +196,7 @@ def _legacy_seconds(csv: Path) -> float | None:
         return None
 
 
-_PANOPTICA_SCRIPT = r'''
+_PANOPTICA_SCRIPT = r"""
 import json, statistics, sys, time
 import numpy as np
 from panoptica import (ConnectedComponentsInstanceApproximator, InputType, Metric, NaiveThresholdMatching,
@@ -215,14 +223,16 @@ for key in [k[:-5] for k in data.files if k.endswith("_pred")]:
     res[key] = statistics.median(ts)
 from importlib.metadata import version
 print(json.dumps({"seconds": res, "failed": errors, "version": version("panoptica")}))
-'''
+"""
 
 
 def bench_panoptica(venv: Path, repeats: int, max_golden: int | None = None) -> dict:
     python = venv / "bin" / "python"
     if not python.exists():
-        return {"skipped": f"no panoptica environment at {venv}; create it with "
-                           f"'python -m venv {venv} && {venv}/bin/pip install panoptica'"}
+        return {
+            "skipped": f"no panoptica environment at {venv}; create it with "
+            f"'python -m venv {venv} && {venv}/bin/pip install panoptica'"
+        }
     import nibabel as nib
 
     arrays = {}
@@ -240,17 +250,20 @@ def bench_panoptica(venv: Path, repeats: int, max_golden: int | None = None) -> 
         script = Path(tmp) / "bench_panoptica.py"
         script.write_text(_PANOPTICA_SCRIPT)
         try:
-            proc = subprocess.run([str(python), str(script), str(npz), str(repeats)], capture_output=True,
-                                  text=True, timeout=1800)
+            proc = subprocess.run(
+                [str(python), str(script), str(npz), str(repeats)], capture_output=True, text=True, timeout=1800
+            )
         except subprocess.TimeoutExpired:
             return {"skipped": "panoptica run exceeded 30 minutes"}
     if proc.returncode != 0:
         return {"skipped": "panoptica failed: " + proc.stderr.strip()[-800:]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["note"] = ("panoptica protocol (connected components + naive threshold matching), not BraTS "
-                      "2023 lesion-wise, asked for the same quantities as ours: Dice and HD95 per "
-                      "matched instance and globally, plus its TP/FP/FN counts; timed per case, 3 regions; "
-                      + ("every golden case" if max_golden is None else f"golden cases: the first {max_golden}"))
+    result["note"] = (
+        "panoptica protocol (connected components + naive threshold matching), not BraTS "
+        "2023 lesion-wise, asked for the same quantities as ours: Dice and HD95 per "
+        "matched instance and globally, plus its TP/FP/FN counts; timed per case, 3 regions; "
+        + ("every golden case" if max_golden is None else f"golden cases: the first {max_golden}")
+    )
     return result
 
 
@@ -263,8 +276,7 @@ def _speedups(ours: dict, panoptica: dict) -> dict:
     per_case = {k: panoptica["seconds"][k] / mine[k] for k in panoptica["seconds"] if k in mine}
     if not per_case:
         return {}
-    return {"per_case": per_case, "min": min(per_case.values()),
-            "median": statistics.median(per_case.values())}
+    return {"per_case": per_case, "min": min(per_case.values()), "median": statistics.median(per_case.values())}
 
 
 def machine_info() -> dict:
@@ -275,6 +287,7 @@ def machine_info() -> dict:
     def version(mod: str) -> str:
         try:
             from importlib.metadata import version as v
+
             return v(mod)
         except Exception:
             return "unknown"
@@ -297,25 +310,36 @@ def machine_info() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median taken)")
-    parser.add_argument("--panoptica-golden", type=int, default=None,
-                        help="score only the first N golden cases with panoptica (default: all)")
+    parser.add_argument(
+        "--panoptica-golden",
+        type=int,
+        default=None,
+        help="score only the first N golden cases with panoptica (default: all)",
+    )
     parser.add_argument("--no-panoptica", action="store_true", help="skip panoptica")
     parser.add_argument("--panoptica-venv", type=Path, default=ROOT / ".venv-panoptica")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     result = {"machine": machine_info(), "fusionseg": bench_fusionseg(args.repeats), "jit": bench_jit()}
-    result["panoptica"] = ({"skipped": "--no-panoptica"} if args.no_panoptica
-                           else bench_panoptica(args.panoptica_venv, args.repeats, args.panoptica_golden))
+    result["panoptica"] = (
+        {"skipped": "--no-panoptica"}
+        if args.no_panoptica
+        else bench_panoptica(args.panoptica_venv, args.repeats, args.panoptica_golden)
+    )
     result["speedup_over_panoptica"] = _speedups(result["fusionseg"], result["panoptica"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, default=float) + "\n")
     fs = result["fusionseg"]
-    print(f"golden: median {fs['golden'].get('median_seconds_per_case', 'n/a')} s/case "
-          f"(max {fs['golden'].get('max_seconds_per_case', 'n/a')})")
-    print(f"synthetic: simple {fs['synthetic']['simple']['seconds']:.3f} s, fragmented "
-          f"{fs['synthetic']['fragmented']['seconds']:.3f} s "
-          f"(x{fs['synthetic']['fragmented_over_simple']:.2f})")
+    print(
+        f"golden: median {fs['golden'].get('median_seconds_per_case', 'n/a')} s/case "
+        f"(max {fs['golden'].get('max_seconds_per_case', 'n/a')})"
+    )
+    print(
+        f"synthetic: simple {fs['synthetic']['simple']['seconds']:.3f} s, fragmented "
+        f"{fs['synthetic']['fragmented']['seconds']:.3f} s "
+        f"(x{fs['synthetic']['fragmented_over_simple']:.2f})"
+    )
     print("panoptica:", json.dumps({k: v for k, v in result["panoptica"].items() if k != "seconds"})[:400])
     print("jit:", json.dumps(result["jit"]))
     for case, x in result["speedup_over_panoptica"].get("per_case", {}).items():

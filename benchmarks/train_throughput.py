@@ -66,8 +66,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40, help="optimiser steps per timed loop")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="config override as for fusionseg train, e.g. --set train.num_workers=1")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override as for fusionseg train, e.g. --set train.num_workers=1",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
@@ -88,21 +93,27 @@ def main(argv=None) -> int:
         warm = time.perf_counter() - t0
         size = common_slice_size(prepared, 16)
         train = SliceDataset(prepared, cfg.data.modalities, cfg.sampling, size, seed=0)
-        val = SliceDataset(prepared[:1], cfg.data.modalities,
-                           SamplingConfig(mode="central", central_k=2), size, train=False)
+        val = SliceDataset(
+            prepared[:1], cfg.data.modalities, SamplingConfig(mode="central", central_k=2), size, train=False
+        )
         bs = cfg.train.batch_size
         # the bare loop sees the same kind of samples, materialised up front as tensors
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(len(train), generator=g).tolist()
         items = [train[i % len(train)] for i in (order * (1 + args.steps * bs // len(order)))[: args.steps * bs]]
-        batches = [{"image": torch.stack([it["image"] for it in items[i:i + bs]]),
-                    "label": torch.stack([it["label"] for it in items[i:i + bs]])}
-                   for i in range(0, len(items), bs)]
+        batches = [
+            {
+                "image": torch.stack([it["image"] for it in items[i : i + bs]]),
+                "label": torch.stack([it["label"] for it in items[i : i + bs]]),
+            }
+            for i in range(0, len(items), bs)
+        ]
         full, bare = [], []
         for r in range(args.repeats):
             tcfg = TrainConfig(**{**cfg.train.model_dump(), "epochs": 1, "max_steps_per_epoch": args.steps})
-            result = fit(build(cfg, ds.scheme, r), train, val, tcfg, tmp / f"fit{r}", ds.scheme, progress=False,
-                         resume=False)
+            result = fit(
+                build(cfg, ds.scheme, r), train, val, tcfg, tmp / f"fit{r}", ds.scheme, progress=False, resume=False
+            )
             full.append(result.history[0]["train_samples_per_s"])
             bare.append(bare_loop(build(cfg, ds.scheme, r), batches, cfg.train.lr))
             print(f"repeat {r}: pipeline {full[-1]:.2f} slices/s, bare {bare[-1]:.2f} slices/s")
@@ -111,12 +122,19 @@ def main(argv=None) -> int:
     best_full, best_bare = max(full), max(bare)
     result = {
         "benchmark": "train_throughput",
-        "data": str(args.data), "cases": [c.case_id for c in cases],
-        "config": str(CONFIG.relative_to(ROOT)), "overrides": args.overrides, "model": cfg.model.model_dump(),
-        "num_workers": cfg.train.num_workers, "threads": cfg.train.threads,
-        "batch_size": cfg.train.batch_size, "steps": args.steps, "repeats": args.repeats,
+        "data": str(args.data),
+        "cases": [c.case_id for c in cases],
+        "config": str(CONFIG.relative_to(ROOT)),
+        "overrides": args.overrides,
+        "model": cfg.model.model_dump(),
+        "num_workers": cfg.train.num_workers,
+        "threads": cfg.train.threads,
+        "batch_size": cfg.train.batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
         "sampling": cfg.sampling.model_dump(mode="json"),
-        "cold_cache_seconds": round(cold, 2), "cold_cache_seconds_per_case": round(cold / len(cases), 2),
+        "cold_cache_seconds": round(cold, 2),
+        "cold_cache_seconds_per_case": round(cold / len(cases), 2),
         "warm_cache_seconds": round(warm, 4),
         "pipeline_slices_per_s": [round(x, 3) for x in full],
         "bare_slices_per_s": [round(x, 3) for x in bare],

@@ -28,9 +28,9 @@ def phantom_dataset(tmp_path_factory):
         key = (layout, n_cases, n_test)
         if key not in cache:
             out = tmp_path_factory.mktemp(f"{layout}_{n_cases}_{n_test}")
-            cache[key] = write_phantom_dataset(out / "data", n_cases, layout, shape=SHAPE, seed=7,
-                                               n_test=n_test)
+            cache[key] = write_phantom_dataset(out / "data", n_cases, layout, shape=SHAPE, seed=7, n_test=n_test)
         return cache[key]
+
     return make
 
 

@@ -32,6 +32,7 @@ def _files(folder: Path) -> set[str]:
 
 # -- damage to one case of a writable dataset copy ------------------------------------
 
+
 def _first_case(root: Path) -> Path:
     return sorted(p for p in root.iterdir() if p.is_dir())[0]
 
@@ -80,9 +81,15 @@ def _unknown_label(root):
     return _file(root, "seg").name
 
 
-DAMAGE = {"missing modality file": _missing_t2, "truncated file": _corrupt_flair,
-          "NaN voxels": _nan_t1, "all-zero modality": _zero_t1ce, "affine 5 mm off": _shifted_t2,
-          "shape mismatch": _cropped_flair, "unknown label value": _unknown_label}
+DAMAGE = {
+    "missing modality file": _missing_t2,
+    "truncated file": _corrupt_flair,
+    "NaN voxels": _nan_t1,
+    "all-zero modality": _zero_t1ce,
+    "affine 5 mm off": _shifted_t2,
+    "shape mismatch": _cropped_flair,
+    "unknown label value": _unknown_label,
+}
 
 
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
@@ -164,13 +171,16 @@ def test_train_missing_data_root(tmp_path):
     assert result.exit_code == 1 and "nowhere" in _flat(result.output) and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--rows", "A,Z"], "not runs of the study"),
-    (["--rows", "B"], "must include the reference"),
-    (["--protocol", "gpu-huge"], "unknown protocol"),
-    (["--set", "train.epoch=3"], "train.epoch"),
-    (["--set", "strategy=erly"], "'early', 'decoupled' or 'joint'"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--rows", "A,Z"], "not runs of the study"),
+        (["--rows", "B"], "must include the reference"),
+        (["--protocol", "gpu-huge"], "unknown protocol"),
+        (["--set", "train.epoch=3"], "train.epoch"),
+        (["--set", "strategy=erly"], "'early', 'decoupled' or 'joint'"),
+    ],
+)
 def test_compare_usage_errors(argv, expected, tmp_path):
     result = runner.invoke(app, ["compare", str(STUDY), "--output-dir", str(tmp_path / "out"), *argv])
     assert result.exit_code == 2, result.output
@@ -188,6 +198,7 @@ def test_compare_unknown_study_key(tmp_path):
 
 
 # -- evaluate ---------------------------------------------------------------------------
+
 
 @pytest.fixture
 def predictions(brats18_phantom, tmp_path) -> Path:
@@ -231,32 +242,41 @@ def _pred_unmatched(pred):
     return "nobody.nii.gz"
 
 
-EVAL_DATA = {"pred affine 5 mm off GT": _pred_shifted, "pred shape": _pred_cropped,
-             "pred unknown label": _pred_unknown_label, "pred not integer labels": _pred_float,
-             "pred without GT case": _pred_unmatched}
+EVAL_DATA = {
+    "pred affine 5 mm off GT": _pred_shifted,
+    "pred shape": _pred_cropped,
+    "pred unknown label": _pred_unknown_label,
+    "pred not integer labels": _pred_float,
+    "pred without GT case": _pred_unmatched,
+}
 
 
 @pytest.mark.parametrize("kind", sorted(EVAL_DATA))
 def test_evaluate_data_errors(kind, predictions, brats18_phantom, tmp_path):
     expected = EVAL_DATA[kind](predictions)
     out = tmp_path / "ev"
-    result = runner.invoke(app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(out),
-                                 "--no-progress"])
+    result = runner.invoke(
+        app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(out), "--no-progress"]
+    )
     assert result.exit_code == 1, result.output
     assert expected in _flat(result.output) and "Traceback" not in result.output
     assert not _files(out) - {"."}, _files(out)
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--challenge", "GLLI"], "--challenge"),
-    (["--challenge", "custom"], "--dilation"),
-    (["--scheme", "brats2099"], "--scheme"),
-    (["--metrics", "dice,hd99"], "hd99"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--challenge", "GLLI"], "--challenge"),
+        (["--challenge", "custom"], "--dilation"),
+        (["--scheme", "brats2099"], "--scheme"),
+        (["--metrics", "dice,hd99"], "hd99"),
+    ],
+)
 def test_evaluate_usage_errors(argv, expected, predictions, brats18_phantom, tmp_path):
     out = tmp_path / "ev"
-    result = runner.invoke(app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(out),
-                                 "--no-progress", *argv])
+    result = runner.invoke(
+        app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(out), "--no-progress", *argv]
+    )
     assert result.exit_code == 2, result.output
     assert expected in _flat(result.output) and "Traceback" not in result.output
     assert not out.exists()
@@ -264,6 +284,7 @@ def test_evaluate_usage_errors(argv, expected, predictions, brats18_phantom, tmp
 
 def test_evaluate_output_under_a_file(predictions, brats18_phantom, tmp_path):
     (tmp_path / "file").write_text("x")
-    result = runner.invoke(app, ["evaluate", str(predictions), str(brats18_phantom),
-                                 "--output", str(tmp_path / "file" / "ev")])
+    result = runner.invoke(
+        app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(tmp_path / "file" / "ev")]
+    )
     assert result.exit_code == 2 and "is a file" in _flat(result.output)

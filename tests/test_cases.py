@@ -18,6 +18,7 @@ MRI = ("t1", "t1ce", "t2", "flair")
 
 # --- discovery of each layout -------------------------------------------------
 
+
 def test_brats2018_autodetected_with_scheme_brats2017(brats18_phantom):
     ds = discover(brats18_phantom)
     assert (ds.format, ds.scheme, ds.modalities) == ("brats2018", BRATS2017, MRI)
@@ -34,8 +35,7 @@ def test_brats2023_autodetected_maps_t1n_t1c_t2w_t2f(phantom_dataset):
     case = ds.cases[0]
     assert case.case_id == "BraTS-GLI-00000-000"
     suffix = {m: ref.path.name.removeprefix(case.case_id + "-") for m, ref in case.images.items()}
-    assert suffix == {"t1": "t1n.nii.gz", "t1ce": "t1c.nii.gz", "t2": "t2w.nii.gz",
-                      "flair": "t2f.nii.gz"}
+    assert suffix == {"t1": "t1n.nii.gz", "t1ce": "t1c.nii.gz", "t2": "t2w.nii.gz", "flair": "t2f.nii.gz"}
 
 
 def test_msd_channel_order_from_dataset_json(phantom_dataset):
@@ -46,12 +46,15 @@ def test_msd_channel_order_from_dataset_json(phantom_dataset):
     assert ds.modalities == ("flair", "t1", "t1ce", "t2")
     case = ds.case("BRATS_001")
     image = root / "imagesTr" / "BRATS_001.nii.gz"
-    assert case.images == {"flair": ImageRef(image, 0), "t1": ImageRef(image, 1),
-                           "t1ce": ImageRef(image, 2), "t2": ImageRef(image, 3)}
+    assert case.images == {
+        "flair": ImageRef(image, 0),
+        "t1": ImageRef(image, 1),
+        "t1ce": ImageRef(image, 2),
+        "t2": ImageRef(image, 3),
+    }
     assert case.label == root / "labelsTr" / "BRATS_001.nii.gz"
     test_case = ds.case("BRATS_003")  # imagesTs: no label
-    assert test_case.label is None and test_case.images["t2"] == ImageRef(
-        root / "imagesTs" / "BRATS_003.nii.gz", 3)
+    assert test_case.label is None and test_case.images["t2"] == ImageRef(root / "imagesTs" / "BRATS_003.nii.gz", 3)
     assert len(ds.labelled) == 2
 
 
@@ -81,10 +84,15 @@ def _nnunet_with_json(phantom_dataset, tmp_path, meta: dict) -> Path:
 
 
 def test_nnunet_v1_modality_and_unknown_labels_build_a_scheme(phantom_dataset, tmp_path):
-    root = _nnunet_with_json(phantom_dataset, tmp_path, {
-        "name": "Task500_Liver",
-        "modality": {"0": "CT", "1": "PET", "2": "MR", "3": "MR"},
-        "labels": {"0": "background", "1": "liver", "2": "cancer"}})
+    root = _nnunet_with_json(
+        phantom_dataset,
+        tmp_path,
+        {
+            "name": "Task500_Liver",
+            "modality": {"0": "CT", "1": "PET", "2": "MR", "3": "MR"},
+            "labels": {"0": "background", "1": "liver", "2": "cancer"},
+        },
+    )
     ds = discover(root)
     assert ds.modalities == ("ct", "pet", "mr_2", "mr_3")
     assert ds.scheme.name == "task500_liver"
@@ -94,10 +102,14 @@ def test_nnunet_v1_modality_and_unknown_labels_build_a_scheme(phantom_dataset, t
 
 def test_nnunet_region_labels_matching_msd_task01(phantom_dataset, tmp_path):
     # nnU-Net v2 Dataset137_BraTS2021 declares regions, in the MSD label convention.
-    root = _nnunet_with_json(phantom_dataset, tmp_path, {
-        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
-        "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
-                   "enhancing tumor": [3]}})
+    root = _nnunet_with_json(
+        phantom_dataset,
+        tmp_path,
+        {
+            "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "Flair"},
+            "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+        },
+    )
     assert discover(root).scheme == MSD_TASK01
 
 
@@ -114,12 +126,15 @@ def test_autopet_suv_ctres_seg(phantom_dataset):
     ds = discover(root)
     assert (ds.format, ds.scheme, ds.modalities) == ("autopet", PETCT, ("pet", "ct"))
     case = ds.cases[0]
-    assert case.images == {"pet": ImageRef(root / case.case_id / "SUV.nii.gz"),
-                           "ct": ImageRef(root / case.case_id / "CTres.nii.gz")}
+    assert case.images == {
+        "pet": ImageRef(root / case.case_id / "SUV.nii.gz"),
+        "ct": ImageRef(root / case.case_id / "CTres.nii.gz"),
+    }
     assert case.label == root / case.case_id / "SEG.nii.gz"
 
 
 # --- general behaviour ---------------------------------------------------------
+
 
 def test_explicit_format_that_does_not_match_says_so(brats18_phantom):
     with pytest.raises(DataError, match="does not match the brats2023 layout") as err:
@@ -163,6 +178,7 @@ def test_uncompressed_nii_accepted(brats18_copy):
     case_dir = brats18_copy / "Brats18_Phantom_000"
     gz = case_dir / "Brats18_Phantom_000_t2.nii.gz"
     import nibabel as nib
+
     nib.save(nib.load(gz), case_dir / "Brats18_Phantom_000_t2.nii")
     gz.unlink()
     case = discover(brats18_copy).case("Brats18_Phantom_000")
@@ -193,13 +209,16 @@ def test_folder_with_two_datasets_is_ambiguous(phantom_dataset, tmp_path):
         discover(tmp_path)
 
 
-@pytest.mark.parametrize("labels, expected", [
-    ({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}, MSD_TASK01),
-    ({0: "background", 1: "necrotic core", 2: "peritumoral edema", 3: "enhancing"}, BRATS2023),
-    ({0: "background", 1: "NCR/NET", 2: "ED", 4: "ET"}, BRATS2017),
-    ({0: "background", 1: "lesion"}, PETCT),
-    ({0: "0", 1: "1"}, PETCT),  # uninformative names: values decide
-])
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}, MSD_TASK01),
+        ({0: "background", 1: "necrotic core", 2: "peritumoral edema", 3: "enhancing"}, BRATS2023),
+        ({0: "background", 1: "NCR/NET", 2: "ED", 4: "ET"}, BRATS2017),
+        ({0: "background", 1: "lesion"}, PETCT),
+        ({0: "0", 1: "1"}, PETCT),  # uninformative names: values decide
+    ],
+)
 def test_scheme_from_labels_recognises_known_schemes(labels, expected):
     assert scheme_from_labels(labels) == expected
 
@@ -211,6 +230,7 @@ def test_scheme_from_labels_single_organ_is_not_petct():
 
 # --- label schemes ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("scheme", list(LABEL_SCHEMES.values()), ids=list(LABEL_SCHEMES))
 def test_to_classes_from_classes_round_trip(scheme):
     rng = np.random.default_rng(0)
@@ -218,22 +238,27 @@ def test_to_classes_from_classes_round_trip(scheme):
     classes = scheme.to_classes(raw)
     assert classes.dtype == np.uint8 and classes.max() < scheme.num_classes
     np.testing.assert_array_equal(scheme.from_classes(classes), raw)
-    np.testing.assert_array_equal(scheme.to_classes(np.array(scheme.values)),
-                                  np.arange(scheme.num_classes))
+    np.testing.assert_array_equal(scheme.to_classes(np.array(scheme.values)), np.arange(scheme.num_classes))
 
 
 _SEG = np.array([0, 1, 2, 3, 4])
 
 
-@pytest.mark.parametrize("scheme, region, expected", [
-    (BRATS2017, "WT", [0, 1, 1, 0, 1]), (BRATS2017, "TC", [0, 1, 0, 0, 1]),
-    (BRATS2017, "ET", [0, 0, 0, 0, 1]),
-    (BRATS2023, "WT", [0, 1, 1, 1, 0]), (BRATS2023, "TC", [0, 1, 0, 1, 0]),
-    (BRATS2023, "ET", [0, 0, 0, 1, 0]),
-    (MSD_TASK01, "WT", [0, 1, 1, 1, 0]), (MSD_TASK01, "TC", [0, 0, 1, 1, 0]),
-    (MSD_TASK01, "ET", [0, 0, 0, 1, 0]),
-    (PETCT, "tumour", [0, 1, 0, 0, 0]),
-])
+@pytest.mark.parametrize(
+    "scheme, region, expected",
+    [
+        (BRATS2017, "WT", [0, 1, 1, 0, 1]),
+        (BRATS2017, "TC", [0, 1, 0, 0, 1]),
+        (BRATS2017, "ET", [0, 0, 0, 0, 1]),
+        (BRATS2023, "WT", [0, 1, 1, 1, 0]),
+        (BRATS2023, "TC", [0, 1, 0, 1, 0]),
+        (BRATS2023, "ET", [0, 0, 0, 1, 0]),
+        (MSD_TASK01, "WT", [0, 1, 1, 1, 0]),
+        (MSD_TASK01, "TC", [0, 0, 1, 1, 0]),
+        (MSD_TASK01, "ET", [0, 0, 0, 1, 0]),
+        (PETCT, "tumour", [0, 1, 0, 0, 0]),
+    ],
+)
 def test_region_masks_follow_evaluation_md(scheme, region, expected):
     np.testing.assert_array_equal(scheme.region_mask(_SEG, region), np.array(expected, bool))
 

@@ -70,6 +70,7 @@ def test_nan_voxel_counted_with_first_index(brats18_copy):
         d[10, 20, 5] = np.nan
         d[30, 1, 2] = np.inf
         return d
+
     rewrite_nifti(path, add_nan, dtype=np.float32)
     p = _only_error(_problems(brats18_copy, C0), path)
     assert "2 non-finite voxel(s)" in p.problem and "first at index (10, 20, 5)" in p.problem
@@ -152,9 +153,11 @@ def test_scratch_copy_scenario_reports_every_problem(brats18_copy, tmp_path):
     different shape - one per case, each reported with file and fix."""
     cases = [f"Brats18_Phantom_{i:03d}" for i in range(4)]
     _file(brats18_copy, cases[0], "t2").unlink()
-    rewrite_nifti(_file(brats18_copy, cases[1], "flair"),
-                  lambda d: np.where(np.arange(d.size).reshape(d.shape) == 1000, np.nan, d),
-                  dtype=np.float32)
+    rewrite_nifti(
+        _file(brats18_copy, cases[1], "flair"),
+        lambda d: np.where(np.arange(d.size).reshape(d.shape) == 1000, np.nan, d),
+        dtype=np.float32,
+    )
     rewrite_nifti(_file(brats18_copy, cases[2], "seg"), lambda d: np.where(d == 4, 3, d))
     rewrite_nifti(_file(brats18_copy, cases[3], "t1"), lambda d: d[:40])
     out = tmp_path / "report.json"
@@ -202,9 +205,9 @@ def test_command_help_teaches_formats_and_schemes():
 
 # --- integration: real data in ../shared/data ---------------------------------------
 
+
 @pytest.mark.integration
-@pytest.mark.parametrize("name, n_cases, scheme", [("brats18", 16, "brats2017"),
-                                                   ("sts-petct", 26, "petct")])
+@pytest.mark.parametrize("name, n_cases, scheme", [("brats18", 16, "brats2017"), ("sts-petct", 26, "petct")])
 def test_real_data_passes_check(name, n_cases, scheme):
     root = SHARED_DATA / name
     if not root.is_dir():

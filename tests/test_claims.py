@@ -11,8 +11,18 @@ import pytest
 import yaml
 
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.claims import (HOLDS, NOT_HOLD, NOT_TESTED, UNDECIDED, Claim, ClaimTest,
-                                          claims_frame, claims_markdown, evaluate_claims, run_test)
+from fusionseg.experiments.claims import (
+    HOLDS,
+    NOT_HOLD,
+    NOT_TESTED,
+    UNDECIDED,
+    Claim,
+    ClaimTest,
+    claims_frame,
+    claims_markdown,
+    evaluate_claims,
+    run_test,
+)
 from fusionseg.experiments.compare import load_study
 from fusionseg.experiments.figures import paired_figure
 from fusionseg.experiments.report import table_frame
@@ -68,12 +78,22 @@ def test_mean_region_and_constant_thresholds():
 def test_verdicts_and_missing_runs():
     runs = _runs()
     claims = [
-        Claim(id="X1", text="B wins WT, loses ET", tests=[
-            ClaimTest(run="B", than="A", region="WT", expect="higher"),
-            ClaimTest(run="B", than="A", region="ET", expect="lower")]),
-        Claim(id="X2", text="B wins everywhere", tests=[
-            ClaimTest(run="B", than="A", region="WT", expect="higher"),
-            ClaimTest(run="B", than="A", region="ET", expect="higher")]),
+        Claim(
+            id="X1",
+            text="B wins WT, loses ET",
+            tests=[
+                ClaimTest(run="B", than="A", region="WT", expect="higher"),
+                ClaimTest(run="B", than="A", region="ET", expect="lower"),
+            ],
+        ),
+        Claim(
+            id="X2",
+            text="B wins everywhere",
+            tests=[
+                ClaimTest(run="B", than="A", region="WT", expect="higher"),
+                ClaimTest(run="B", than="A", region="ET", expect="higher"),
+            ],
+        ),
         Claim(id="X3", text="B wins TC", tests=[ClaimTest(run="B", than="A", region="TC", expect="higher")]),
         Claim(id="X4", text="C wins", tests=[ClaimTest(run="C", than="A", region="TC", expect="higher")]),
     ]
@@ -136,7 +156,10 @@ def test_study_rejects_unknown_keys_and_bad_claims(tmp_path):
     path.write_text(yaml.safe_dump({**base, "claim": []}))
     with pytest.raises(ConfigError, match="unknown study key"):
         load_study(path)
-    path.write_text(yaml.safe_dump({**base, "claims": [{"id": "X", "text": "t", "tests": [
-        {"run": "A", "region": "WT", "expect": "higher"}]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {**base, "claims": [{"id": "X", "text": "t", "tests": [{"run": "A", "region": "WT", "expect": "higher"}]}]}
+        )
+    )
     with pytest.raises(ConfigError, match="invalid claims"):
         load_study(path)

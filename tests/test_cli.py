@@ -18,8 +18,9 @@ from fusionseg.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["data"], ["data", "check"], ["train"], ["compare"],
-                                     ["predict"], ["evaluate"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["data"], ["data", "check"], ["train"], ["compare"], ["predict"], ["evaluate"], ["demo"]]
+)
 def test_help_of_every_command(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output
@@ -31,9 +32,17 @@ def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     cfg = tiny_config("tiny", data, tmp_path, evaluation={"overlays": 1, "metrics": ["dice", "hd95"]})
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    for name in ("config.yaml", "environment.json", "splits.json", "metrics_per_case.csv",
-                 "summary.json", "results.md", "fold_0/train_log.csv",
-                 "fold_0/checkpoints/best.ckpt", "fold_0/checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "splits.json",
+        "metrics_per_case.csv",
+        "summary.json",
+        "results.md",
+        "fold_0/train_log.csv",
+        "fold_0/checkpoints/best.ckpt",
+        "fold_0/checkpoints/last.ckpt",
+    ):
         assert (run / name).exists(), name
     assert list((run / "overlays").glob("*.png"))
     env = json.loads((run / "environment.json").read_text())
@@ -54,8 +63,9 @@ def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code != 0 and "--overwrite" in again.output
 
-    result = runner.invoke(app, ["evaluate", str(out), str(data), "--output", str(tmp_path / "ev"),
-                                 "--metrics", "dice,hd95"])
+    result = runner.invoke(
+        app, ["evaluate", str(out), str(data), "--output", str(tmp_path / "ev"), "--metrics", "dice,hd95"]
+    )
     assert result.exit_code == 0, result.output
     ours = pd.read_csv(tmp_path / "ev" / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
     run_rows = pd.read_csv(run / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
@@ -80,10 +90,15 @@ def test_same_config_trains_the_same_network(phantom_dataset, tmp_path):
     logs = []
     for out in ("a", "b"):
         torch.manual_seed(len(out) + len(logs))  # a different global state each time
-        cfg = tiny_config("seeded", data, tmp_path, output=out,
-                          train={"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
-                          split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
-                          evaluation={"overlays": 0, "metrics": ["dice"]})
+        cfg = tiny_config(
+            "seeded",
+            data,
+            tmp_path,
+            output=out,
+            train={"epochs": 1, "batch_size": 4, "max_steps_per_epoch": 2},
+            split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
+            evaluation={"overlays": 0, "metrics": ["dice"]},
+        )
         result, run = train_via_cli(cfg, tmp_path)
         assert result.exit_code == 0, result.output
         logs.append(pd.read_csv(run / "fold_0" / "train_log.csv")[["train_loss", "val_score"]])

@@ -16,15 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_deep_merge_overrides_recursively():
-    assert deep_merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == \
-        {"a": {"b": 1, "c": 3}, "l": [2]}
+    assert deep_merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == {"a": {"b": 1, "c": 3}, "l": [2]}
 
 
 def test_s0_study_expands_every_row_of_tables_1_and_2():
     study = load_study(REPO / "configs" / "s0_table1.yaml", "cpu-small")
     names = [c.name for c in study.configs]
-    assert names == ["A", "B", "C-dynamic", "C-static-5e-7", "C-static-1e-6", "C-static-5e-6",
-                     "C-static-1e-5", "C-static-5e-5", "C-static-1e-4", "C-seg-only"]
+    assert names == [
+        "A",
+        "B",
+        "C-dynamic",
+        "C-static-5e-7",
+        "C-static-1e-6",
+        "C-static-5e-6",
+        "C-static-1e-5",
+        "C-static-5e-5",
+        "C-static-1e-4",
+        "C-seg-only",
+    ]
     by = {c.name: c for c in study.configs}
     assert by["A"].strategy == "early" and by["B"].strategy == "decoupled"
     assert by["C-static-5e-6"].fusion.lambda_f == 5e-6 and by["C-static-5e-6"].fusion.weighting == "static"
@@ -41,23 +50,41 @@ def test_s0_study_expands_every_row_of_tables_1_and_2():
 def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=6)
     study = {
-        "study": "tiny_s0", "reference": "A",
-        "base": {"data": {"root": str(data), "modalities": ["t1ce", "flair"],
-                          "cache_dir": str(tmp_path / "cache")},
-                 "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-                 "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1},
-                 "fusion": {"perceptual_features": "random", "epochs": 1,
-                            "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}}},
-                 "split": {"kind": "holdout", "test_fraction": 0.34, "val_fraction": 0.2},
-                 "evaluation": {"overlays": 0}},
-        "runs": [{"name": "A", "strategy": "early"}, {"name": "B", "strategy": "decoupled"},
-                 {"name": "C-dynamic", "strategy": "joint", "fusion": {"weighting": "dynamic"}}],
-        "tables": [{"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]},
-                   {"name": "table2", "metrics": ["hd95", "lesion_hd95"], "regions": ["ET", "TC", "WT"]}],
-        "claims": [{"id": "T-C1", "text": "B beats A on WT", "tests": [
-                       {"run": "B", "than": "A", "metric": "dice", "region": "WT", "expect": "higher"}]},
-                   {"id": "T-C2", "text": "C-static beats A", "tests": [
-                       {"run": "C-static", "than": "A", "metric": "dice", "region": "mean", "expect": "higher"}]}],
+        "study": "tiny_s0",
+        "reference": "A",
+        "base": {
+            "data": {"root": str(data), "modalities": ["t1ce", "flair"], "cache_dir": str(tmp_path / "cache")},
+            "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+            "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1},
+            "fusion": {
+                "perceptual_features": "random",
+                "epochs": 1,
+                "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}},
+            },
+            "split": {"kind": "holdout", "test_fraction": 0.34, "val_fraction": 0.2},
+            "evaluation": {"overlays": 0},
+        },
+        "runs": [
+            {"name": "A", "strategy": "early"},
+            {"name": "B", "strategy": "decoupled"},
+            {"name": "C-dynamic", "strategy": "joint", "fusion": {"weighting": "dynamic"}},
+        ],
+        "tables": [
+            {"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]},
+            {"name": "table2", "metrics": ["hd95", "lesion_hd95"], "regions": ["ET", "TC", "WT"]},
+        ],
+        "claims": [
+            {
+                "id": "T-C1",
+                "text": "B beats A on WT",
+                "tests": [{"run": "B", "than": "A", "metric": "dice", "region": "WT", "expect": "higher"}],
+            },
+            {
+                "id": "T-C2",
+                "text": "C-static beats A",
+                "tests": [{"run": "C-static", "than": "A", "metric": "dice", "region": "mean", "expect": "higher"}],
+            },
+        ],
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
@@ -86,6 +113,8 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
     claims = (folder / "claims.md").read_text()
     assert "**T-C1**" in claims and "**T-C2**" in claims and "not tested" in claims  # no C-static run
     # every run used the same split
-    tests = {json.loads((folder / n / "splits.json").read_text())["folds"][0]["test"].__repr__()
-             for n in ("A", "B", "C-dynamic")}
+    tests = {
+        json.loads((folder / n / "splits.json").read_text())["folds"][0]["test"].__repr__()
+        for n in ("A", "B", "C-dynamic")
+    }
     assert len(tests) == 1

@@ -28,15 +28,18 @@ def test_unknown_keys_and_bad_values_are_listed(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-@pytest.mark.parametrize("section, expected", [
-    ({"strategy": "erly"}, ["strategy", "'early', 'decoupled' or 'joint'"]),
-    ({"evaluation": {"challenge": "GLLI"}}, ["evaluation.challenge", "GLI", "MEN", "custom"]),
-    ({"model": {"name": "unett"}}, ["model:", "unet2stage", "monai_unet"]),
-    ({"model": {"kwargs": {"chanels": [4, 8]}}}, ["model:", "chanels", "channels"]),
-    ({"loss": {"name": "dice_cee"}}, ["loss:", "dice_ce", "dice_focal"]),
-    ({"loss": {"kwargs": {"gama": 2}}}, ["loss:", "gama"]),
-    ({"strategy": "joint", "fusion": {"model": {"name": "lrnet"}}}, ["fusion.model:", "lrrnet"]),
-])
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ({"strategy": "erly"}, ["strategy", "'early', 'decoupled' or 'joint'"]),
+        ({"evaluation": {"challenge": "GLLI"}}, ["evaluation.challenge", "GLI", "MEN", "custom"]),
+        ({"model": {"name": "unett"}}, ["model:", "unet2stage", "monai_unet"]),
+        ({"model": {"kwargs": {"chanels": [4, 8]}}}, ["model:", "chanels", "channels"]),
+        ({"loss": {"name": "dice_cee"}}, ["loss:", "dice_ce", "dice_focal"]),
+        ({"loss": {"kwargs": {"gama": 2}}}, ["loss:", "gama"]),
+        ({"strategy": "joint", "fusion": {"model": {"name": "lrnet"}}}, ["fusion.model:", "lrrnet"]),
+    ],
+)
 def test_component_name_typos_fail_at_load_with_the_choices(section, expected):
     raw = {"name": "x", "data": {"root": "somewhere"}, **section}
     with pytest.raises(ConfigError) as info:

@@ -42,16 +42,20 @@ def problems(config: dict) -> list[str]:
 
 # -- valid sections ------------------------------------------------------------------
 
-@pytest.mark.parametrize("strategy, fusion, cls", [
-    ("decoupled", None, DecoupledFusionConfig),
-    ("decoupled", {"epochs": 3, "lr": 1e-3}, DecoupledFusionConfig),
-    ("joint", None, StaticFusionConfig),
-    ("joint", {"lambda_f": 5e-6}, StaticFusionConfig),
-    ("joint", {"weighting": "static", "lambda_f": 1e-4, "lambda_s": 2.0}, StaticFusionConfig),
-    ("joint", {"weighting": "dynamic"}, DynamicFusionConfig),
-    ("joint", {"weighting": "dwa", "temperature": 2.0}, DynamicFusionConfig),
-    ("joint", {"weighting": "seg_only"}, SegOnlyFusionConfig),
-])
+
+@pytest.mark.parametrize(
+    "strategy, fusion, cls",
+    [
+        ("decoupled", None, DecoupledFusionConfig),
+        ("decoupled", {"epochs": 3, "lr": 1e-3}, DecoupledFusionConfig),
+        ("joint", None, StaticFusionConfig),
+        ("joint", {"lambda_f": 5e-6}, StaticFusionConfig),
+        ("joint", {"weighting": "static", "lambda_f": 1e-4, "lambda_s": 2.0}, StaticFusionConfig),
+        ("joint", {"weighting": "dynamic"}, DynamicFusionConfig),
+        ("joint", {"weighting": "dwa", "temperature": 2.0}, DynamicFusionConfig),
+        ("joint", {"weighting": "seg_only"}, SegOnlyFusionConfig),
+    ],
+)
 def test_each_strategy_and_weighting_loads_its_own_section(strategy, fusion, cls):
     cfg = validate_config(raw(strategy=strategy, **({} if fusion is None else {"fusion": fusion})))
     assert type(cfg.fusion) is cls
@@ -59,8 +63,13 @@ def test_each_strategy_and_weighting_loads_its_own_section(strategy, fusion, cls
     for key, value in (fusion or {}).items():
         assert getattr(f, key) == value
     # the attributes the builders read
-    assert (f.model.name, f.detail, f.salient, f.seg_inputs, f.perceptual_features) == \
-        ("lrrnet", "t1ce", "flair", None, "imagenet")
+    assert (f.model.name, f.detail, f.salient, f.seg_inputs, f.perceptual_features) == (
+        "lrrnet",
+        "t1ce",
+        "flair",
+        None,
+        "imagenet",
+    )
     assert (f.w_s, f.w_d, f.gammas) == (3.0, 0.5, (10.0, 1.5, 1.0, 2000.0))
 
 
@@ -83,45 +92,86 @@ def test_fusion_source_names_stay_canonical():
 COMMON = "model, detail, salient, seg_inputs, perceptual_features, w_s, w_d, gammas, lr"
 
 
-@pytest.mark.parametrize("strategy, fusion, expected", [
-    ("early", {"lr": 1e-3},
-     "fusion does not apply under strategy: early (a fusion section is for strategy decoupled or "
-     "joint; early has no fusion network)"),
-    ("early", {"lamda_f": 1},
-     "fusion.lamda_f: unknown key (and no fusion section applies under strategy: early)"),
-    ("decoupled", {"lambda_f": 1e-5},
-     "fusion.lambda_f does not apply under strategy: decoupled (loss weighting is a joint setting; "
-     f"decoupled takes: {COMMON}, epochs)"),
-    ("decoupled", {"weighting": "static", "temperature": 1.0},
-     "fusion.weighting, fusion.temperature do not apply under strategy: decoupled (loss weighting is "
-     f"a joint setting; decoupled takes: {COMMON}, epochs)"),
-    ("joint", {"epochs": 3},
-     "fusion.epochs does not apply under strategy: joint (only decoupled pre-trains the fusion network; "
-     f"joint takes: {COMMON}, weighting, lambda_f, lambda_s)"),
-    ("joint", {"weighting": "dynamic", "lambda_f": 0.1},
-     "fusion.lambda_f does not apply under fusion.weighting: dynamic (it takes: temperature)"),
-    ("joint", {"weighting": "dwa", "lambda_s": 2.0},
-     "fusion.lambda_s does not apply under fusion.weighting: dwa (it takes: temperature)"),
-    ("joint", {"temperature": 2.0},
-     "fusion.temperature does not apply under fusion.weighting: static (it takes: lambda_f, lambda_s)"),
-    ("joint", {"weighting": "seg_only", "lambda_f": 0.1},
-     "fusion.lambda_f does not apply under fusion.weighting: seg_only (it takes no weighting settings)"),
-    ("joint", {"weighting": "dinamic"},
-     "fusion.weighting: 'dinamic' is not a weighting; choose one of static, dynamic, dwa, seg_only"),
-    ("joint", {"lamda_f": 1e-5},
-     f"fusion.lamda_f: unknown key; fusion under strategy: joint, weighting: static takes: {COMMON}, "
-     "weighting, lambda_f, lambda_s"),
-    ("joint", {"strategy": "joint"},
-     "fusion.strategy: unknown key; the strategy is the top-level `strategy` (here joint)"),
-    ("joint", "lrrnet", "fusion must be a mapping of settings, got 'lrrnet'"),
-])
+@pytest.mark.parametrize(
+    "strategy, fusion, expected",
+    [
+        (
+            "early",
+            {"lr": 1e-3},
+            "fusion does not apply under strategy: early (a fusion section is for strategy decoupled or "
+            "joint; early has no fusion network)",
+        ),
+        ("early", {"lamda_f": 1}, "fusion.lamda_f: unknown key (and no fusion section applies under strategy: early)"),
+        (
+            "decoupled",
+            {"lambda_f": 1e-5},
+            "fusion.lambda_f does not apply under strategy: decoupled (loss weighting is a joint setting; "
+            f"decoupled takes: {COMMON}, epochs)",
+        ),
+        (
+            "decoupled",
+            {"weighting": "static", "temperature": 1.0},
+            "fusion.weighting, fusion.temperature do not apply under strategy: decoupled (loss weighting is "
+            f"a joint setting; decoupled takes: {COMMON}, epochs)",
+        ),
+        (
+            "joint",
+            {"epochs": 3},
+            "fusion.epochs does not apply under strategy: joint (only decoupled pre-trains the fusion network; "
+            f"joint takes: {COMMON}, weighting, lambda_f, lambda_s)",
+        ),
+        (
+            "joint",
+            {"weighting": "dynamic", "lambda_f": 0.1},
+            "fusion.lambda_f does not apply under fusion.weighting: dynamic (it takes: temperature)",
+        ),
+        (
+            "joint",
+            {"weighting": "dwa", "lambda_s": 2.0},
+            "fusion.lambda_s does not apply under fusion.weighting: dwa (it takes: temperature)",
+        ),
+        (
+            "joint",
+            {"temperature": 2.0},
+            "fusion.temperature does not apply under fusion.weighting: static (it takes: lambda_f, lambda_s)",
+        ),
+        (
+            "joint",
+            {"weighting": "seg_only", "lambda_f": 0.1},
+            "fusion.lambda_f does not apply under fusion.weighting: seg_only (it takes no weighting settings)",
+        ),
+        (
+            "joint",
+            {"weighting": "dinamic"},
+            "fusion.weighting: 'dinamic' is not a weighting; choose one of static, dynamic, dwa, seg_only",
+        ),
+        (
+            "joint",
+            {"lamda_f": 1e-5},
+            f"fusion.lamda_f: unknown key; fusion under strategy: joint, weighting: static takes: {COMMON}, "
+            "weighting, lambda_f, lambda_s",
+        ),
+        (
+            "joint",
+            {"strategy": "joint"},
+            "fusion.strategy: unknown key; the strategy is the top-level `strategy` (here joint)",
+        ),
+        ("joint", "lrrnet", "fusion must be a mapping of settings, got 'lrrnet'"),
+    ],
+)
 def test_a_setting_that_does_not_apply_is_one_line_naming_it(strategy, fusion, expected):
     assert problems(raw(strategy=strategy, fusion=fusion)) == [f"  - {expected}"]
 
 
 def test_every_problem_is_listed_once_with_its_key():
-    lines = problems(raw(strategy="joint", fusion={"weighting": "static", "temperature": 1.0, "lamda_s": 2},
-                         train={"epoch": 3}, evaluation={"challenge": "GLLI"}))
+    lines = problems(
+        raw(
+            strategy="joint",
+            fusion={"weighting": "static", "temperature": 1.0, "lamda_s": 2},
+            train={"epoch": 3},
+            evaluation={"challenge": "GLLI"},
+        )
+    )
     assert lines == [
         "  - fusion.temperature does not apply under fusion.weighting: static (it takes: lambda_f, lambda_s)",
         f"  - fusion.lamda_s: unknown key; fusion under strategy: joint, weighting: static takes: {COMMON}, "
@@ -133,17 +183,21 @@ def test_every_problem_is_listed_once_with_its_key():
 
 
 def test_value_errors_inside_a_section_name_the_key_without_the_union_member():
-    assert problems(raw(strategy="joint", fusion={"weighting": "dwa", "temperature": -1})) == \
-        ["  - fusion.temperature: Input should be greater than 0"]
-    assert problems(raw(strategy="decoupled", fusion={"epochs": 0})) == \
-        ["  - fusion.epochs: Input should be greater than or equal to 1"]
-    assert problems(raw(strategy="joint", fusion={"model": {"name": "lrrnet", "kwarg": {}}})) == \
-        ["  - fusion.model.kwarg: Extra inputs are not permitted"]
+    assert problems(raw(strategy="joint", fusion={"weighting": "dwa", "temperature": -1})) == [
+        "  - fusion.temperature: Input should be greater than 0"
+    ]
+    assert problems(raw(strategy="decoupled", fusion={"epochs": 0})) == [
+        "  - fusion.epochs: Input should be greater than or equal to 1"
+    ]
+    assert problems(raw(strategy="joint", fusion={"model": {"name": "lrrnet", "kwarg": {}}})) == [
+        "  - fusion.model.kwarg: Extra inputs are not permitted"
+    ]
 
 
 def test_strategy_typo_lists_the_strategies():
-    assert problems(raw(strategy="erly")) == \
-        ["  - strategy: Input should be 'early', 'decoupled' or 'joint' (got 'erly')"]
+    assert problems(raw(strategy="erly")) == [
+        "  - strategy: Input should be 'early', 'decoupled' or 'joint' (got 'erly')"
+    ]
 
 
 def test_set_overrides_are_checked_as_the_file(tmp_path):
@@ -151,9 +205,11 @@ def test_set_overrides_are_checked_as_the_file(tmp_path):
     path.write_text(yaml.safe_dump(raw()))
     with pytest.raises(ConfigError) as info:
         load_config(path, ["strategy=joint", "fusion.weighting=dynamic", "fusion.lambda_f=0.1"])
-    assert str(info.value) == (f"{path}: invalid configuration:\n"
-                               "  - fusion.lambda_f does not apply under fusion.weighting: dynamic "
-                               "(it takes: temperature)")
+    assert str(info.value) == (
+        f"{path}: invalid configuration:\n"
+        "  - fusion.lambda_f does not apply under fusion.weighting: dynamic "
+        "(it takes: temperature)"
+    )
     cfg = load_config(path, ["strategy=joint", "fusion.weighting=dwa", "fusion.temperature=2"])
     assert cfg.fusion.weighting == "dwa" and cfg.fusion.temperature == 2.0
 
@@ -171,23 +227,28 @@ def test_typos_fail_without_importing_torch():
         "        sys.exit('no error')\n"
         "    except ConfigError:\n"
         "        pass\n"
-        "sys.exit(1 if 'torch' in sys.modules else 0)\n")
+        "sys.exit(1 if 'torch' in sys.modules else 0)\n"
+    )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 # -- round trip --------------------------------------------------------------------
 
-@pytest.mark.parametrize("sections", [
-    {},
-    {"strategy": "decoupled"},
-    {"strategy": "decoupled", "fusion": {"epochs": 3, "perceptual_features": "random"}},
-    {"strategy": "joint"},
-    {"strategy": "joint", "fusion": {"weighting": "dynamic", "temperature": 1.5}},
-    {"strategy": "joint", "fusion": {"weighting": "dwa"}},
-    {"strategy": "joint", "fusion": {"weighting": "seg_only"}},
-    {"evaluation": {"challenge": {"preset": "MEN", "dilation": 2}}},
-    {"evaluation": {"challenge": {"dilation": 0, "volume_threshold_mm3": 10}}},
-])
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {},
+        {"strategy": "decoupled"},
+        {"strategy": "decoupled", "fusion": {"epochs": 3, "perceptual_features": "random"}},
+        {"strategy": "joint"},
+        {"strategy": "joint", "fusion": {"weighting": "dynamic", "temperature": 1.5}},
+        {"strategy": "joint", "fusion": {"weighting": "dwa"}},
+        {"strategy": "joint", "fusion": {"weighting": "seg_only"}},
+        {"evaluation": {"challenge": {"preset": "MEN", "dilation": 2}}},
+        {"evaluation": {"challenge": {"dilation": 0, "volume_threshold_mm3": 10}}},
+    ],
+)
 def test_to_yaml_round_trips(sections, tmp_path):
     cfg = validate_config(raw(**sections))
     path = tmp_path / "x.yaml"
@@ -196,8 +257,9 @@ def test_to_yaml_round_trips(sections, tmp_path):
     dumped = yaml.safe_load(cfg.to_yaml())
     assert dumped["fusion"] is None or "strategy" not in dumped["fusion"]  # filled in at load only
     if cfg.strategy == "joint":
-        assert set(dumped["fusion"]) == set(DecoupledFusionConfig.model_fields) - {"strategy", "epochs"} \
-            | {"weighting"} | set(type(cfg.fusion).model_fields) - {"strategy"}
+        assert set(dumped["fusion"]) == set(DecoupledFusionConfig.model_fields) - {"strategy", "epochs"} | {
+            "weighting"
+        } | set(type(cfg.fusion).model_fields) - {"strategy"}
 
 
 def test_dumped_sections_hold_only_what_applies():
@@ -211,6 +273,7 @@ def test_dumped_sections_hold_only_what_applies():
 
 # -- lesion-wise parameters ----------------------------------------------------------
 
+
 def test_challenge_preset_string_dumps_as_before():
     cfg = validate_config(raw(evaluation={"challenge": "GLI"}))
     assert "  challenge: GLI\n" in cfg.to_yaml()
@@ -220,18 +283,33 @@ def test_challenge_preset_string_dumps_as_before():
     assert validate_config(raw(evaluation={"challenge": "BraTS-MET"})).evaluation.lesion_params().dilation == 1
 
 
-@pytest.mark.parametrize("challenge, expected, dumped", [
-    ({"preset": "GLI", "dilation": 2, "volume_threshold_mm3": 20}, ("custom", 2, 20.0),
-     {"preset": "GLI", "dilation": 2, "volume_threshold_mm3": 20.0}),
-    ({"preset": "MEN", "dilation": 2}, ("custom", 2, 50.0), {"preset": "MEN", "dilation": 2}),
-    ({"preset": "MET", "volume_threshold_mm3": 10}, ("custom", 1, 10.0),
-     {"preset": "MET", "volume_threshold_mm3": 10.0}),
-    ({"preset": "PED"}, ("PED", 3, 50.0), {"preset": "PED"}),
-    ({"dilation": 0, "volume_threshold_mm3": 1e7}, ("custom", 0, 1e7),
-     {"preset": "custom", "dilation": 0, "volume_threshold_mm3": 1e7}),
-    ({"preset": "custom", "dilation": 1, "volume_threshold_mm3": 5}, ("custom", 1, 5.0),
-     {"preset": "custom", "dilation": 1, "volume_threshold_mm3": 5.0}),
-])
+@pytest.mark.parametrize(
+    "challenge, expected, dumped",
+    [
+        (
+            {"preset": "GLI", "dilation": 2, "volume_threshold_mm3": 20},
+            ("custom", 2, 20.0),
+            {"preset": "GLI", "dilation": 2, "volume_threshold_mm3": 20.0},
+        ),
+        ({"preset": "MEN", "dilation": 2}, ("custom", 2, 50.0), {"preset": "MEN", "dilation": 2}),
+        (
+            {"preset": "MET", "volume_threshold_mm3": 10},
+            ("custom", 1, 10.0),
+            {"preset": "MET", "volume_threshold_mm3": 10.0},
+        ),
+        ({"preset": "PED"}, ("PED", 3, 50.0), {"preset": "PED"}),
+        (
+            {"dilation": 0, "volume_threshold_mm3": 1e7},
+            ("custom", 0, 1e7),
+            {"preset": "custom", "dilation": 0, "volume_threshold_mm3": 1e7},
+        ),
+        (
+            {"preset": "custom", "dilation": 1, "volume_threshold_mm3": 5},
+            ("custom", 1, 5.0),
+            {"preset": "custom", "dilation": 1, "volume_threshold_mm3": 5.0},
+        ),
+    ],
+)
 def test_challenge_mapping_as_the_evaluate_cli(challenge, expected, dumped):
     """As `fusionseg evaluate --challenge P --dilation D --volume-threshold T`: either
     number overrides the preset's (the result is 'custom'); without a preset both."""
@@ -241,43 +319,74 @@ def test_challenge_mapping_as_the_evaluate_cli(challenge, expected, dumped):
     assert yaml.safe_load(cfg.to_yaml())["evaluation"]["challenge"] == dumped
 
 
-@pytest.mark.parametrize("challenge, expected", [
-    ("GLLI", "evaluation.challenge: unknown challenge 'GLLI'; choose one of "
-             "['GLI', 'MEN', 'MET', 'PED', 'SSA', 'custom']"),
-    ({"preset": "GLLI", "dilation": 2}, "evaluation.challenge: unknown challenge 'GLLI'; choose one of "
-                                        "['GLI', 'MEN', 'MET', 'PED', 'SSA', 'custom']"),
-    ("custom", "evaluation.challenge: custom needs both numbers: write "
-               "{dilation: D, volume_threshold_mm3: TAU}"),
-    ({"dilation": 2}, "evaluation.challenge without a preset needs both dilation and volume_threshold_mm3 "
-                      "(or a preset, e.g. {preset: GLI, dilation: 2}, whose values they override)"),
-    ({"preset": "GLI", "dilatoin": 2}, "evaluation.challenge.dilatoin: Extra inputs are not permitted"),
-    ({"preset": "GLI", "dilation": -1}, "evaluation.challenge.dilation: Input should be greater than or equal to 0"),
-    (3, "evaluation.challenge must be a preset name (e.g. GLI) or a mapping "
-        "{preset, dilation, volume_threshold_mm3}, got 3"),
-])
+@pytest.mark.parametrize(
+    "challenge, expected",
+    [
+        (
+            "GLLI",
+            "evaluation.challenge: unknown challenge 'GLLI'; choose one of "
+            "['GLI', 'MEN', 'MET', 'PED', 'SSA', 'custom']",
+        ),
+        (
+            {"preset": "GLLI", "dilation": 2},
+            "evaluation.challenge: unknown challenge 'GLLI'; choose one of "
+            "['GLI', 'MEN', 'MET', 'PED', 'SSA', 'custom']",
+        ),
+        ("custom", "evaluation.challenge: custom needs both numbers: write {dilation: D, volume_threshold_mm3: TAU}"),
+        (
+            {"dilation": 2},
+            "evaluation.challenge without a preset needs both dilation and volume_threshold_mm3 "
+            "(or a preset, e.g. {preset: GLI, dilation: 2}, whose values they override)",
+        ),
+        ({"preset": "GLI", "dilatoin": 2}, "evaluation.challenge.dilatoin: Extra inputs are not permitted"),
+        (
+            {"preset": "GLI", "dilation": -1},
+            "evaluation.challenge.dilation: Input should be greater than or equal to 0",
+        ),
+        (
+            3,
+            "evaluation.challenge must be a preset name (e.g. GLI) or a mapping "
+            "{preset, dilation, volume_threshold_mm3}, got 3",
+        ),
+    ],
+)
 def test_challenge_errors_name_the_key(challenge, expected):
     assert problems(raw(evaluation={"challenge": challenge})) == [f"  - {expected}"]
 
 
 # -- saved configs of earlier versions -------------------------------------------------
 
-OLD_FUSION = {"model": {"name": "lrrnet", "kwargs": {}}, "detail": "t1ce", "salient": "flair",
-              "seg_inputs": None, "perceptual_features": "imagenet", "w_s": 3.0, "w_d": 0.5,
-              "gammas": [10.0, 1.5, 1.0, 2000.0], "lr": 0.0001, "epochs": None, "weighting": "static",
-              "lambda_f": 1e-05, "lambda_s": 1.0, "temperature": None}
+OLD_FUSION = {
+    "model": {"name": "lrrnet", "kwargs": {}},
+    "detail": "t1ce",
+    "salient": "flair",
+    "seg_inputs": None,
+    "perceptual_features": "imagenet",
+    "w_s": 3.0,
+    "w_d": 0.5,
+    "gammas": [10.0, 1.5, 1.0, 2000.0],
+    "lr": 0.0001,
+    "epochs": None,
+    "weighting": "static",
+    "lambda_f": 1e-05,
+    "lambda_s": 1.0,
+    "temperature": None,
+}
 
 
-@pytest.mark.parametrize("strategy, fusion", [
-    ("early", {}),
-    ("decoupled", {"epochs": 3}),
-    ("joint", {}),
-    ("joint", {"weighting": "dynamic"}),
-    ("joint", {"weighting": "seg_only", "lambda_f": 0.5}),
-])
+@pytest.mark.parametrize(
+    "strategy, fusion",
+    [
+        ("early", {}),
+        ("decoupled", {"epochs": 3}),
+        ("joint", {}),
+        ("joint", {"weighting": "dynamic"}),
+        ("joint", {"weighting": "seg_only", "lambda_f": 0.5}),
+    ],
+)
 def test_saved_config_of_an_earlier_version_reads(strategy, fusion, tmp_path):
     """Earlier versions saved every fusion setting under every strategy."""
-    old = {**yaml.safe_load(validate_config(raw()).to_yaml()), "strategy": strategy,
-           "fusion": {**OLD_FUSION, **fusion}}
+    old = {**yaml.safe_load(validate_config(raw()).to_yaml()), "strategy": strategy, "fusion": {**OLD_FUSION, **fusion}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(old, sort_keys=False))
     with pytest.raises(ConfigError, match="(does|do) not apply"):
@@ -312,8 +421,7 @@ def test_drop_inapplicable_keeps_what_the_entry_wrote():
     kept = drop_inapplicable(merged, written={"fusion": {"lambda_f": 1.0}})
     assert kept["fusion"] == {"weighting": "dynamic", "lambda_f": 1.0, "lr": 1e-3}
     assert "fusion" not in drop_inapplicable(raw(fusion={"lr": 1e-3}))
-    assert drop_inapplicable(raw(fusion={"lr": 1e-3}), written={"fusion": {"lr": 1e-3}})["fusion"] == \
-        {"lr": 1e-3}
+    assert drop_inapplicable(raw(fusion={"lr": 1e-3}), written={"fusion": {"lr": 1e-3}})["fusion"] == {"lr": 1e-3}
     assert merged["fusion"]["epochs"] == 3  # the input is not changed
 
 
@@ -352,34 +460,70 @@ def test_s0_describe_strategy_is_unchanged():
     from fusionseg.strategies.registry import describe_strategy
 
     by = {c.name: c for c in load_study(S0, "cpu-small").configs}
-    common = {"fusion_model": "lrrnet", "detail_source": "t1ce", "salient_source": "flair",
-              "seg_inputs": ["t1ce", "flair"]}
+    common = {
+        "fusion_model": "lrrnet",
+        "detail_source": "t1ce",
+        "salient_source": "flair",
+        "seg_inputs": ["t1ce", "flair"],
+    }
     assert describe_strategy(by["A"]) == {}
     assert describe_strategy(by["B"]) == {**common, "perceptual_features": "random"}
-    assert describe_strategy(by["C-dynamic"]) == {**common, "weighting": "dynamic", "lambda_f": None,
-                                                 "lambda_s": None, "perceptual_features": "random"}
-    assert describe_strategy(by["C-static-5e-6"]) == {**common, "weighting": "static", "lambda_f": 5e-6,
-                                                     "lambda_s": 1.0, "perceptual_features": "random"}
-    assert describe_strategy(by["C-seg-only"]) == {**common, "weighting": "seg_only", "lambda_f": None,
-                                                  "lambda_s": None}
-    assert list(describe_strategy(by["C-static-5e-6"])) == \
-        ["fusion_model", "detail_source", "salient_source", "seg_inputs", "weighting", "lambda_f",
-         "lambda_s", "perceptual_features"]
+    assert describe_strategy(by["C-dynamic"]) == {
+        **common,
+        "weighting": "dynamic",
+        "lambda_f": None,
+        "lambda_s": None,
+        "perceptual_features": "random",
+    }
+    assert describe_strategy(by["C-static-5e-6"]) == {
+        **common,
+        "weighting": "static",
+        "lambda_f": 5e-6,
+        "lambda_s": 1.0,
+        "perceptual_features": "random",
+    }
+    assert describe_strategy(by["C-seg-only"]) == {
+        **common,
+        "weighting": "seg_only",
+        "lambda_f": None,
+        "lambda_s": None,
+    }
+    assert list(describe_strategy(by["C-static-5e-6"])) == [
+        "fusion_model",
+        "detail_source",
+        "salient_source",
+        "seg_inputs",
+        "weighting",
+        "lambda_f",
+        "lambda_s",
+        "perceptual_features",
+    ]
 
 
 def _study(tmp_path, runs, base_fusion=None) -> Path:
-    study = {"study": "t", "reference": "A",
-             "base": {"data": {"root": "somewhere"},
-                      "fusion": base_fusion or {"epochs": 2, "perceptual_features": "random"}},
-             "runs": runs}
+    study = {
+        "study": "t",
+        "reference": "A",
+        "base": {
+            "data": {"root": "somewhere"},
+            "fusion": base_fusion or {"epochs": 2, "perceptual_features": "random"},
+        },
+        "runs": runs,
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
 
 
 def test_study_shared_settings_apply_to_the_rows_they_fit(tmp_path):
-    path = _study(tmp_path, [{"name": "A"}, {"name": "B", "strategy": "decoupled"},
-                             {"name": "C", "strategy": "joint", "fusion": {"weighting": "dynamic"}}])
+    path = _study(
+        tmp_path,
+        [
+            {"name": "A"},
+            {"name": "B", "strategy": "decoupled"},
+            {"name": "C", "strategy": "joint", "fusion": {"weighting": "dynamic"}},
+        ],
+    )
     by = {c.name: c for c in load_study(path, overrides=["fusion.lambda_f=0.5"]).configs}
     assert by["A"].fusion is None
     assert by["B"].fusion.epochs == 2 and by["C"].fusion.perceptual_features == "random"
@@ -388,11 +532,13 @@ def test_study_shared_settings_apply_to_the_rows_they_fit(tmp_path):
 
 def test_study_row_own_settings_that_do_not_apply_are_errors(tmp_path):
     path = _study(tmp_path, [{"name": "A", "fusion": {"lr": 1e-3}}])
-    with pytest.raises(ConfigError, match="run A: invalid configuration:\n  - fusion does not apply under "
-                                          "strategy: early"):
+    with pytest.raises(
+        ConfigError, match="run A: invalid configuration:\n  - fusion does not apply under strategy: early"
+    ):
         load_study(path)
-    path = _study(tmp_path, [{"name": "A"},
-                             {"name": "C", "strategy": "joint", "fusion": {"weighting": "dynamic", "lambda_f": 1}}])
+    path = _study(
+        tmp_path, [{"name": "A"}, {"name": "C", "strategy": "joint", "fusion": {"weighting": "dynamic", "lambda_f": 1}}]
+    )
     with pytest.raises(ConfigError, match="fusion.lambda_f does not apply under fusion.weighting: dynamic"):
         load_study(path)
     path = _study(tmp_path, [{"name": "A"}], base_fusion={"lamda_f": 1.0})

@@ -70,8 +70,7 @@ def val_cases() -> list[dict]:
 
 def tiny_strategy() -> EarlyFusion:
     torch.manual_seed(0)
-    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8,
-                        norm="batch")
+    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8, norm="batch")
     return EarlyFusion(model, MODS, build_seg_loss("dice_ce", num_classes=4))
 
 
@@ -109,13 +108,28 @@ def ddp_main(fabric, out: str) -> None:
     local = validate(strategy, loader, BRATS2017)  # this rank's shard alone
     initial = validate(strategy, loader, BRATS2017, fabric)  # summed over ranks
     spread = _BufferSpread()
-    result = fit(strategy, train_cases(), val_cases(), CFG, out / "run", BRATS2017, progress=False,
-                 fabric=fabric, callbacks=[_SaveWeightsAfterEpoch1(out / "epoch1.pt"), spread])
+    result = fit(
+        strategy,
+        train_cases(),
+        val_cases(),
+        CFG,
+        out / "run",
+        BRATS2017,
+        progress=False,
+        fabric=fabric,
+        callbacks=[_SaveWeightsAfterEpoch1(out / "epoch1.pt"), spread],
+    )
     checksum = sum(float(p.double().sum()) for p in strategy.state_dict().values() if p.is_floating_point())
-    report = {"local_initial": local.tolist(), "initial": initial.tolist(), "checksum": checksum,
-              "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-              "stopped_early": result.stopped_early, "buffer_spread": spread.spread,
-              "val_scores": [row["val_score"] for row in result.history]}
+    report = {
+        "local_initial": local.tolist(),
+        "initial": initial.tolist(),
+        "checksum": checksum,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "buffer_spread": spread.spread,
+        "val_scores": [row["val_score"] for row in result.history],
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(report))
 
 
@@ -140,9 +154,15 @@ def test_ddp_validation_is_the_single_process_one_and_ranks_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     # its own process group, so that a timeout ends rank 1 (Fabric's child) as well
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -185,16 +205,25 @@ def test_train_cli_with_devices_2_strategy_ddp_runs_a_fold_job(phantom_dataset, 
     from conftest import tiny_config
 
     data = phantom_dataset("brats2018", n_cases=4)
-    cfg = tiny_config("ddp", data, tmp_path, evaluation={"overlays": 0, "metrics": ["dice"]},
-                      postprocess={"method": "none"},
-                      train={"epochs": 8, "batch_size": 4, "max_steps_per_epoch": 4, "lr": 0.01, "patience": 20,
-                             "threads": 1},
-                      model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}})
+    cfg = tiny_config(
+        "ddp",
+        data,
+        tmp_path,
+        evaluation={"overlays": 0, "metrics": ["dice"]},
+        postprocess={"method": "none"},
+        train={"epochs": 8, "batch_size": 4, "max_steps_per_epoch": 4, "lr": 0.01, "patience": 20, "threads": 1},
+        model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}},
+    )
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     fs = [sys.executable, "-c", "import sys; from fusionseg.cli import app; sys.argv[0] = 'fusionseg'; app()"]
-    done = subprocess.run([*fs, "train", str(tmp_path / "ddp.yaml"), "--devices", "2", "--strategy", "ddp",
-                           "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [*fs, "train", str(tmp_path / "ddp.yaml"), "--devices", "2", "--strategy", "ddp", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stdout + done.stderr
     run = tmp_path / "runs" / "ddp"
@@ -204,8 +233,9 @@ def test_train_cli_with_devices_2_strategy_ddp_runs_a_fold_job(phantom_dataset, 
     test_cases = json.loads((run / "splits.json").read_text())["folds"][0]["test"]
     out = tmp_path / "pred"
     args = [*fs, "predict", str(run), str(data), str(out), "--fold", "0", "--labels", "model", "--no-progress"]
-    done = subprocess.run(args + [a for c in test_cases for a in ("--case", c)], capture_output=True, text=True,
-                          timeout=120, env=env)
+    done = subprocess.run(
+        args + [a for c in test_cases for a in ("--case", c)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for case in test_cases:
         mine = np.asanyarray(nib.load(out / f"{case}.nii.gz").dataobj)

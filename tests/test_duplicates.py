@@ -16,7 +16,11 @@ from fusionseg.config import PreprocessConfig, SplitConfig
 from fusionseg.data.cases import discover
 from fusionseg.data.check import check_case, check_command, check_dataset
 from fusionseg.data.duplicates import (
-    duplicate_groups, hash_volumes, prepared_case_hash, prepared_hashes, volume_digest,
+    duplicate_groups,
+    hash_volumes,
+    prepared_case_hash,
+    prepared_hashes,
+    volume_digest,
 )
 from fusionseg.data.preprocess import PreprocessCache, prepare_case_arrays
 from fusionseg.data.splits import check_split_groups, load_splits, make_splits, save_splits
@@ -41,12 +45,12 @@ def _copy_brats_case(root: Path, src: str, dst: str) -> Path:
 
 # --- data check -------------------------------------------------------------------
 
+
 def test_data_check_flags_a_case_copied_under_a_second_id(brats18_copy, tmp_path):
     _copy_brats_case(brats18_copy, C1, COPY)
     out = tmp_path / "report.json"
 
-    result = runner.invoke(app, [str(brats18_copy), "--json-out", str(out)],
-                           env={"COLUMNS": "200"})
+    result = runner.invoke(app, [str(brats18_copy), "--json-out", str(out)], env={"COLUMNS": "200"})
 
     # warnings only: the exit code stays 0 (errors alone give 1)
     assert result.exit_code == 0, result.output
@@ -110,6 +114,7 @@ def test_modality_copied_over_another_is_a_warning(brats18_copy):
 
 # --- hashing ------------------------------------------------------------------------
 
+
 def test_volume_digest_depends_on_values_shape_and_dtype_not_layout():
     a = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     ref = volume_digest(a)
@@ -126,8 +131,7 @@ def test_volume_digest_depends_on_values_shape_and_dtype_not_layout():
 
 def test_duplicate_groups():
     assert duplicate_groups({"a": "1", "b": "2"}) == []
-    assert duplicate_groups({"d": "1", "b": "2", "a": "1", "c": "2", "e": None, "f": None}) == \
-        [["a", "d"], ["b", "c"]]
+    assert duplicate_groups({"d": "1", "b": "2", "a": "1", "c": "2", "e": None, "f": None}) == [["a", "d"], ["b", "c"]]
 
 
 def test_prepared_case_hash_in_memory_and_cached_alike(brats18_copy, tmp_path):
@@ -152,16 +156,44 @@ IDS = [f"case{i:02d}" for i in range(11)]
 
 #: make_splits(IDS, ...) as computed by the code before groups existed: splits made
 #: without groups must never change (saved split files and published numbers).
-KFOLD_BEFORE = {"kind": "kfold", "seed": 5, "cases": IDS, "folds": [
-    {"fold": 0, "train": ["case00", "case01", "case02", "case04", "case08", "case09"],
-     "val": ["case07"], "test": ["case03", "case05", "case06", "case10"]},
-    {"fold": 1, "train": ["case01", "case03", "case04", "case05", "case06", "case09"],
-     "val": ["case10"], "test": ["case00", "case02", "case07", "case08"]},
-    {"fold": 2, "train": ["case00", "case02", "case03", "case05", "case06", "case08"],
-     "val": ["case07", "case10"], "test": ["case01", "case04", "case09"]}]}
-HOLDOUT_BEFORE = {"kind": "holdout", "seed": 2, "cases": IDS, "folds": [
-    {"fold": 0, "train": ["case01", "case03", "case04", "case05", "case06", "case08", "case10"],
-     "val": ["case07", "case09"], "test": ["case00", "case02"]}]}
+KFOLD_BEFORE = {
+    "kind": "kfold",
+    "seed": 5,
+    "cases": IDS,
+    "folds": [
+        {
+            "fold": 0,
+            "train": ["case00", "case01", "case02", "case04", "case08", "case09"],
+            "val": ["case07"],
+            "test": ["case03", "case05", "case06", "case10"],
+        },
+        {
+            "fold": 1,
+            "train": ["case01", "case03", "case04", "case05", "case06", "case09"],
+            "val": ["case10"],
+            "test": ["case00", "case02", "case07", "case08"],
+        },
+        {
+            "fold": 2,
+            "train": ["case00", "case02", "case03", "case05", "case06", "case08"],
+            "val": ["case07", "case10"],
+            "test": ["case01", "case04", "case09"],
+        },
+    ],
+}
+HOLDOUT_BEFORE = {
+    "kind": "holdout",
+    "seed": 2,
+    "cases": IDS,
+    "folds": [
+        {
+            "fold": 0,
+            "train": ["case01", "case03", "case04", "case05", "case06", "case08", "case10"],
+            "val": ["case07", "case09"],
+            "test": ["case00", "case02"],
+        }
+    ],
+}
 KFOLD_CFG = SplitConfig(kind="kfold", folds=3, seed=5, val_fraction=0.2)
 HOLDOUT_CFG = SplitConfig(kind="holdout", seed=2, test_fraction=0.2, val_fraction=0.2)
 
@@ -190,8 +222,7 @@ def test_splits_keep_identical_cases_together(kind, folds):
     groups = [["c03", "c11"], ["c07", "c00", "c14"]]
     seen_parts = set()
     for seed in range(12):
-        cfg = SplitConfig(kind=kind, folds=folds, seed=seed, val_fraction=0.15,
-                          test_fraction=0.2)
+        cfg = SplitConfig(kind=kind, folds=folds, seed=seed, val_fraction=0.15, test_fraction=0.2)
         splits = make_splits(ids, cfg, groups)
         _assert_valid(splits, ids, groups)
         assert splits["groups"] == [["c00", "c07", "c14"], ["c03", "c11"]]

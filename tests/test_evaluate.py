@@ -25,7 +25,7 @@ def _case(seed: int, shape=(40, 36, 24)) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     x, y, z = np.indices(shape)
     c = np.array(shape) // 2 + rng.integers(-3, 4, 3)
-    r = np.sqrt(((x - c[0])) ** 2 + ((y - c[1]) * 1.2) ** 2 + ((z - c[2]) * 2.0) ** 2)
+    r = np.sqrt((x - c[0]) ** 2 + ((y - c[1]) * 1.2) ** 2 + ((z - c[2]) * 2.0) ** 2)
     gt = np.zeros(shape, np.uint8)
     gt[r < 12] = 2
     gt[r < 8] = 4
@@ -62,8 +62,16 @@ def test_evaluate_case_rows_have_every_metric_and_are_finite():
     for row in rows:
         assert list(row)[1:] == expected
         assert all(np.isfinite(v) for k, v in row.items() if k != "region")
-    assert lesions and {"region", "lesion_id", "kind", "volume_mm3", "dice", "hd95",
-                        "matched_pred_ids", "counted"} <= set(lesions[0])
+    assert lesions and {
+        "region",
+        "lesion_id",
+        "kind",
+        "volume_mm3",
+        "dice",
+        "hd95",
+        "matched_pred_ids",
+        "counted",
+    } <= set(lesions[0])
     assert any(rec["kind"] == "fp" for rec in lesions)
 
 
@@ -74,8 +82,12 @@ def test_evaluate_case_same_numbers_for_any_dtype_byte_order_and_memory_order():
     pred[30:32, 2:4, 2:4] = 2  # two more false positives, first in F order but not in C order
     pred[2:4, 30:32, 20:22] = 2
     ref, ref_lesions = evaluate_case(pred, gt, SPACING, BRATS2017)
-    for conv in (lambda a: a.astype(">i2"), np.asfortranarray, lambda a: a.astype(np.float32),
-                 lambda a: np.asfortranarray(a.astype("<i4"))):
+    for conv in (
+        lambda a: a.astype(">i2"),
+        np.asfortranarray,
+        lambda a: a.astype(np.float32),
+        lambda a: np.asfortranarray(a.astype("<i4")),
+    ):
         rows, lesions = evaluate_case(conv(pred), conv(gt), SPACING, BRATS2017)
         assert rows == ref
         assert lesions == ref_lesions  # lesion and component numbers too (C order of first voxel)
@@ -103,9 +115,23 @@ def test_evaluate_case_empty_prediction_uses_penalties():
 def test_evaluate_case_both_empty_and_petct_volumes():
     z = np.zeros((10, 10, 10), np.uint8)
     rows, _ = evaluate_case(z, z, (1, 1, 1), "petct")
-    assert rows == [{"region": "tumour", "dice": 1.0, "hd95": 0.0, "lesion_dice": 1.0, "lesion_hd95": 0.0,
-                     "tp": 0, "fn": 0, "fp": 0, "sensitivity": 1.0, "specificity": 1.0, "asd": 0.0,
-                     "fpv_ml": 0.0, "fnv_ml": 0.0}]
+    assert rows == [
+        {
+            "region": "tumour",
+            "dice": 1.0,
+            "hd95": 0.0,
+            "lesion_dice": 1.0,
+            "lesion_hd95": 0.0,
+            "tp": 0,
+            "fn": 0,
+            "fp": 0,
+            "sensitivity": 1.0,
+            "specificity": 1.0,
+            "asd": 0.0,
+            "fpv_ml": 0.0,
+            "fnv_ml": 0.0,
+        }
+    ]
 
 
 def test_evaluate_case_rejects_labels_outside_scheme():
@@ -177,20 +203,32 @@ def test_evaluate_case_equals_the_metric_functions_on_each_region_mask():
         c = rng.uniform(2, np.asarray(shape) - 2)
         pred[np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.8, 2.5)] = 4
     for order in (np.ascontiguousarray, np.asfortranarray):
-        rows, lesion_rows = evaluate_case(order(pred), order(gt), SPACING, BRATS2017,
-                                          ["dice", "hd95", "lesion_dice", "lesion_hd95", "tp", "fn", "fp"])
+        rows, lesion_rows = evaluate_case(
+            order(pred), order(gt), SPACING, BRATS2017, ["dice", "hd95", "lesion_dice", "lesion_hd95", "tp", "fn", "fp"]
+        )
         for row in rows:
             p_mask, g_mask = BRATS2017.region_mask(pred, row["region"]), BRATS2017.region_mask(gt, row["region"])
-            ref = lesion_wise(p_mask, g_mask, SPACING, 3, 50.0,
-                              full_image=(dice(p_mask, g_mask), hd95(p_mask, g_mask, SPACING)))
+            ref = lesion_wise(
+                p_mask, g_mask, SPACING, 3, 50.0, full_image=(dice(p_mask, g_mask), hd95(p_mask, g_mask, SPACING))
+            )
             assert row["dice"] == dice(p_mask, g_mask)
             assert row["hd95"] == hd95(p_mask, g_mask, SPACING)
-            assert (row["lesion_dice"], row["lesion_hd95"], row["tp"], row["fn"], row["fp"]) == \
-                (ref.dice, ref.hd95, ref.tp, ref.fn, ref.fp)
-            mine = [(r["lesion_id"], r["kind"], r["volume_mm3"], r["dice"], r["hd95"], r["matched_pred_ids"])
-                    for r in lesion_rows if r["region"] == row["region"]]
-            assert mine == [(r.lesion_id, r.kind, r.volume_mm3, r.dice, r.hd95,
-                             ";".join(str(m) for m in r.matched)) for r in ref.lesions]
+            assert (row["lesion_dice"], row["lesion_hd95"], row["tp"], row["fn"], row["fp"]) == (
+                ref.dice,
+                ref.hd95,
+                ref.tp,
+                ref.fn,
+                ref.fp,
+            )
+            mine = [
+                (r["lesion_id"], r["kind"], r["volume_mm3"], r["dice"], r["hd95"], r["matched_pred_ids"])
+                for r in lesion_rows
+                if r["region"] == row["region"]
+            ]
+            assert mine == [
+                (r.lesion_id, r.kind, r.volume_mm3, r.dice, r.hd95, ";".join(str(m) for m in r.matched))
+                for r in ref.lesions
+            ]
         assert sum(r["fp"] for r in rows) > 0 and sum(r["tp"] for r in rows) > 5
 
 
@@ -269,8 +307,20 @@ def test_cli_runs_and_prints_summary(folders, tmp_path):
     app.command("noop")(lambda: None)  # keep subcommand mode
     runner = CliRunner()
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "--challenge", "MEN",
-                                 "--output", str(out), "--metrics", "dice,hd95,lesion_dice"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(pred_dir),
+            str(gt_dir),
+            "--challenge",
+            "MEN",
+            "--output",
+            str(out),
+            "--metrics",
+            "dice,hd95,lesion_dice",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "lesion_dice" in result.output and (out / "summary.json").exists()
     assert json.loads((out / "summary.json").read_text())["conventions"]["challenge"] == "MEN"
@@ -292,8 +342,25 @@ def test_cli_custom_dilation_and_volume_threshold(folders, tmp_path):
     app.command("noop")(lambda: None)
     runner = CliRunner()
     out = tmp_path / "custom"
-    result = runner.invoke(app, ["evaluate", str(pred_dir), str(gt_dir), "-c", "custom", "--dilation", "0",
-                                 "--volume-threshold", "1e7", "-o", str(out), "-m", "lesion_dice,tp", "-q"])
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(pred_dir),
+            str(gt_dir),
+            "-c",
+            "custom",
+            "--dilation",
+            "0",
+            "--volume-threshold",
+            "1e7",
+            "-o",
+            str(out),
+            "-m",
+            "lesion_dice,tp",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     conv = json.loads((out / "summary.json").read_text())["conventions"]
     assert (conv["challenge"], conv["dilation_voxels"], conv["volume_threshold_mm3"]) == ("custom", 0, 1e7)

@@ -17,17 +17,27 @@ from fusionseg.experiments.jobs import FoldJob
 
 def tiny_study(data, tmp_path) -> dict:
     return {
-        "study": "tiny", "reference": "A",
-        "base": {"data": {"root": str(data), "modalities": ["t1ce", "flair"],
-                          "cache_dir": str(tmp_path / "cache")},
-                 "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
-                 "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1},
-                 "split": {"kind": "kfold", "folds": 2, "val_fraction": 0.25},
-                 "evaluation": {"overlays": 0}},
-        "runs": [{"name": "A", "strategy": "early"},
-                 {"name": "B", "strategy": "decoupled",
-                  "fusion": {"perceptual_features": "random", "epochs": 1,
-                             "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}}}}],
+        "study": "tiny",
+        "reference": "A",
+        "base": {
+            "data": {"root": str(data), "modalities": ["t1ce", "flair"], "cache_dir": str(tmp_path / "cache")},
+            "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+            "train": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1},
+            "split": {"kind": "kfold", "folds": 2, "val_fraction": 0.25},
+            "evaluation": {"overlays": 0},
+        },
+        "runs": [
+            {"name": "A", "strategy": "early"},
+            {
+                "name": "B",
+                "strategy": "decoupled",
+                "fusion": {
+                    "perceptual_features": "random",
+                    "epochs": 1,
+                    "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}},
+                },
+            },
+        ],
         "tables": [{"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]}],
     }
 

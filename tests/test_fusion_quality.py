@@ -58,7 +58,8 @@ def test_entropy_of_four_equally_frequent_levels_is_two_bits():
 def test_mutual_information_of_an_image_with_itself_is_its_entropy(brain_like):
     assert mutual_information(brain_like, brain_like) == pytest.approx(entropy(brain_like), abs=1e-10)
     assert fusion_mutual_information(brain_like, brain_like, brain_like) == pytest.approx(
-        2 * entropy(brain_like), abs=1e-10)
+        2 * entropy(brain_like), abs=1e-10
+    )
 
 
 def test_mutual_information_of_independent_patterns_is_zero():
@@ -74,7 +75,8 @@ def test_mutual_information_is_invariant_to_affine_rescaling_and_symmetric(brain
     assert mutual_information(255 * brain_like + 3, other_source) == pytest.approx(mi, abs=1e-10)
     assert mutual_information(other_source, brain_like) == pytest.approx(mi, abs=1e-10)
     assert fusion_mutual_information(brain_like, brain_like, other_source) == pytest.approx(
-        fusion_mutual_information(brain_like, other_source, brain_like), abs=1e-12)
+        fusion_mutual_information(brain_like, other_source, brain_like), abs=1e-12
+    )
 
 
 def test_mutual_information_inside_mask():

@@ -21,8 +21,10 @@ BRATS18 = DATA / "brats18"
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (GOLDEN / "expected_legacy.csv").exists() or not BRATS18.is_dir(),
-                       reason=f"golden data not found under {DATA} (needs metrics-golden/ and brats18/)"),
+    pytest.mark.skipif(
+        not (GOLDEN / "expected_legacy.csv").exists() or not BRATS18.is_dir(),
+        reason=f"golden data not found under {DATA} (needs metrics-golden/ and brats18/)",
+    ),
 ]
 
 #: our column -> (legacy CSV column, tolerance; 0 = exact)
@@ -60,16 +62,20 @@ def test_matches_legacy_brats2023_metrics_on_all_golden_cases():
         for challenge in ("GLI", "MEN"):
             rows, _ = evaluate_case(pred, gt, spacing, BRATS2017, list(COLUMNS), challenge)
             for row in rows:
-                ref = expected[(expected["case"] == case) & (expected["challenge"] == f"BraTS-{challenge}")
-                               & (expected["Labels"] == row["region"])]
+                ref = expected[
+                    (expected["case"] == case)
+                    & (expected["challenge"] == f"BraTS-{challenge}")
+                    & (expected["Labels"] == row["region"])
+                ]
                 assert len(ref) == 1, (case, challenge, row["region"])
                 ref = ref.iloc[0]
                 for col, (legacy_col, tol) in COLUMNS.items():
                     dev = abs(float(row[col]) - float(ref[legacy_col]))
                     deviation[col] = max(deviation[col], dev)
                     if dev > tol:
-                        failures.append(f"{case} {challenge} {row['region']} {col}: "
-                                        f"ours {row[col]!r} legacy {ref[legacy_col]!r}")
+                        failures.append(
+                            f"{case} {challenge} {row['region']} {col}: ours {row[col]!r} legacy {ref[legacy_col]!r}"
+                        )
                 n_checked += 1
     print("\nmax |ours - legacy| per column over", n_checked, "case x challenge x region rows:")
     for col, dev in deviation.items():

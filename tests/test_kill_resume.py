@@ -42,14 +42,21 @@ app()
 
 def _killed(module: str, func: str, n: int, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same arithmetic as here
-    done = subprocess.run([sys.executable, "-c", _KILLED, module, func, str(n), *args], env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED, module, func, str(n), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
 
 
 def _config(data: Path, tmp: Path, name: str) -> Path:
-    cfg = tiny_config(name, data, tmp, train={"epochs": 4, "batch_size": 8, "max_steps_per_epoch": 2,
-                                              "patience": 10, "threads": 1})
+    cfg = tiny_config(
+        name, data, tmp, train={"epochs": 4, "batch_size": 8, "max_steps_per_epoch": 2, "patience": 10, "threads": 1}
+    )
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -72,8 +79,9 @@ def test_train_killed_mid_run_resumes_to_the_same_bytes(phantom_dataset, tmp_pat
     assert "resumed" in " ".join(result.output.split())
     run_a = tmp_path / "a" / "runs" / "kill"
     assert (run_b / "metrics_per_case.csv").read_bytes() == (run_a / "metrics_per_case.csv").read_bytes()
-    assert (run_b / "fold_0" / "train_log.csv").read_text().count("\n") == \
-        (run_a / "fold_0" / "train_log.csv").read_text().count("\n")
+    assert (run_b / "fold_0" / "train_log.csv").read_text().count("\n") == (
+        run_a / "fold_0" / "train_log.csv"
+    ).read_text().count("\n")
 
 
 def test_evaluate_killed_between_outputs_reruns_to_the_same_bytes(brats18_phantom, tmp_path):

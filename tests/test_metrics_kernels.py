@@ -49,8 +49,7 @@ def test_labelled_surface_elements_3d_match_numpy():
         shape = tuple(int(n) for n in rng.integers(1, 12, 3))
         mask = (rng.random(shape) < rng.uniform(0.02, 0.9)).astype(np.uint8)
         labels = cc3d.connected_components(mask, connectivity=26)
-        index, codes, element_labels = kernels.labelled_surface_elements_3d(
-            mask, labels, *components.row_extents(mask))
+        index, codes, element_labels = kernels.labelled_surface_elements_3d(mask, labels, *components.row_extents(mask))
         ref_index, ref_codes = _reference_elements(np.pad(mask, 1))
         np.testing.assert_array_equal(index, ref_index)
         np.testing.assert_array_equal(codes, ref_codes)
@@ -136,15 +135,16 @@ def test_grid_nearest_takes_the_first_offset_that_hits():
     labels = rng.integers(1, 9, shape).astype(np.int32)
     pts = rng.integers(4, 16, (300, 3))
     off = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    length = np.sqrt((off ** 2).sum(1) * 1.0)
+    length = np.sqrt((off**2).sum(1) * 1.0)
     order = np.argsort(length, kind="stable")
     off, length = off[order], length[order]
     strides = np.asarray(grid.strides, dtype=np.int64)
     target = np.flatnonzero(grid.ravel())
     dist = np.full(300, np.inf)
     near = np.zeros(300, dtype=np.int64)
-    missed = kernels.grid_nearest(grid.size, pts @ strides, off @ strides, length, target,
-                                  labels.ravel()[target].astype(np.int64), dist, near)
+    missed = kernels.grid_nearest(
+        grid.size, pts @ strides, off @ strides, length, target, labels.ravel()[target].astype(np.int64), dist, near
+    )
     for s, p in enumerate(pts):
         hits = [k for k, o in enumerate(off) if grid[tuple(p + o)]]
         if not hits:
@@ -155,8 +155,9 @@ def test_grid_nearest_takes_the_first_offset_that_hits():
             assert near[s] == labels[tuple(p + off[hits[0]])]
 
 
-@pytest.mark.parametrize("n_points, ndim, leaf", [(1, 3, 4), (2, 3, 1), (7, 2, 2), (500, 3, 8),
-                                                  (3000, 3, 32), (400, 2, 16)])
+@pytest.mark.parametrize(
+    "n_points, ndim, leaf", [(1, 3, 4), (2, 3, 1), (7, 2, 2), (500, 3, 8), (3000, 3, 32), (400, 2, 16)]
+)
 def test_kd_tree_matches_scipy(n_points, ndim, leaf):
     rng = np.random.default_rng(n_points)
     spacing = rng.uniform(0.5, 2.0, ndim)
@@ -176,8 +177,7 @@ def test_kd_tree_matches_scipy(n_points, ndim, leaf):
     # trying every point gives the same distances, bit for bit, and the first point at each
     brute_dist = np.empty(len(queries))
     brute_which = np.empty(len(queries), dtype=np.int64)
-    kdtree.brute_nearest(points, padded_queries, np.append(spacing, [0.0] * (3 - ndim)),
-                         brute_dist, brute_which)
+    kdtree.brute_nearest(points, padded_queries, np.append(spacing, [0.0] * (3 - ndim)), brute_dist, brute_which)
     np.testing.assert_array_equal(brute_dist, dist)
     d_all = np.sqrt((((queries[:, None, :] - points[None]) * spacing) ** 2).sum(axis=2))
     np.testing.assert_array_equal(brute_which, np.argmin(d_all, axis=1))

@@ -21,7 +21,7 @@ def _empty():
 
 def _cube(x0, size=4, y0=10, z0=10):
     m = _empty()
-    m[x0:x0 + size, y0:y0 + size, z0:z0 + size] = True
+    m[x0 : x0 + size, y0 : y0 + size, z0 : z0 + size] = True
     return m
 
 
@@ -120,7 +120,12 @@ def test_2d_masks_are_supported():
 
 def test_challenge_presets_and_custom():
     assert {k: (v.dilation, v.volume_threshold_mm3) for k, v in CHALLENGES.items()} == {
-        "GLI": (3, 50.0), "SSA": (3, 50.0), "MEN": (1, 50.0), "PED": (3, 50.0), "MET": (1, 2.0)}
+        "GLI": (3, 50.0),
+        "SSA": (3, 50.0),
+        "MEN": (1, 50.0),
+        "PED": (3, 50.0),
+        "MET": (1, 2.0),
+    }
     assert challenge_params("BraTS-MET").dilation == 1
     custom = challenge_params("custom", dilation=2, volume_threshold_mm3=10)
     assert (custom.dilation, custom.volume_threshold_mm3) == (2, 10.0)
@@ -155,8 +160,9 @@ def test_joint_hd95_and_lesion_wise_equal_separate_computations_bit_for_bit():
         for d in (1, 3):
             hd, joint = hd95_and_lesion_wise(pred, gt, spacing, d, 20.0)
             assert hd == hd95(pred, gt, spacing)
-            assert joint == lesion_wise(pred, gt, spacing, d, 20.0,
-                                        full_image=(dice(pred, gt), hd95(pred, gt, spacing)))
+            assert joint == lesion_wise(
+                pred, gt, spacing, d, 20.0, full_image=(dice(pred, gt), hd95(pred, gt, spacing))
+            )
 
 
 def test_lesion_hd95_from_whole_image_distances_equals_the_per_lesion_computation(monkeypatch):
@@ -207,8 +213,7 @@ def test_lesions_and_matches_equal_labelling_the_dilated_gt(d):
         c = c + rng.integers(-4, 5, 3)
         pred |= np.sqrt(sum((g - ci) ** 2 for g, ci in zip(grid, c))) <= rng.uniform(0.5, 3)
     dilated = ndimage.binary_dilation(gt, ndimage.generate_binary_structure(3, 2), iterations=d)
-    dil_lab, n_gt = cc3d.connected_components(np.ascontiguousarray(dilated), connectivity=26,
-                                              return_N=True)
+    dil_lab, n_gt = cc3d.connected_components(np.ascontiguousarray(dilated), connectivity=26, return_N=True)
     pred_lab = cc3d.connected_components(np.ascontiguousarray(pred), connectivity=26)
     expected = []
     for lesion in range(1, n_gt + 1):

@@ -40,7 +40,7 @@ def test_sensitivity_specificity_hand_values():
     g = np.zeros(10, bool)[None, :]
     p[0, :4] = True  # TP 3 (0..2), FP 1 (3)
     g[0, :3] = True
-    g[0, 9] = True   # FN 1
+    g[0, 9] = True  # FN 1
     sens, spec = sensitivity_specificity(p, g)
     assert sens == pytest.approx(3 / 4)
     assert spec == pytest.approx(5 / 6)  # TN = 10 - |P u G| = 5

@@ -68,8 +68,9 @@ def test_neighbourhood_tables_match_surface_distance_package():
         ref = lookup.create_table_neighbour_code_to_surface_area(spacing)
         # the package's bit b is corner (i, j, k) with weight 2**(7 - (4i + 2j + k))
         for code in range(256):
-            ref_code = sum(1 << (7 - (4 * i + 2 * j + k))
-                           for bit, (i, j, k) in enumerate(_corners(3)) if code >> bit & 1)
+            ref_code = sum(
+                1 << (7 - (4 * i + 2 * j + k)) for bit, (i, j, k) in enumerate(_corners(3)) if code >> bit & 1
+            )
             assert ours[code] == pytest.approx(ref[ref_code], abs=1e-9)
     ours2 = _code_to_measure((0.8, 1.7))
     ref2 = lookup.create_table_neighbour_code_to_contour_length((0.8, 1.7))
@@ -118,5 +119,8 @@ def test_asd_matches_monai_symmetric_on_random_shapes():
         ref = monai_metrics.compute_average_surface_distance(
             torch.from_numpy(pred[None, None].astype(np.float32)),
             torch.from_numpy(gt[None, None].astype(np.float32)),
-            include_background=True, symmetric=True, spacing=list(spacing)).item()
+            include_background=True,
+            symmetric=True,
+            spacing=list(spacing),
+        ).item()
         assert average_surface_distance(pred, gt, spacing) == pytest.approx(ref, rel=1e-5)

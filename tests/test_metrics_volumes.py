@@ -11,10 +11,10 @@ from fusionseg.evaluation.metrics.volumes import false_negative_volume, false_po
 def _fixture():
     gt = np.zeros((20, 20, 20), bool)
     pred = np.zeros_like(gt)
-    gt[2:5, 2:5, 2:5] = True        # detected lesion (27 voxels)
-    pred[3:6, 3:6, 3:6] = True      # overlapping prediction
+    gt[2:5, 2:5, 2:5] = True  # detected lesion (27 voxels)
+    pred[3:6, 3:6, 3:6] = True  # overlapping prediction
     gt[12:14, 12:14, 12:14] = True  # missed lesion: 8 voxels
-    pred[15:17, 2:4, 2:4] = True    # false positive: 8 voxels
+    pred[15:17, 2:4, 2:4] = True  # false positive: 8 voxels
     return pred, gt
 
 

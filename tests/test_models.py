@@ -102,13 +102,18 @@ def test_two_stage_unet_parameter_count_matches_hand_computation():
         return cin * cout * k * k + cout
 
     expected = (
-        conv(4, 64, 3) + conv(64, 64, 3)  # enc1: 2368 + 36928
-        + conv(64, 128, 3) + conv(128, 128, 3)  # enc2: 73856 + 147584
-        + conv(128, 256, 3) + conv(256, 256, 3)  # bottleneck: 295168 + 590080
+        conv(4, 64, 3)
+        + conv(64, 64, 3)  # enc1: 2368 + 36928
+        + conv(64, 128, 3)
+        + conv(128, 128, 3)  # enc2: 73856 + 147584
+        + conv(128, 256, 3)
+        + conv(256, 256, 3)  # bottleneck: 295168 + 590080
         + conv(256, 128, 2)  # up2 (transposed 2x2): 131200
-        + conv(256, 128, 3) + conv(128, 128, 3)  # dec2 on [up; skip]: 295040 + 147584
+        + conv(256, 128, 3)
+        + conv(128, 128, 3)  # dec2 on [up; skip]: 295040 + 147584
         + conv(128, 64, 2)  # up1: 32832
-        + conv(128, 64, 3) + conv(64, 64, 3)  # dec1: 73792 + 36928
+        + conv(128, 64, 3)
+        + conv(64, 64, 3)  # dec1: 73792 + 36928
         + conv(64, 4, 1)  # head: 260
     )
     assert expected == 1_863_620

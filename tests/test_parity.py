@@ -28,10 +28,15 @@ def _t1_covers_the_background(folder: Path) -> None:
 def test_predict_equals_the_runs_test_predictions(modalities, phantom_dataset, tmp_path):
     data = Path(shutil.copytree(phantom_dataset("brats2018", n_cases=4), tmp_path / "data"))
     _t1_covers_the_background(data)
-    cfg = tiny_config("parity", data, tmp_path, evaluation={"overlays": 0, "metrics": ["dice"]},
-                      postprocess={"method": "none"},
-                      train={"epochs": 12, "batch_size": 8, "max_steps_per_epoch": 4, "lr": 0.01, "patience": 20},
-                      model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}})
+    cfg = tiny_config(
+        "parity",
+        data,
+        tmp_path,
+        evaluation={"overlays": 0, "metrics": ["dice"]},
+        postprocess={"method": "none"},
+        train={"epochs": 12, "batch_size": 8, "max_steps_per_epoch": 4, "lr": 0.01, "patience": 20},
+        model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}},
+    )
     if modalities:
         cfg["data"]["modalities"] = modalities
     result, run = train_via_cli(cfg, tmp_path)

@@ -12,8 +12,9 @@ from fusionseg.data.phantom import make_petct_phantom, make_phantom, write_phant
 SHAPE = (48, 48, 32)
 
 
-@pytest.mark.parametrize("scheme, labels", [(BRATS2017, {0, 1, 2, 4}), (BRATS2023, {0, 1, 2, 3}),
-                                            (MSD_TASK01, {0, 1, 2, 3})])
+@pytest.mark.parametrize(
+    "scheme, labels", [(BRATS2017, {0, 1, 2, 4}), (BRATS2023, {0, 1, 2, 3}), (MSD_TASK01, {0, 1, 2, 3})]
+)
 def test_every_tumour_label_present_for_each_scheme(scheme, labels):
     for seed in range(5):
         ph = make_phantom(SHAPE, seed=seed, scheme=scheme)

@@ -86,8 +86,13 @@ def test_choice_on_validation_cases():
     pred = gt.copy()
     pred[10:12, 10:12, 10] = 2  # a false-positive 4-voxel component
     settings = candidate_settings([2, 5, 50])
-    assert [s.label() for s in settings] == ["none", "remove < 2 mm3", "remove < 5 mm3",
-                                             "remove < 50 mm3", "keep largest"]
+    assert [s.label() for s in settings] == [
+        "none",
+        "remove < 2 mm3",
+        "remove < 5 mm3",
+        "remove < 50 mm3",
+        "keep largest",
+    ]
     best, rows = choose_postprocess([(pred, gt, (1, 1, 1))], BRATS2017, settings)
     assert best == Postprocess(5.0)  # the mildest setting that removes the FP
     wt_dice_none = 2 * 27 / (31 + 27)
@@ -110,11 +115,14 @@ def test_combined_setting_for_an_ensemble():
 
 def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=6)
-    cfg = tiny_config("pp", data, tmp_path,
-                      split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
-                      evaluation={"overlays": 0, "metrics": ["dice", "fp"]},
-                      postprocess={"method": "validation", "candidates_mm3": [10, 100],
-                                   "inner_candidates_mm3": [5]})
+    cfg = tiny_config(
+        "pp",
+        data,
+        tmp_path,
+        split={"kind": "kfold", "folds": 2, "run_folds": [0], "val_fraction": 0.34},
+        evaluation={"overlays": 0, "metrics": ["dice", "fp"]},
+        postprocess={"method": "validation", "candidates_mm3": [10, 100], "inner_candidates_mm3": [5]},
+    )
     runner = CliRunner()
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
@@ -145,8 +153,17 @@ def test_run_chooses_on_validation_then_re_predicts_without_retraining(phantom_d
     args = ["predict", str(run), str(data), str(tmp_path / "p1"), "--fold", "0", "--case", test_cases[0]]
     assert runner.invoke(app, args).exit_code == 0
     assert not np.asanyarray(nib.load(tmp_path / "p1" / f"{test_cases[0]}.nii.gz").dataobj).any()
-    args = ["predict", str(run), str(data), str(tmp_path / "p2"), "--fold", "0", "--case", test_cases[0],
-            "--no-postprocess"]
+    args = [
+        "predict",
+        str(run),
+        str(data),
+        str(tmp_path / "p2"),
+        "--fold",
+        "0",
+        "--case",
+        test_cases[0],
+        "--no-postprocess",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "post-processing: none" in " ".join(result.output.split())
 

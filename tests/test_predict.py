@@ -43,8 +43,12 @@ def test_test_time_mirroring_averages_the_four_flips():
     with torch.no_grad():
         plain = class_probabilities(net, x)
         tta = class_probabilities(net, x, mirror=True)
-        by_hand = sum(torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d
-                      else torch.softmax(net(x), 1) for d in MIRRORS) / 4
+        by_hand = (
+            sum(
+                torch.softmax(net(x.flip(d) if d else x), 1).flip(d) if d else torch.softmax(net(x), 1) for d in MIRRORS
+            )
+            / 4
+        )
         assert torch.allclose(tta, by_hand, atol=1e-6)
         assert not torch.allclose(tta, plain, atol=1e-3)
         # the average over the mirror group is mirror-equivariant; the plain output is not

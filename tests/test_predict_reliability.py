@@ -36,9 +36,14 @@ def run(phantom_dataset, tmp_path_factory) -> Path:
     enough (seconds) to predict ED and ET (the phantoms' NCR, a few voxels, it misses)."""
     data = phantom_dataset("brats2018", n_cases=6)
     tmp = tmp_path_factory.mktemp("reliability_run")
-    cfg = tiny_config("reliable", data, tmp, evaluation={"overlays": 0, "metrics": ["dice"]},
-                      model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}},
-                      train={"epochs": 8, "batch_size": 8, "max_steps_per_epoch": 10, "lr": 0.01})
+    cfg = tiny_config(
+        "reliable",
+        data,
+        tmp,
+        evaluation={"overlays": 0, "metrics": ["dice"]},
+        model={"kwargs": {"channels": [8, 16], "bottleneck": 16, "norm": "batch"}},
+        train={"epochs": 8, "batch_size": 8, "max_steps_per_epoch": 10, "lr": 0.01},
+    )
     cfg["data"]["modalities"] = MODALITIES
     result, run_dir = train_via_cli(cfg, tmp)
     assert result.exit_code == 0, result.output
@@ -75,6 +80,7 @@ def _labels(path: Path) -> np.ndarray:
 
 # --- usage errors: exit code 2 -------------------------------------------------------
 
+
 def test_unknown_case_names_it_and_lists_valid_ids(run, data, tmp_path):
     ids = [c.case_id for c in discover(data).cases]
     out = tmp_path / "pred"
@@ -102,6 +108,7 @@ def test_existing_outputs_need_overwrite_or_skip_existing(run, data, tmp_path):
 
 # --- data errors: exit code 1 --------------------------------------------------------
 
+
 def test_empty_folder_is_reported_about_itself(run, data, tmp_path):
     empty = data / "empty"  # its parent is a valid dataset: no fallback onto it
     empty.mkdir()
@@ -121,8 +128,13 @@ def test_folder_mixing_layouts_is_reported_about_itself(run, phantom_dataset, tm
 
 def test_model_modalities_missing_from_the_dataset(run, phantom_dataset, tmp_path):
     out = tmp_path / "pred"
-    _fails_cleanly(_predict(run, phantom_dataset("autopet", n_cases=2), out), 1, out,
-                   "the model needs modalities t1ce, flair", "missing t1ce, flair")
+    _fails_cleanly(
+        _predict(run, phantom_dataset("autopet", n_cases=2), out),
+        1,
+        out,
+        "the model needs modalities t1ce, flair",
+        "missing t1ce, flair",
+    )
 
 
 def _delete(path: Path) -> None:
@@ -134,8 +146,7 @@ def _corrupt(path: Path) -> None:
 
 
 def _nan(path: Path) -> None:
-    rewrite_nifti(path, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a),
-                  dtype=np.float32)
+    rewrite_nifti(path, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 5, np.nan, a), dtype=np.float32)
 
 
 def _zero(path: Path) -> None:
@@ -152,9 +163,17 @@ def _affine(path: Path) -> None:
     rewrite_nifti(path, lambda a: a, affine=affine)
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (_delete, "file is missing"), (_corrupt, "cannot"), (_nan, "non-finite voxel"),
-    (_zero, "image is empty: all zero"), (_shape, "shape"), (_affine, "affine differs")])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (_delete, "file is missing"),
+        (_corrupt, "cannot"),
+        (_nan, "non-finite voxel"),
+        (_zero, "image is empty: all zero"),
+        (_shape, "shape"),
+        (_affine, "affine differs"),
+    ],
+)
 def test_a_bad_case_stops_predict_before_anything_is_written(run, data, tmp_path, damage, problem):
     case = discover(data).cases[-1]  # the last case: the others would be written first
     bad = case.images["flair"].path
@@ -226,9 +245,14 @@ def test_skip_existing_after_kill_9_gives_the_uninterrupted_folder(run, phantom_
     assert _predict(run, data, whole).exit_code == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same arithmetic as here
-    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, "predict", str(run), str(data),
-                             str(resumed), "--no-postprocess"], env=env, capture_output=True,
-                            text=True, timeout=600, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, "predict", str(run), str(data), str(resumed), "--no-postprocess"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     finished = sorted(p.name for p in resumed.glob("*.nii.gz") if not p.name.startswith("."))
     assert finished == [f"{ids[0]}.nii.gz"]  # the half-written 2nd file never got its name
@@ -261,6 +285,7 @@ def test_skip_existing_refuses_to_mix_label_conventions(run, phantom_dataset, tm
 
 # --- label conventions ---------------------------------------------------------------
 
+
 def test_labels_are_written_in_the_target_folders_convention(run, phantom_dataset, tmp_path):
     """Trained on BraTS 2018 (ET = 4), predicting BraTS 2023 (ET = 3)."""
     data23 = phantom_dataset("brats2023", n_cases=2)
@@ -290,8 +315,7 @@ def test_evaluate_states_and_checks_the_label_conventions(run, phantom_dataset, 
     assert _predict(run, data23, as_model, "--labels", "model").exit_code == 0
     for extra in ([], ["--scheme", "brats2023"]):  # --scheme with a dataset folder: no TypeError
         out = tmp_path / f"ev{len(extra)}"
-        result = runner.invoke(app, ["evaluate", str(as_dataset), str(data23), "-m", "dice",
-                                     "-o", str(out), *extra])
+        result = runner.invoke(app, ["evaluate", str(as_dataset), str(data23), "-m", "dice", "-o", str(out), *extra])
         assert result.exit_code == 0, result.output
         flat = _flat(result.output)
         assert _flat("labels compared: predictions brats2023 {0,1,2,3}") in flat, result.output
@@ -300,8 +324,9 @@ def test_evaluate_states_and_checks_the_label_conventions(run, phantom_dataset, 
         assert conv["prediction_labels"]["scheme"] == conv["gt_labels"]["scheme"] == "brats2023"
         assert "label_convention.json" in conv["prediction_labels"]["source"]
         assert conv["gt_labels"]["source"] == ("given (--scheme)" if extra else "the brats2023 dataset layout")
-    mismatch = runner.invoke(app, ["evaluate", str(as_model), str(data23), "-m", "dice",
-                                   "-o", str(tmp_path / "ev_bad")])
+    mismatch = runner.invoke(
+        app, ["evaluate", str(as_model), str(data23), "-m", "dice", "-o", str(tmp_path / "ev_bad")]
+    )
     assert mismatch.exit_code == 1 and "Traceback" not in mismatch.output, mismatch.output
     assert "brats2017" in mismatch.output and _flat("--labels dataset") in _flat(mismatch.output)
     unknown = runner.invoke(app, ["evaluate", str(as_dataset), str(data23), "--scheme", "brats2099"])

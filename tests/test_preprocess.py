@@ -53,6 +53,7 @@ def test_prepared_case_crops_and_maps_labels(brats18_phantom):
     assert set(np.unique(p.label)) <= {0, 1, 2, 3}  # class indices, ET 4 -> 3
     # uncrop puts the crop back exactly where the raw labels are
     import nibabel as nib
+
     raw = np.asanyarray(nib.load(case.label).dataobj)
     restored = BRATS2017.from_classes(p.uncrop(p.label))
     assert np.array_equal(restored, raw)

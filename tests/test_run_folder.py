@@ -50,8 +50,11 @@ def _snapshot(folder: Path) -> dict[str, int]:
 def test_changed_settings_stop_before_any_work_and_name_the_keys(trained):
     cfg, run, tmp = trained
     before = _snapshot(run)
-    changed = {**cfg, "model": {"kwargs": {"channels": [4, 8], "bottleneck": 16, "norm": "batch"}},
-               "train": {**cfg["train"], "lr": 0.01}}
+    changed = {
+        **cfg,
+        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 16, "norm": "batch"}},
+        "train": {**cfg["train"], "lr": 0.01},
+    }
     result, _ = _train(changed, tmp)
     text = _flat(result.output)
     assert result.exit_code == 2, result.output
@@ -94,14 +97,23 @@ def test_resume_with_changes_records_and_overwrite_retrains(phantom_dataset, tmp
 
 def test_identity_ignores_result_free_and_evaluation_settings():
     base = validate_config({"name": "a", "data": {"root": "x"}})
-    other = validate_config({"name": "b", "data": {"root": "x", "cache_dir": "/c"}, "output_dir": "o",
-                             "train": {"threads": 1, "num_workers": 2}, "evaluation": {"challenge": "MEN"},
-                             "postprocess": {"method": "fixed"}, "inference": {"tta": "mirror"}})
+    other = validate_config(
+        {
+            "name": "b",
+            "data": {"root": "x", "cache_dir": "/c"},
+            "output_dir": "o",
+            "train": {"threads": 1, "num_workers": 2},
+            "evaluation": {"challenge": "MEN"},
+            "postprocess": {"method": "fixed"},
+            "inference": {"tta": "mirror"},
+        }
+    )
     assert identity_hash(base) == identity_hash(other)
     assert "model.kwargs" in identity_settings(base.model_dump(mode="json"))
     kw = validate_config({"name": "a", "data": {"root": "x"}, "model": {"kwargs": {"norm": "batch"}}})
-    assert [k for k, _, _ in changed_settings(base.model_dump(mode="json"), kw.model_dump(mode="json"))] \
-        == ["model.kwargs"]
+    assert [k for k, _, _ in changed_settings(base.model_dump(mode="json"), kw.model_dump(mode="json"))] == [
+        "model.kwargs"
+    ]
 
 
 def test_bad_inputs_leave_no_run_folder(brats18_copy, tmp_path):
@@ -124,8 +136,7 @@ def test_read_only_output_is_found_before_work(brats18_phantom, tmp_path, monkey
     import fusionseg.data.io as identity
 
     real = os.access
-    monkeypatch.setattr(identity.os, "access",
-                        lambda p, mode: False if Path(p) == tmp_path / "ro" else real(p, mode))
+    monkeypatch.setattr(identity.os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real(p, mode))
     (tmp_path / "ro").mkdir()
     cfg = tiny_config("ro", brats18_phantom, tmp_path, output="ro/runs")
     result, run = _train(cfg, tmp_path)

@@ -17,10 +17,18 @@ def make_case(depth=20, tumour=(8, 11), original_depth=155, offset=70) -> Prepar
     image[0] = 1.0
     image[1] = 2.0
     label = np.zeros((12, 10, depth), np.uint8)
-    label[4:6, 3:5, tumour[0]:tumour[1]] = 2
-    return PreparedCase("c", ("t1ce", "flair"), image, label,
-                        ((0, 12), (0, 10), (offset, offset + depth)), (12, 10, original_depth),
-                        np.eye(4), (1.0, 1.0, 1.0), 2)
+    label[4:6, 3:5, tumour[0] : tumour[1]] = 2
+    return PreparedCase(
+        "c",
+        ("t1ce", "flair"),
+        image,
+        label,
+        ((0, 12), (0, 10), (offset, offset + depth)),
+        (12, 10, original_depth),
+        np.eye(4),
+        (1.0, 1.0, 1.0),
+        2,
+    )
 
 
 def test_select_slices_modes():

@@ -22,11 +22,21 @@ MODS = ["t1ce", "flair"]
 
 
 def config(strategy, weighting="static", **fusion):
-    section = {"perceptual_features": "random", "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}},
-               **({"epochs": 1} if strategy == "decoupled" else {"weighting": weighting}), **fusion}
-    return validate_config({
-        "name": "x", "strategy": strategy, "data": {"root": "x", "modalities": MODS},
-        "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}}, "fusion": section})
+    section = {
+        "perceptual_features": "random",
+        "model": {"name": "lrrnet", "kwargs": {"n": 4, "blocks": 1}},
+        **({"epochs": 1} if strategy == "decoupled" else {"weighting": weighting}),
+        **fusion,
+    }
+    return validate_config(
+        {
+            "name": "x",
+            "strategy": strategy,
+            "data": {"root": "x", "modalities": MODS},
+            "model": {"kwargs": {"channels": [4, 8], "bottleneck": 8, "norm": "batch"}},
+            "fusion": section,
+        }
+    )
 
 
 def batch(seed=0):
@@ -96,8 +106,10 @@ def slice_sets(brats18_phantom):
     ds = discover(brats18_phantom)
     prepared = [prepare_case_arrays(c, ds.scheme, PreprocessConfig()) for c in ds.cases]
     cfg = SamplingConfig(mode="tumour")
-    return (SliceDataset(prepared[:3], MODS, cfg, slice_size=(48, 48)),
-            SliceDataset(prepared[3:], MODS, cfg, slice_size=(48, 48), train=False))
+    return (
+        SliceDataset(prepared[:3], MODS, cfg, slice_size=(48, 48)),
+        SliceDataset(prepared[3:], MODS, cfg, slice_size=(48, 48), train=False),
+    )
 
 
 def test_dynamic_weights_follow_eq6_in_the_log_and_survive_resume(slice_sets, tmp_path):

@@ -33,8 +33,7 @@ def slice_sets(brats18_phantom):
 
 def tiny_strategy(seed=0, norm="batch"):
     torch.manual_seed(seed)
-    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8,
-                        norm=norm)
+    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8, norm=norm)
     return EarlyFusion(model, MODALITIES, build_seg_loss("dice_ce", num_classes=4))
 
 
@@ -83,7 +82,7 @@ def test_early_stopping_stops_after_patience(slice_sets, tmp_path):
 def test_poly_lr_schedule_by_hand_and_in_the_log(slice_sets, tmp_path):
     assert epoch_lr(1e-3, 5, 10, "constant") == 1e-3
     assert epoch_lr(1e-3, 0, 10, "poly") == pytest.approx(1e-3)
-    assert epoch_lr(1e-3, 5, 10, "poly") == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert epoch_lr(1e-3, 5, 10, "poly") == pytest.approx(1e-3 * 0.5**0.9)
     with pytest.raises(ValueError, match="lr schedule"):
         epoch_lr(1e-3, 0, 10, "cosine")
     train, val = slice_sets

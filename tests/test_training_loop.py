@@ -46,14 +46,24 @@ def cases(n: int, seed: int) -> list[dict]:
 
 def tiny_strategy(cls=EarlyFusion, norm: str = "batch") -> EarlyFusion:
     torch.manual_seed(0)
-    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8,
-                        norm=norm)
+    model = build_model("unet2stage", in_channels=4, num_classes=4, channels=(4, 8), bottleneck=8, norm=norm)
     return cls(model, MODS, build_seg_loss("dice_ce", num_classes=4))
 
 
 def cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 3e-2, "lr_schedule": "poly",
-                          "weight_decay": 1e-4, "patience": 5, "seed": 3, "threads": 1, **kw})
+    return TrainConfig(
+        **{
+            "epochs": 3,
+            "batch_size": 4,
+            "lr": 3e-2,
+            "lr_schedule": "poly",
+            "weight_decay": 1e-4,
+            "patience": 5,
+            "seed": 3,
+            "threads": 1,
+            **kw,
+        }
+    )
 
 
 def test_stage_lives_in_training_and_strategies_reexport_it():
@@ -67,17 +77,31 @@ def test_stage_lives_in_training_and_strategies_reexport_it():
 def test_training_imports_no_strategy_and_no_experiment():
     for path in sorted(TRAINING.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
-                assert not name.startswith(("fusionseg.strategies", "fusionseg.experiments")), \
+                assert not name.startswith(("fusionseg.strategies", "fusionseg.experiments")), (
                     f"{path.name} imports {name}"
+                )
     # nor indirectly
-    code = ("import sys, fusionseg.training, fusionseg.training.loop, fusionseg.training.callbacks; "
-            "print(sorted(m for m in sys.modules if m.startswith(('fusionseg.strategies', "
-            "'fusionseg.experiments'))))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=True)
+    code = (
+        "import sys, fusionseg.training, fusionseg.training.loop, fusionseg.training.callbacks; "
+        "print(sorted(m for m in sys.modules if m.startswith(('fusionseg.strategies', "
+        "'fusionseg.experiments'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -93,12 +117,15 @@ def _outcome(result, out: Path, strategy) -> dict:
     rows = list(csv.DictReader((out / "train_log.csv").read_text().splitlines()))
     best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    return {"header": (out / "train_log.csv").read_text().splitlines()[0],
-            "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
-            "result": (result.best_epoch, result.best_score, result.epochs_run, result.stopped_early),
-            "history": [{k: v for k, v in r.items() if k not in TIMING} for r in result.history],
-            "best": best, "last": {k: v for k, v in last.items() if k not in ("seconds", "history")},
-            "weights": strategy.state_dict()}
+    return {
+        "header": (out / "train_log.csv").read_text().splitlines()[0],
+        "rows": [{k: v for k, v in r.items() if k not in TIMING} for r in rows],
+        "result": (result.best_epoch, result.best_score, result.epochs_run, result.stopped_early),
+        "history": [{k: v for k, v in r.items() if k not in TIMING} for r in result.history],
+        "best": best,
+        "last": {k: v for k, v in last.items() if k not in ("seconds", "history")},
+        "weights": strategy.state_dict(),
+    }
 
 
 def _assert_same(a, b, where="") -> None:
@@ -131,16 +158,23 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_and_a_repeat(tm
     runs = {}
     for name in ("whole", "again"):
         s = tiny_strategy()
-        result = fit(s, cases(14, 1), cases(6, 2), cfg(), tmp_path / name, BRATS2017, meta={"m": 1},
-                     progress=False)
+        result = fit(s, cases(14, 1), cases(6, 2), cfg(), tmp_path / name, BRATS2017, meta={"m": 1}, progress=False)
         runs[name] = _outcome(result, tmp_path / name, s)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_strategy(), cases(14, 1), cases(6, 2), cfg(), tmp_path / "cut", BRATS2017,
-            meta={"m": 1}, progress=False, callbacks=[_Interrupt(1)])
+        fit(
+            tiny_strategy(),
+            cases(14, 1),
+            cases(6, 2),
+            cfg(),
+            tmp_path / "cut",
+            BRATS2017,
+            meta={"m": 1},
+            progress=False,
+            callbacks=[_Interrupt(1)],
+        )
     assert len((tmp_path / "cut" / "train_log.csv").read_text().splitlines()) == 2
     s = tiny_strategy()
-    result = fit(s, cases(14, 1), cases(6, 2), cfg(), tmp_path / "cut", BRATS2017, meta={"m": 1},
-                 progress=False)
+    result = fit(s, cases(14, 1), cases(6, 2), cfg(), tmp_path / "cut", BRATS2017, meta={"m": 1}, progress=False)
     runs["cut"] = _outcome(result, tmp_path / "cut", s)
     assert runs["whole"]["result"][2] == 3 and runs["whole"]["best"]["meta"] == {"m": 1}
     _assert_same(runs["whole"], runs["again"], "again")
@@ -178,20 +212,32 @@ class _MaskedFusion(EarlyFusion):
 
 
 def test_callback_hooks_in_order_and_extra_batch_keys_pass_through(tmp_path):
-    train = [{**c, "available": torch.tensor([True, False, True, True]), "target": torch.tensor(0.5)}
-             for c in cases(8, 1)]
+    train = [
+        {**c, "available": torch.tensor([True, False, True, True]), "target": torch.tensor(0.5)} for c in cases(8, 1)
+    ]
     record = _Record()
     s = tiny_strategy(_MaskedFusion, norm="none")
     # lr ~ 0 and no batch-norm statistics: no improvement after epoch 1, so early stopping
     # at the start of epoch 4
-    result = fit(s, train, cases(4, 2), cfg(lr=1e-12, epochs=6, patience=2, lr_schedule="constant"),
-                 tmp_path, BRATS2017, progress=False, callbacks=[record])
+    result = fit(
+        s,
+        train,
+        cases(4, 2),
+        cfg(lr=1e-12, epochs=6, patience=2, lr_schedule="constant"),
+        tmp_path,
+        BRATS2017,
+        progress=False,
+        callbacks=[record],
+    )
     assert s.seen and set(s.seen) == {((4, 4), (4,))}
     kinds = [e[0] for e in record.events]
     assert kinds == ["fit_start", *["epoch_start", "epoch_end"] * 3, "epoch_start", "fit_end"]
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
     assert [e for e in record.events if e[0] == "epoch_end"] == [
-        ("epoch_end", 1, True, 0), ("epoch_end", 2, False, 1), ("epoch_end", 3, False, 2)]
+        ("epoch_end", 1, True, 0),
+        ("epoch_end", 2, False, 1),
+        ("epoch_end", 3, False, 2),
+    ]
     assert record.events[-2] == ("epoch_start", 3, True)  # stopped before epoch 4 trains
 
 
@@ -211,5 +257,4 @@ class _NanLoss(EarlyFusion):
 
 def test_non_finite_training_loss_raises(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite training loss at epoch 0, step 0"):
-        fit(tiny_strategy(_NanLoss), cases(8, 1), cases(4, 2), cfg(), tmp_path, BRATS2017,
-            progress=False)
+        fit(tiny_strategy(_NanLoss), cases(8, 1), cases(4, 2), cfg(), tmp_path, BRATS2017, progress=False)

@@ -1,11 +1,11 @@
 """The ``fusionseg`` command line (typer).
 
-    fusionseg data check DIR          validate a dataset folder
-    fusionseg train CONFIG            cross-validate one experiment config
-    fusionseg compare CONFIG...       several configs on the same data and splits
-    fusionseg predict RUN INPUT OUT   label maps for new cases
-    fusionseg evaluate PRED GT        metrics of a folder of predictions
-    fusionseg demo                    phantoms -> train -> evaluate in minutes
+fusionseg data check DIR          validate a dataset folder
+fusionseg train CONFIG            cross-validate one experiment config
+fusionseg compare CONFIG...       several configs on the same data and splits
+fusionseg predict RUN INPUT OUT   label maps for new cases
+fusionseg evaluate PRED GT        metrics of a folder of predictions
+fusionseg demo                    phantoms -> train -> evaluate in minutes
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ err_console = Console(stderr=True)
 app = typer.Typer(
     name="fusionseg",
     help="Multimodal medical image segmentation (brain-tumour MRI, PET/CT): train, "
-         "compare, predict and evaluate fusion strategies under one protocol.\n\n"
-         "Start with `fusionseg demo`, then `fusionseg data check YOUR_DATA`, then "
-         "`fusionseg train configs/baseline_brats18_cpu.yaml --set data.root=YOUR_DATA`.",
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    "compare, predict and evaluate fusion strategies under one protocol.\n\n"
+    "Start with `fusionseg demo`, then `fusionseg data check YOUR_DATA`, then "
+    "`fusionseg train configs/baseline_brats18_cpu.yaml --set data.root=YOUR_DATA`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Dataset tools: validate a folder before training on it.",
-                       no_args_is_help=True)
+data_app = typer.Typer(help="Dataset tools: validate a folder before training on it.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -57,8 +58,10 @@ def _describe(exc: BaseException) -> str:
     from rich.markup import escape
 
     if isinstance(exc, OSError) and not isinstance(exc, FileExistsError) and exc.filename:
-        text = (f"{exc.filename}: {exc.strerror or exc}. Check that the path exists and that "
-                "you may read (inputs) or write (outputs) it, and that the disk is not full.")
+        text = (
+            f"{exc.filename}: {exc.strerror or exc}. Check that the path exists and that "
+            "you may read (inputs) or write (outputs) it, and that the disk is not full."
+        )
     else:
         text = str(exc)
     return escape(text)
@@ -76,28 +79,78 @@ def _register_optional_commands() -> None:
 
 _register_optional_commands()
 
-ExecutorOption = Annotated[str, typer.Option("--executor", help="Where fold jobs run: local (this process, one after another; default) or ray (one Ray task per run x fold; pip install 'fusionseg[ray]'). See docs/architecture.md for a Slurm or cloud cluster.")]
-AddressOption = Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray instance with this machine's CPUs.")]
-CpusOption = Annotated[Optional[int], typer.Option("--cpus", min=1, help="CPUs per fold job; also sets train.threads (the torch thread count changes float rounding, so local and ray runs with the same --cpus give the same numbers). Default: the config's train.threads (ray: 1).")]
+ExecutorOption = Annotated[
+    str,
+    typer.Option(
+        "--executor",
+        help="Where fold jobs run: local (this process, one after another; default) or ray (one Ray task per run x fold; pip install 'fusionseg[ray]'). See docs/architecture.md for a Slurm or cloud cluster.",
+    ),
+]
+AddressOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--address",
+        help="Ray cluster address (e.g. auto, ray://head:10001); default: start a local Ray instance with this machine's CPUs.",
+    ),
+]
+CpusOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--cpus",
+        min=1,
+        help="CPUs per fold job; also sets train.threads (the torch thread count changes float rounding, so local and ray runs with the same --cpus give the same numbers). Default: the config's train.threads (ray: 1).",
+    ),
+]
 GpusOption = Annotated[float, typer.Option("--gpus", min=0, help="GPUs per fold job (ray).")]
-DevicesOption = Annotated[Optional[int], typer.Option("--devices", min=1, help="Devices (GPUs, or CPU processes) per training stage; sets train.devices. With --strategy ddp: one DDP process each.")]
-DistributedOption = Annotated[Optional[str], typer.Option("--strategy", help="Distributed training strategy (Lightning Fabric), not the fusion strategy of the config: ddp trains each stage on --devices processes (validation counts all-reduced, rank 0 writes); none: one process. Sets train.distributed.")]
+DevicesOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--devices",
+        min=1,
+        help="Devices (GPUs, or CPU processes) per training stage; sets train.devices. With --strategy ddp: one DDP process each.",
+    ),
+]
+DistributedOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--strategy",
+        help="Distributed training strategy (Lightning Fabric), not the fusion strategy of the config: ddp trains each stage on --devices processes (validation counts all-reduced, rank 0 writes); none: one process. Sets train.distributed.",
+    ),
+]
 
 
 def _device_overrides(devices: int | None, distributed: str | None) -> list[str]:
     """--devices / --strategy as config overrides (train.devices, train.distributed)."""
-    return ([f"train.devices={devices}"] if devices is not None else []) + \
-        ([f"train.distributed={distributed}"] if distributed is not None else [])
-OverwriteOption = Annotated[bool, typer.Option(
-    "--overwrite", help="A run folder of the same name that holds a run with other settings is "
-                        "deleted and trained again (default: stop and name the changed settings).")]
-ResumeChangesOption = Annotated[bool, typer.Option(
-    "--resume-with-changes", help="Resume a run folder whose settings differ anyway, keeping its "
-                                  "trained folds; the change is recorded in run.json.")]
+    return ([f"train.devices={devices}"] if devices is not None else []) + (
+        [f"train.distributed={distributed}"] if distributed is not None else []
+    )
 
-SetOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", help="Override a config value, e.g. --set train.epochs=3 --set data.root=/data/brats "
-                  "(repeatable; values parsed as YAML).")]
+
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="A run folder of the same name that holds a run with other settings is "
+        "deleted and trained again (default: stop and name the changed settings).",
+    ),
+]
+ResumeChangesOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume-with-changes",
+        help="Resume a run folder whose settings differ anyway, keeping its "
+        "trained folds; the change is recorded in run.json.",
+    ),
+]
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        help="Override a config value, e.g. --set train.epochs=3 --set data.root=/data/brats "
+        "(repeatable; values parsed as YAML).",
+    ),
+]
 
 
 @app.command()
@@ -105,8 +158,17 @@ SetOption = Annotated[Optional[list[str]], typer.Option(
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).", exists=True, dir_okay=False)],
     set_: SetOption = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="Parent folder of the run folder (default: config's output_dir, 'runs').")] = None,
-    vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss (strategies decoupled/joint); sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
+    output_dir: Annotated[
+        Optional[Path], typer.Option(help="Parent folder of the run folder (default: config's output_dir, 'runs').")
+    ] = None,
+    vgg_weights: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss (strategies decoupled/joint); sets fusion.perceptual_features.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -148,8 +210,13 @@ def train(
         cfg = cfg.model_copy(update={"output_dir": output_dir})
     from fusionseg.experiments.executors import build_executor
 
-    result = run_experiment(cfg, progress=progress, overwrite=overwrite, resume_with_changes=resume_with_changes,
-                            executor=build_executor(executor, address, cpus, gpus))
+    result = run_experiment(
+        cfg,
+        progress=progress,
+        overwrite=overwrite,
+        resume_with_changes=resume_with_changes,
+        executor=build_executor(executor, address, cpus, gpus),
+    )
     console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
@@ -157,12 +224,40 @@ def train(
 @app.command()
 @friendly_errors
 def compare(
-    configs: Annotated[list[Path], typer.Argument(help="One study YAML (with a 'runs' list, e.g. configs/s0_table1.yaml) or several experiment YAMLs on the same dataset.", exists=True, dir_okay=False)],
-    protocol: Annotated[Optional[str], typer.Option(help="Study protocol, e.g. cpu-small (2 CPU cores) or paper (the source paper's settings, for a GPU). Default: the study's first.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Name of the comparison folder (default: the study name + protocol, or 'comparison').")] = None,
+    configs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="One study YAML (with a 'runs' list, e.g. configs/s0_table1.yaml) or several experiment YAMLs on the same dataset.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    protocol: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Study protocol, e.g. cpu-small (2 CPU cores) or paper (the source paper's settings, for a GPU). Default: the study's first."
+        ),
+    ] = None,
+    name: Annotated[
+        Optional[str],
+        typer.Option(help="Name of the comparison folder (default: the study name + protocol, or 'comparison')."),
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Parent folder of the comparison folder.")] = Path("runs"),
-    vgg_weights: Annotated[Optional[Path], typer.Option(help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss; sets fusion.perceptual_features.", exists=True, dir_okay=False)] = None,
-    rows: Annotated[Optional[list[str]], typer.Option("--rows", help="Run only these rows of a study (comma-separated and/or repeated, e.g. --rows A,B,C-dynamic); the reference row must be among them.")] = None,
+    vgg_weights: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Local VGG-16 weights (torchvision state dict) for the LRRNet fusion loss; sets fusion.perceptual_features.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    rows: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--rows",
+            help="Run only these rows of a study (comma-separated and/or repeated, e.g. --rows A,B,C-dynamic); the reference row must be among them.",
+        ),
+    ] = None,
     set_: SetOption = None,
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
@@ -202,9 +297,14 @@ def compare(
     study = load_study_or_configs(configs, protocol, overrides, name, selected or None)
     from fusionseg.experiments.executors import build_executor
 
-    out = run_comparison(study, output_dir, progress=progress, overwrite=overwrite,
-                         resume_with_changes=resume_with_changes,
-                         executor=build_executor(executor, address, cpus, gpus))
+    out = run_comparison(
+        study,
+        output_dir,
+        progress=progress,
+        overwrite=overwrite,
+        resume_with_changes=resume_with_changes,
+        executor=build_executor(executor, address, cpus, gpus),
+    )
     console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")
 
@@ -235,11 +335,17 @@ def demo(
 def terminal_table(per_case, summary: dict) -> str:
     """The run's result for an 80-column terminal: one row per region, mean ± sd of
     Dice, HD95, lesion-wise Dice and HD95 (the full table is in results.md)."""
-    metrics = [("dice", "Dice", 3), ("hd95", "HD95 mm", 1), ("lesion_dice", "LW Dice", 3),
-               ("lesion_hd95", "LW HD95 mm", 1)]
+    metrics = [
+        ("dice", "Dice", 3),
+        ("hd95", "HD95 mm", 1),
+        ("lesion_dice", "LW Dice", 3),
+        ("lesion_hd95", "LW HD95 mm", 1),
+    ]
     metrics = [m for m in metrics if m[0] in per_case.columns]
-    lines = [f"{summary['name']}: mean ± sd over {summary['n_cases']} test cases",
-             f"{'region':<7}" + "".join(f"{title:>17}" for _, title, _ in metrics)]
+    lines = [
+        f"{summary['name']}: mean ± sd over {summary['n_cases']} test cases",
+        f"{'region':<7}" + "".join(f"{title:>17}" for _, title, _ in metrics),
+    ]
     for region in dict.fromkeys(per_case["region"]):
         sub = per_case[per_case["region"] == region]
         cells = []

@@ -45,10 +45,12 @@ class DataConfig(_Strict):
     format: str | None = Field(None, description="layout name; None = autodetect")
     scheme: str | None = Field(None, description="label scheme name; None = the layout's default")
     modalities: list[str] | None = Field(
-        None, description="input modalities in channel order; None = all of the dataset")
+        None, description="input modalities in channel order; None = all of the dataset"
+    )
     cases: list[str] | None = Field(None, description="restrict to these case ids")
     cache_dir: Path | None = Field(
-        None, description="preprocessing cache; None = $FUSIONSEG_CACHE or ~/.cache/fusionseg")
+        None, description="preprocessing cache; None = $FUSIONSEG_CACHE or ~/.cache/fusionseg"
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -132,19 +134,23 @@ class TrainConfig(_Strict):
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "poly"] = Field(
-        "constant", description="constant, or poly decay lr * (1 - epoch / epochs) ** 0.9 per "
-        "epoch (nnU-Net, Isensee et al. 2021)")
+        "constant",
+        description="constant, or poly decay lr * (1 - epoch / epochs) ** 0.9 per epoch (nnU-Net, Isensee et al. 2021)",
+    )
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1, description="epochs without validation improvement")
     min_epochs: int = Field(1, ge=1)
     max_steps_per_epoch: int | None = Field(
-        None, ge=1, description="cap on optimiser steps per epoch (None = one pass)")
+        None, ge=1, description="cap on optimiser steps per epoch (None = one pass)"
+    )
     seed: int = 0
     accelerator: str = "auto"
     devices: int | str = 1
     distributed: Literal["none", "ddp"] = Field(
-        "none", description="ddp: train each stage on `devices` processes (DDP through Lightning "
-        "Fabric; CLI --devices N --strategy ddp); rank 0 writes")
+        "none",
+        description="ddp: train each stage on `devices` processes (DDP through Lightning "
+        "Fabric; CLI --devices N --strategy ddp); rank 0 writes",
+    )
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
@@ -173,8 +179,7 @@ class ChallengeConfig(_Strict):
 
     preset: str = Field("custom", description="GLI, SSA, MEN, PED, MET, or custom (both numbers given)")
     dilation: int | None = Field(None, ge=0, description="GT dilation d in voxels (18-neighbourhood)")
-    volume_threshold_mm3: float | None = Field(
-        None, ge=0, description="tau: lesions of volume <= tau are ignored")
+    volume_threshold_mm3: float | None = Field(None, ge=0, description="tau: lesions of volume <= tau are ignored")
 
     @model_serializer(mode="wrap")
     def _given_only(self, handler: Any) -> dict:
@@ -200,8 +205,9 @@ class EvalConfig(_Strict):
     those slices does. Predictions are written for the whole volume either way.
     """
 
-    challenge: Annotated[Annotated[str, Tag("preset")] | Annotated[ChallengeConfig, Tag("settings")],
-                         Discriminator(_challenge_tag)] = "GLI"
+    challenge: Annotated[
+        Annotated[str, Tag("preset")] | Annotated[ChallengeConfig, Tag("settings")], Discriminator(_challenge_tag)
+    ] = "GLI"
     scope: Literal["volume", "sampled_slices"] = "volume"
     metrics: list[str] | None = None
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
@@ -213,21 +219,28 @@ class EvalConfig(_Strict):
             # a ValueError (not TypeError): pydantic reports it as a validation error
             raise ValueError(  # noqa: TRY004
                 "evaluation.challenge must be a preset name (e.g. GLI) or a mapping "
-                f"{{preset, dilation, volume_threshold_mm3}}, got {value!r}")
+                f"{{preset, dilation, volume_threshold_mm3}}, got {value!r}"
+            )
         return value
 
     @model_validator(mode="after")
     def _known_challenge(self) -> EvalConfig:
         """The preset name is checked at load (the message lists the presets)."""
         c = self.challenge
-        if isinstance(c, ChallengeConfig) and c.preset.strip().lower() == "custom" \
-                and (c.dilation is None or c.volume_threshold_mm3 is None):
-            raise ValueError("evaluation.challenge without a preset needs both dilation and "
-                             "volume_threshold_mm3 (or a preset, e.g. {preset: GLI, dilation: 2}, "
-                             "whose values they override)")
+        if (
+            isinstance(c, ChallengeConfig)
+            and c.preset.strip().lower() == "custom"
+            and (c.dilation is None or c.volume_threshold_mm3 is None)
+        ):
+            raise ValueError(
+                "evaluation.challenge without a preset needs both dilation and "
+                "volume_threshold_mm3 (or a preset, e.g. {preset: GLI, dilation: 2}, "
+                "whose values they override)"
+            )
         if isinstance(c, str) and c.strip().lower() == "custom":
-            raise ValueError("evaluation.challenge: custom needs both numbers: write "
-                             "{dilation: D, volume_threshold_mm3: TAU}")
+            raise ValueError(
+                "evaluation.challenge: custom needs both numbers: write {dilation: D, volume_threshold_mm3: TAU}"
+            )
         try:
             self.lesion_params()
         except ValueError as exc:
@@ -268,14 +281,17 @@ class PostprocessConfig(_Strict):
     method: Literal["none", "fixed", "validation"] = "none"
     min_volume_mm3: float = Field(0.0, ge=0)
     keep_largest: bool = False
-    candidates_mm3: list[float] = Field(
-        default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
+    candidates_mm3: list[float] = Field(default_factory=lambda: [10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0])
     try_keep_largest: bool = True
-    inner_min_volume_mm3: float = Field(0.0, ge=0, description="fixed: nested-region (TC/ET) "
-                                        "components under this are relabelled to the enclosing label")
+    inner_min_volume_mm3: float = Field(
+        0.0,
+        ge=0,
+        description="fixed: nested-region (TC/ET) components under this are relabelled to the enclosing label",
+    )
     inner_candidates_mm3: list[float] = Field(
-        default_factory=list, description="validation: nested-region thresholds tried after the "
-        "whole-tumour choice (empty: none)")
+        default_factory=list,
+        description="validation: nested-region thresholds tried after the whole-tumour choice (empty: none)",
+    )
     criterion: Literal["dice", "lesion_dice"] = "dice"
 
 
@@ -296,11 +312,14 @@ class InferenceConfig(_Strict):
 
 
 #: Fusion settings every fusion strategy takes.
-FUSION_COMMON_KEYS = ("model", "detail", "salient", "seg_inputs", "perceptual_features", "w_s", "w_d",
-                      "gammas", "lr")
+FUSION_COMMON_KEYS = ("model", "detail", "salient", "seg_inputs", "perceptual_features", "w_s", "w_d", "gammas", "lr")
 #: Loss weightings of strategy joint, and the settings each takes.
-WEIGHTING_KEYS: dict[str, tuple[str, ...]] = {"static": ("lambda_f", "lambda_s"), "dynamic": ("temperature",),
-                                              "dwa": ("temperature",), "seg_only": ()}
+WEIGHTING_KEYS: dict[str, tuple[str, ...]] = {
+    "static": ("lambda_f", "lambda_s"),
+    "dynamic": ("temperature",),
+    "dwa": ("temperature",),
+    "seg_only": (),
+}
 #: Every fusion setting of any strategy.
 FUSION_KEYS = FUSION_COMMON_KEYS + ("epochs", "weighting", "lambda_f", "lambda_s", "temperature")
 
@@ -335,7 +354,8 @@ class FusionCommon(_Strict):
     detail: str = "t1ce"
     salient: str = "flair"
     seg_inputs: list[str] | None = Field(
-        None, description="modalities given to the segmentation net with F; None = [detail, salient]")
+        None, description="modalities given to the segmentation net with F; None = [detail, salient]"
+    )
     perceptual_features: str = "imagenet"
     w_s: float = 3.0
     w_d: float = 0.5
@@ -410,7 +430,8 @@ FusionConfig = Annotated[
     | Annotated[DynamicFusionConfig, Tag("dynamic")]
     | Annotated[DynamicFusionConfig, Tag("dwa")]
     | Annotated[SegOnlyFusionConfig, Tag("seg_only")],
-    Discriminator(_fusion_tag)]
+    Discriminator(_fusion_tag),
+]
 _FUSION_TAGS = {"decoupled", *WEIGHTING_KEYS}
 
 
@@ -420,8 +441,9 @@ def _fusion_problems(raw: dict, strategy: str) -> list[str]:
     weighting = raw.get("weighting", "static")
     problems = []
     if strategy == "joint" and weighting not in WEIGHTING_KEYS:
-        problems.append(f"fusion.weighting: {weighting!r} is not a weighting; choose one of "
-                        f"{', '.join(WEIGHTING_KEYS)}")
+        problems.append(
+            f"fusion.weighting: {weighting!r} is not a weighting; choose one of {', '.join(WEIGHTING_KEYS)}"
+        )
         weighting = None
     takes = fusion_keys(strategy, weighting or "static")
     variant = f"strategy: {strategy}" + (f", weighting: {weighting}" if strategy == "joint" and weighting else "")
@@ -434,15 +456,20 @@ def _fusion_problems(raw: dict, strategy: str) -> list[str]:
         elif key not in FUSION_KEYS:
             reason = f": unknown key; fusion under {variant} takes: {', '.join(takes)}"
         elif strategy == "decoupled":
-            reason = (" under strategy: decoupled (loss weighting is a joint setting; decoupled takes: "
-                      f"{', '.join(takes)})")
+            reason = (
+                f" under strategy: decoupled (loss weighting is a joint setting; decoupled takes: {', '.join(takes)})"
+            )
         elif key == "epochs":
-            reason = (" under strategy: joint (only decoupled pre-trains the fusion network; joint "
-                      f"takes: {', '.join(takes)})")
+            reason = (
+                " under strategy: joint (only decoupled pre-trains the fusion network; joint "
+                f"takes: {', '.join(takes)})"
+            )
         else:
             own = WEIGHTING_KEYS[weighting]
-            reason = (f" under fusion.weighting: {weighting} "
-                      f"({'it takes: ' + ', '.join(own) if own else 'it takes no weighting settings'})")
+            reason = (
+                f" under fusion.weighting: {weighting} "
+                f"({'it takes: ' + ', '.join(own) if own else 'it takes no weighting settings'})"
+            )
         reasons.setdefault(reason, []).append(f"fusion.{key}")
     for reason, keys in reasons.items():
         if reason.startswith(":"):
@@ -463,10 +490,14 @@ def _check_fusion_section(value: Any, strategy: str) -> Any:
             return None
         unknown = [k for k in value if k not in FUSION_KEYS] if isinstance(value, dict) else []
         if unknown:
-            raise ValueError("; ".join(f"fusion.{k}: unknown key" for k in unknown)
-                             + " (and no fusion section applies under strategy: early)")
-        raise ValueError("fusion does not apply under strategy: early (a fusion section is for strategy "
-                         "decoupled or joint; early has no fusion network)")
+            raise ValueError(
+                "; ".join(f"fusion.{k}: unknown key" for k in unknown)
+                + " (and no fusion section applies under strategy: early)"
+            )
+        raise ValueError(
+            "fusion does not apply under strategy: early (a fusion section is for strategy "
+            "decoupled or joint; early has no fusion network)"
+        )
     if value is None:
         value = {}
     if not isinstance(value, dict):
@@ -525,8 +556,7 @@ class ExperimentConfig(_Strict):
         load, so a typo fails before any work, listing the valid choices."""
         fusion_strategy = None if self.fusion is None else self.fusion.strategy
         if fusion_strategy != (None if self.strategy == "early" else self.strategy):
-            raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: "
-                             f"{self.strategy}")
+            raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: {self.strategy}")
         check_component_names(self)
         return self
 
@@ -546,11 +576,12 @@ def check_component_names(cfg: ExperimentConfig) -> None:
     from fusionseg.losses import check_seg_loss_options
     from fusionseg.models import check_model_options
 
-    checks = [("model", lambda: check_model_options(cfg.model.name, cfg.model.kwargs)),
-              ("loss", lambda: check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs))]
+    checks = [
+        ("model", lambda: check_model_options(cfg.model.name, cfg.model.kwargs)),
+        ("loss", lambda: check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs)),
+    ]
     if cfg.fusion is not None:
-        checks.append(("fusion.model", lambda: check_model_options(cfg.fusion.model.name,
-                                                                   cfg.fusion.model.kwargs)))
+        checks.append(("fusion.model", lambda: check_model_options(cfg.fusion.model.name, cfg.fusion.model.kwargs)))
     for key, check in checks:
         try:
             check()
@@ -625,8 +656,9 @@ _UNION_TAGS = {"fusion": _FUSION_TAGS, "challenge": {"preset", "settings"}}
 
 
 def _without_union_tags(loc: tuple) -> list:
-    return [p for i, p in enumerate(loc)
-            if not (i and isinstance(loc[i - 1], str) and p in _UNION_TAGS.get(loc[i - 1], ()))]
+    return [
+        p for i, p in enumerate(loc) if not (i and isinstance(loc[i - 1], str) and p in _UNION_TAGS.get(loc[i - 1], ()))
+    ]
 
 
 def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:

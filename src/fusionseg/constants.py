@@ -22,13 +22,28 @@ PETCT_MODALITIES: tuple[str, ...] = (PET, CT)
 
 #: Aliases seen in dataset.json files and file names -> canonical modality name.
 MODALITY_ALIASES: dict[str, str] = {
-    "t1": T1, "t1n": T1, "t1w": T1, "native": T1,
-    "t1ce": T1CE, "t1c": T1CE, "t1gd": T1CE, "t1-gd": T1CE, "t1_gd": T1CE,
-    "t1ce_gd": T1CE, "t1post": T1CE,
-    "t2": T2, "t2w": T2,
-    "flair": FLAIR, "t2f": FLAIR, "t2-flair": FLAIR, "t2flair": FLAIR,
-    "pet": PET, "suv": PET, "fdg": PET,
-    "ct": CT, "ctres": CT,
+    "t1": T1,
+    "t1n": T1,
+    "t1w": T1,
+    "native": T1,
+    "t1ce": T1CE,
+    "t1c": T1CE,
+    "t1gd": T1CE,
+    "t1-gd": T1CE,
+    "t1_gd": T1CE,
+    "t1ce_gd": T1CE,
+    "t1post": T1CE,
+    "t2": T2,
+    "t2w": T2,
+    "flair": FLAIR,
+    "t2f": FLAIR,
+    "t2-flair": FLAIR,
+    "t2flair": FLAIR,
+    "pet": PET,
+    "suv": PET,
+    "fdg": PET,
+    "ct": CT,
+    "ctres": CT,
 }
 
 
@@ -96,10 +111,7 @@ class LabelScheme:
         """
         unknown = self.unknown_values(seg)
         if unknown:
-            raise ValueError(
-                f"label values {unknown} are not in scheme {self.name!r} "
-                f"(allowed: {list(self.values)})"
-            )
+            raise ValueError(f"label values {unknown} are not in scheme {self.name!r} (allowed: {list(self.values)})")
         return self.lookup_table()[np.asarray(seg).astype(np.int64)]
 
     def from_classes(self, classes: np.ndarray, dtype: np.dtype | type = np.uint8) -> np.ndarray:
@@ -113,8 +125,7 @@ class LabelScheme:
             values = self.regions[region]
         except KeyError:
             raise KeyError(
-                f"region {region!r} is not defined in scheme {self.name!r}; "
-                f"choose one of {list(self.regions)}"
+                f"region {region!r} is not defined in scheme {self.name!r}; choose one of {list(self.regions)}"
             ) from None
         return np.isin(seg, values)
 
@@ -148,9 +159,7 @@ PETCT = LabelScheme(
     regions={"tumour": (1,)},
 )
 
-LABEL_SCHEMES: dict[str, LabelScheme] = {
-    s.name: s for s in (BRATS2017, BRATS2023, MSD_TASK01, PETCT)
-}
+LABEL_SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (BRATS2017, BRATS2023, MSD_TASK01, PETCT)}
 
 
 def get_label_scheme(name: str) -> LabelScheme:
@@ -158,16 +167,17 @@ def get_label_scheme(name: str) -> LabelScheme:
     try:
         return LABEL_SCHEMES[name]
     except KeyError:
-        raise KeyError(
-            f"unknown label scheme {name!r}; choose one of {sorted(LABEL_SCHEMES)}"
-        ) from None
+        raise KeyError(f"unknown label scheme {name!r}; choose one of {sorted(LABEL_SCHEMES)}") from None
 
 
 def scheme_to_dict(scheme: LabelScheme) -> dict:
     """JSON-able form of a label scheme (stored in checkpoints and run summaries)."""
-    return {"name": scheme.name, "description": scheme.description,
-            "labels": {str(k): v for k, v in scheme.labels.items()},
-            "regions": {k: list(v) for k, v in scheme.regions.items()}}
+    return {
+        "name": scheme.name,
+        "description": scheme.description,
+        "labels": {str(k): v for k, v in scheme.labels.items()},
+        "regions": {k: list(v) for k, v in scheme.regions.items()},
+    }
 
 
 def describe_labels(scheme: LabelScheme) -> str:
@@ -179,9 +189,12 @@ def scheme_from_dict(data: dict | str) -> LabelScheme:
     """Inverse of :func:`scheme_to_dict` (a bare name looks up the registry)."""
     if isinstance(data, str):
         return get_label_scheme(data)
-    return LabelScheme(name=data["name"], description=data.get("description", ""),
-                       labels={int(k): v for k, v in data["labels"].items()},
-                       regions={k: tuple(int(x) for x in v) for k, v in data["regions"].items()})
+    return LabelScheme(
+        name=data["name"],
+        description=data.get("description", ""),
+        labels={int(k): v for k, v in data["labels"].items()},
+        regions={k: tuple(int(x) for x in v) for k, v in data["regions"].items()},
+    )
 
 
 #: Penalty distance (mm) for HD95 / lesion-wise HD95 when exactly one mask is empty

@@ -17,7 +17,13 @@ def make_progress(disable: bool = False, transient: bool = False, console: Conso
     """A rich progress bar: description, bar, done/total, an ``info`` field (give
     ``info=...`` to ``add_task`` / ``update``), elapsed and remaining time."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=disable, transient=transient, console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=disable,
+        transient=transient,
+        console=console,
     )

@@ -21,8 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusionseg.constants import (
-    BRATS2017, BRATS2023, CT, FLAIR, LABEL_SCHEMES, MSD_TASK01, PET, PETCT, T1, T1CE, T2,
-    LabelScheme, canonical_modality, get_label_scheme,
+    BRATS2017,
+    BRATS2023,
+    CT,
+    FLAIR,
+    LABEL_SCHEMES,
+    MSD_TASK01,
+    PET,
+    PETCT,
+    T1,
+    T1CE,
+    T2,
+    LabelScheme,
+    canonical_modality,
+    get_label_scheme,
 )
 from fusionseg.errors import DataError
 
@@ -169,16 +181,16 @@ def _nifti(base: Path) -> Path:
 def _niftis(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not _is_hidden(p) and _nifti_stem(p) is not None)
+    return sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p) and _nifti_stem(p) is not None)
 
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p))
 
 
-def _find_case_dirs(root: Path, is_case: Callable[[Path], bool],
-                    nested_id: Callable[[Path, Path], str]) -> tuple[list[tuple[str, Path]], list[Path]]:
+def _find_case_dirs(
+    root: Path, is_case: Callable[[Path], bool], nested_id: Callable[[Path, Path], str]
+) -> tuple[list[tuple[str, Path]], list[Path]]:
     """Case folders directly under ``root``, or one level deeper (BraTS 2018 ships
     ``HGG/`` and ``LGG/``; autoPET ships ``<patient>/<study>/``).
 
@@ -200,12 +212,12 @@ def _find_case_dirs(root: Path, is_case: Callable[[Path], bool],
     ids = [cid for cid, _ in found]
     dupes = sorted({cid for cid in ids if ids.count(cid) > 1})
     if dupes:
-        raise DataError(f"case ids occur more than once: {dupes}.", root,
-                        "give every case folder a unique name.")
+        raise DataError(f"case ids occur more than once: {dupes}.", root, "give every case folder a unique name.")
     return sorted(found), sorted(skipped)
 
 
 # --- BraTS (2018-2021 and 2023+) ------------------------------------------------
+
 
 def _brats_file(folder: Path, sep: str, suffix: str) -> Path:
     """``<folder>/<folder>{sep}{suffix}.nii.gz``; if that is absent but exactly one
@@ -222,6 +234,7 @@ def _brats_is_case(sep: str, suffixes: dict[str, str]) -> Callable[[Path], bool]
 
     def is_case(folder: Path) -> bool:
         return any(_nifti_stem(p).endswith(ends) for p in _niftis(folder))
+
     return is_case
 
 
@@ -230,6 +243,7 @@ def _brats_detect(sep: str, suffixes: dict[str, str]) -> Callable[[Path], int]:
 
     def detect(root: Path) -> int:
         return len(_find_case_dirs(root, is_case, lambda parent, sub: sub.name)[0])
+
     return detect
 
 
@@ -240,15 +254,16 @@ def _brats_read(sep: str, suffixes: dict[str, str], scheme: LabelScheme) -> Call
         dirs, skipped = _find_case_dirs(root, is_case, lambda parent, sub: sub.name)
         cases = []
         for case_id, folder in dirs:
-            images = {mod: ImageRef(_brats_file(folder, sep, suffix))
-                      for suffix, mod in suffixes.items()}
+            images = {mod: ImageRef(_brats_file(folder, sep, suffix)) for suffix, mod in suffixes.items()}
             seg = _brats_file(folder, sep, "seg")
             cases.append(Case(case_id, images, seg if seg.exists() else None))
         return _Found(cases, scheme, tuple(suffixes.values()), tuple(skipped))
+
     return read
 
 
 # --- autoPET ------------------------------------------------------------------
+
 
 def _autopet_is_case(folder: Path) -> bool:
     stems = {_nifti_stem(p) for p in _niftis(folder)}
@@ -275,6 +290,7 @@ def _autopet_read(root: Path) -> _Found:
 
 # --- MSD and nnU-Net raw (imagesTr / labelsTr / dataset.json) --------------------
 
+
 def _split_dirs(root: Path) -> list[Path]:
     return [root / name for name in ("imagesTr", "imagesTs") if (root / name).is_dir()]
 
@@ -297,8 +313,9 @@ def _nnunet_detect(root: Path) -> int:
 def _read_dataset_json(root: Path, key_hint: str) -> dict:
     path = root / "dataset.json"
     if not path.is_file():
-        raise DataError("dataset.json not found.", path,
-                        f"create it with {key_hint} and \"labels\" (see the MSD / nnU-Net docs).")
+        raise DataError(
+            "dataset.json not found.", path, f'create it with {key_hint} and "labels" (see the MSD / nnU-Net docs).'
+        )
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -313,16 +330,23 @@ def _channel_modalities(meta: dict, path: Path) -> list[str]:
     or "modality" (MSD, nnU-Net v1); duplicate names get the channel index appended."""
     channels = meta.get("channel_names", meta.get("modality"))
     if not isinstance(channels, dict) or not channels:
-        raise DataError("dataset.json has no \"channel_names\" / \"modality\" entry.", path,
-                        "add e.g. \"channel_names\": {\"0\": \"FLAIR\", \"1\": \"T1w\", ...}.")
+        raise DataError(
+            'dataset.json has no "channel_names" / "modality" entry.',
+            path,
+            'add e.g. "channel_names": {"0": "FLAIR", "1": "T1w", ...}.',
+        )
     try:
         ordered = sorted((int(k), str(v)) for k, v in channels.items())
     except ValueError:
-        raise DataError(f"channel keys must be integers, got {list(channels)}.", path,
-                        "use \"0\", \"1\", ... as keys.") from None
+        raise DataError(
+            f"channel keys must be integers, got {list(channels)}.", path, 'use "0", "1", ... as keys.'
+        ) from None
     if [k for k, _ in ordered] != list(range(len(ordered))):
-        raise DataError(f"channel keys {[k for k, _ in ordered]} are not 0..{len(ordered) - 1}.",
-                        path, "number the channels contiguously from 0.")
+        raise DataError(
+            f"channel keys {[k for k, _ in ordered]} are not 0..{len(ordered) - 1}.",
+            path,
+            "number the channels contiguously from 0.",
+        )
     names = [canonical_modality(v) for _, v in ordered]
     return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
 
@@ -335,8 +359,9 @@ def _parse_labels(meta: dict, path: Path) -> tuple[dict[int, str], dict[str, tup
     """
     raw = meta.get("labels")
     if not isinstance(raw, dict) or not raw:
-        raise DataError("dataset.json has no \"labels\" entry.", path,
-                        "add e.g. \"labels\": {\"background\": 0, \"tumour\": 1}.")
+        raise DataError(
+            'dataset.json has no "labels" entry.', path, 'add e.g. "labels": {"background": 0, "tumour": 1}.'
+        )
     labels: dict[int, str] = {}
     regions: dict[str, tuple[int, ...]] = {}
     try:
@@ -349,8 +374,9 @@ def _parse_labels(meta: dict, path: Path) -> tuple[dict[int, str], dict[str, tup
                 else:
                     labels[int(value)] = str(name)
     except (TypeError, ValueError):
-        raise DataError(f"cannot read \"labels\": {raw}.", path,
-                        "use {\"0\": \"background\", ...} (v1) or {\"background\": 0, ...} (v2).") from None
+        raise DataError(
+            f'cannot read "labels": {raw}.', path, 'use {"0": "background", ...} (v1) or {"background": 0, ...} (v2).'
+        ) from None
     return labels, regions
 
 
@@ -376,8 +402,7 @@ def _label_tags(name: str) -> set[str] | None:
     return tags
 
 
-def _scheme_fits(scheme: LabelScheme, labels: dict[int, str],
-                 regions: dict[str, tuple[int, ...]]) -> bool:
+def _scheme_fits(scheme: LabelScheme, labels: dict[int, str], regions: dict[str, tuple[int, ...]]) -> bool:
     values = {0, *labels, *(v for r in regions.values() for v in r)}
     if values != set(scheme.values):
         return False
@@ -389,8 +414,12 @@ def _scheme_fits(scheme: LabelScheme, labels: dict[int, str],
     return all(r in scheme_regions for r in regions.values())
 
 
-def scheme_from_labels(labels: dict[int, str], regions: dict[str, tuple[int, ...]] | None = None,
-                       name: str = "custom", prefer: tuple[str, ...] = ()) -> LabelScheme:
+def scheme_from_labels(
+    labels: dict[int, str],
+    regions: dict[str, tuple[int, ...]] | None = None,
+    name: str = "custom",
+    prefer: tuple[str, ...] = (),
+) -> LabelScheme:
     """The known label scheme that ``labels``/``regions`` describe, else a new one.
 
     A known scheme fits when its raw values equal the given ones, no label name
@@ -419,8 +448,9 @@ def scheme_from_labels(labels: dict[int, str], regions: dict[str, tuple[int, ...
     new_regions = dict(regions) if regions else {all_labels[v]: (v,) for v in foreground}
     if len(foreground) > 1 and "foreground" not in new_regions:
         new_regions["foreground"] = tuple(foreground)
-    return LabelScheme(name=name, description=f"from dataset.json: {all_labels}",
-                       labels=all_labels, regions=new_regions)
+    return LabelScheme(
+        name=name, description=f"from dataset.json: {all_labels}", labels=all_labels, regions=new_regions
+    )
 
 
 def _scheme_from_json(meta: dict, root: Path, prefer: tuple[str, ...]) -> LabelScheme:
@@ -430,7 +460,7 @@ def _scheme_from_json(meta: dict, root: Path, prefer: tuple[str, ...]) -> LabelS
 
 
 def _msd_read(root: Path) -> _Found:
-    meta = _read_dataset_json(root, "\"modality\"")
+    meta = _read_dataset_json(root, '"modality"')
     modalities = _channel_modalities(meta, root / "dataset.json")
     scheme = _scheme_from_json(meta, root, prefer=(MSD_TASK01.name,))
     cases: dict[str, Case] = {}
@@ -439,8 +469,9 @@ def _msd_read(root: Path) -> _Found:
         for path in _niftis(split):
             case_id = _nifti_stem(path)
             if case_id in cases:
-                raise DataError(f"case {case_id!r} is in both imagesTr and imagesTs.", path,
-                                "remove or rename one of them.")
+                raise DataError(
+                    f"case {case_id!r} is in both imagesTr and imagesTs.", path, "remove or rename one of them."
+                )
             images = {mod: ImageRef(path, channel=i) for i, mod in enumerate(modalities)}
             label = _nifti(labels_dir / case_id)
             cases[case_id] = Case(case_id, images, label if label.exists() else None)
@@ -448,7 +479,7 @@ def _msd_read(root: Path) -> _Found:
 
 
 def _nnunet_read(root: Path) -> _Found:
-    meta = _read_dataset_json(root, "\"channel_names\"")
+    meta = _read_dataset_json(root, '"channel_names"')
     modalities = _channel_modalities(meta, root / "dataset.json")
     scheme = _scheme_from_json(meta, root, prefer=())
     cases: dict[str, Case] = {}
@@ -457,30 +488,48 @@ def _nnunet_read(root: Path) -> _Found:
         ids = sorted({_NNUNET_CHANNEL.match(_nifti_stem(p))["case"] for p in _niftis(split)})
         for case_id in ids:
             if case_id in cases:
-                raise DataError(f"case {case_id!r} is in both imagesTr and imagesTs.", split,
-                                "remove or rename one of them.")
-            images = {mod: ImageRef(_nifti(split / f"{case_id}_{i:04d}"))
-                      for i, mod in enumerate(modalities)}
+                raise DataError(
+                    f"case {case_id!r} is in both imagesTr and imagesTs.", split, "remove or rename one of them."
+                )
+            images = {mod: ImageRef(_nifti(split / f"{case_id}_{i:04d}")) for i, mod in enumerate(modalities)}
             label = _nifti(labels_dir / case_id)
             cases[case_id] = Case(case_id, images, label if label.exists() else None)
     return _Found([cases[k] for k in sorted(cases)], scheme, tuple(modalities))
 
 
-register_layout(Layout(
-    "brats2018", "<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz (BraTS 2018-2021)",
-    _brats_detect("_", BRATS2018_SUFFIXES), _brats_read("_", BRATS2018_SUFFIXES, BRATS2017)))
-register_layout(Layout(
-    "brats2023", "<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz (BraTS 2023+)",
-    _brats_detect("-", BRATS2023_SUFFIXES), _brats_read("-", BRATS2023_SUFFIXES, BRATS2023)))
-register_layout(Layout(
-    "msd", "imagesTr/<case>.nii.gz (4-D) + labelsTr/<case>.nii.gz + dataset.json (MSD Task01)",
-    _msd_detect, _msd_read))
-register_layout(Layout(
-    "nnunet", "imagesTr/<case>_{0000,0001,..}.nii.gz + labelsTr/<case>.nii.gz + dataset.json",
-    _nnunet_detect, _nnunet_read))
-register_layout(Layout(
-    "autopet", "<case>/{SUV,CTres,SEG}.nii.gz (autoPET, PET/CT)",
-    _autopet_detect, _autopet_read))
+register_layout(
+    Layout(
+        "brats2018",
+        "<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz (BraTS 2018-2021)",
+        _brats_detect("_", BRATS2018_SUFFIXES),
+        _brats_read("_", BRATS2018_SUFFIXES, BRATS2017),
+    )
+)
+register_layout(
+    Layout(
+        "brats2023",
+        "<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz (BraTS 2023+)",
+        _brats_detect("-", BRATS2023_SUFFIXES),
+        _brats_read("-", BRATS2023_SUFFIXES, BRATS2023),
+    )
+)
+register_layout(
+    Layout(
+        "msd",
+        "imagesTr/<case>.nii.gz (4-D) + labelsTr/<case>.nii.gz + dataset.json (MSD Task01)",
+        _msd_detect,
+        _msd_read,
+    )
+)
+register_layout(
+    Layout(
+        "nnunet",
+        "imagesTr/<case>_{0000,0001,..}.nii.gz + labelsTr/<case>.nii.gz + dataset.json",
+        _nnunet_detect,
+        _nnunet_read,
+    )
+)
+register_layout(Layout("autopet", "<case>/{SUV,CTres,SEG}.nii.gz (autoPET, PET/CT)", _autopet_detect, _autopet_read))
 
 
 def _describe(root: Path, limit: int = 8) -> str:
@@ -518,14 +567,17 @@ def detect_format(root: str | Path) -> str:
                 hint = f" The subfolder {sub.name}/ looks like {' or '.join(inner)}: point to it instead."
                 break
         raise DataError(
-            f"no supported dataset layout recognised ({_describe(root)}).", root,
-            "arrange the files in one of the supported layouts - "
-            + "; ".join(list_formats()) + "." + hint)
+            f"no supported dataset layout recognised ({_describe(root)}).",
+            root,
+            "arrange the files in one of the supported layouts - " + "; ".join(list_formats()) + "." + hint,
+        )
     if len(matches) > 1:
         found = ", ".join(f"{n} ({counts[n]} cases)" for n in matches)
-        raise DataError(f"the folder matches several layouts: {found}.", root,
-                        f"point to the folder of one dataset, or choose with --format "
-                        f"({' or '.join(matches)}).")
+        raise DataError(
+            f"the folder matches several layouts: {found}.",
+            root,
+            f"point to the folder of one dataset, or choose with --format ({' or '.join(matches)}).",
+        )
     return matches[0]
 
 
@@ -552,23 +604,32 @@ def discover(root: str | Path, format: str | None = None, scheme: str | None = N
     if format is None:
         format = detect_format(root)
     elif format not in LAYOUTS:
-        raise DataError(f"unknown format {format!r}.", root,
-                        f"use one of: {', '.join(LAYOUTS)} (or omit --format to autodetect).")
+        raise DataError(
+            f"unknown format {format!r}.", root, f"use one of: {', '.join(LAYOUTS)} (or omit --format to autodetect)."
+        )
     layout = LAYOUTS[format]
     if layout.detect(root) == 0:
         others = [n for n, lay in LAYOUTS.items() if n != format and lay.detect(root) > 0]
         looks = f" It looks like {others[0]}: use --format {others[0]}." if others else ""
         raise DataError(
             f"the folder does not match the {format} layout {layout.pattern} ({_describe(root)}).",
-            root, f"check the folder and --format.{looks}")
+            root,
+            f"check the folder and --format.{looks}",
+        )
     found = layout.read(root)
     label_scheme = found.scheme
     if scheme is not None:
         try:
             label_scheme = get_label_scheme(scheme)
         except KeyError:
-            raise DataError(f"unknown label scheme {scheme!r}.", root,
-                            f"use one of: {', '.join(LABEL_SCHEMES)}.") from None
-    return Dataset(root=root, format=format, scheme=label_scheme, modalities=found.modalities,
-                   cases=tuple(sorted(found.cases, key=lambda c: c.case_id)),
-                   skipped=found.skipped)
+            raise DataError(
+                f"unknown label scheme {scheme!r}.", root, f"use one of: {', '.join(LABEL_SCHEMES)}."
+            ) from None
+    return Dataset(
+        root=root,
+        format=format,
+        scheme=label_scheme,
+        modalities=found.modalities,
+        cases=tuple(sorted(found.cases, key=lambda c: c.case_id)),
+        skipped=found.skipped,
+    )

@@ -74,7 +74,7 @@ class CaseResult:
 
     @property
     def status(self) -> str:
-        """"error", "warning" or "ok"."""
+        """ "error", "warning" or "ok"."""
         severities = {p.severity for p in self.problems}
         return "error" if "error" in severities else "warning" if severities else "ok"
 
@@ -112,21 +112,32 @@ class CheckReport:
     def summary(self) -> str:
         n_warn = sum(p.severity == "warning" for p in self.all_problems)
         n_err = sum(p.severity == "error" for p in self.all_problems)
-        return (f"{self.n_passed}/{len(self.cases)} cases passed "
-                f"({n_err} errors, {n_warn} warnings)")
+        return f"{self.n_passed}/{len(self.cases)} cases passed ({n_err} errors, {n_warn} warnings)"
 
     def to_dict(self) -> dict:
         return {
-            "root": self.root, "format": self.format, "scheme": self.scheme,
-            "modalities": list(self.modalities), "passed": self.n_passed,
-            "total": len(self.cases), "ok": self.ok, "summary": self.summary(),
+            "root": self.root,
+            "format": self.format,
+            "scheme": self.scheme,
+            "modalities": list(self.modalities),
+            "passed": self.n_passed,
+            "total": len(self.cases),
+            "ok": self.ok,
+            "summary": self.summary(),
             "problems": [asdict(p) for p in self.problems],
             "duplicate_groups": [list(g) for g in self.duplicates],
-            "cases": [{"case_id": c.case_id, "status": c.status, "image_hash": c.image_hash,
-                       "shape": list(c.shape) if c.shape else None,
-                       "spacing": list(c.spacing) if c.spacing else None,
-                       "label_values": c.label_values,
-                       "problems": [asdict(p) for p in c.problems]} for c in self.cases],
+            "cases": [
+                {
+                    "case_id": c.case_id,
+                    "status": c.status,
+                    "image_hash": c.image_hash,
+                    "shape": list(c.shape) if c.shape else None,
+                    "spacing": list(c.spacing) if c.spacing else None,
+                    "label_values": c.label_values,
+                    "problems": [asdict(p) for p in c.problems],
+                }
+                for c in self.cases
+            ],
         }
 
 
@@ -134,14 +145,15 @@ class CheckReport:
 # Per-case inspection
 # ---------------------------------------------------------------------------
 
+
 @dataclass
 class _Loaded:
     """One decoded volume of a case."""
 
-    name: str            # modality name or "seg"
-    ref: str             # file (and channel) for messages
-    data: np.ndarray     # (X, Y, Z), the file's own dtype
-    affine: np.ndarray   # (4, 4)
+    name: str  # modality name or "seg"
+    ref: str  # file (and channel) for messages
+    data: np.ndarray  # (X, Y, Z), the file's own dtype
+    affine: np.ndarray  # (4, 4)
     spacing: tuple[float, float, float]
 
 
@@ -158,9 +170,14 @@ def _load_case(case: Case, result: CaseResult) -> list[_Loaded]:
     for path, refs in items:
         names = ", ".join(m for m, _ in refs)
         if not path.exists():
-            add(Problem(case.case_id, str(path), f"{names} file is missing.",
-                        "restore the file (expected at this path and name), or remove the "
-                        "case from the folder."))
+            add(
+                Problem(
+                    case.case_id,
+                    str(path),
+                    f"{names} file is missing.",
+                    "restore the file (expected at this path and name), or remove the case from the folder.",
+                )
+            )
             continue
         try:
             img = load_nifti(path)
@@ -170,8 +187,11 @@ def _load_case(case: Case, result: CaseResult) -> list[_Loaded]:
             else:  # 4-D file (MSD): decode once, slice channels
                 arrays = _read_channels(img, path, [r.channel for _, r in refs])
         except DataError as exc:
-            add(Problem(case.case_id, str(path), f"{names}: {exc.message}",
-                        exc.fix or "re-export or re-download the file."))
+            add(
+                Problem(
+                    case.case_id, str(path), f"{names}: {exc.message}", exc.fix or "re-export or re-download the file."
+                )
+            )
             continue
         for (modality, ref), data in zip(refs, arrays):
             loaded.append(_Loaded(modality, str(ref), data, img.affine.astype(np.float64), spacing))
@@ -182,16 +202,23 @@ def _read_channels(img, path: Path, channels: list[int | None]) -> list[np.ndarr
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise DataError(f"cannot decode voxel data ({exc}).", path,
-                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+        raise DataError(
+            f"cannot decode voxel data ({exc}).", path, "the file is truncated or corrupt: re-export or re-download it."
+        ) from exc
     if data.ndim != 4:
-        raise DataError(f"expected a 4-D image (X, Y, Z, channels), got shape {data.shape}.", path,
-                        "stack the modalities along the 4th axis, or use the nnunet layout.")
+        raise DataError(
+            f"expected a 4-D image (X, Y, Z, channels), got shape {data.shape}.",
+            path,
+            "stack the modalities along the 4th axis, or use the nnunet layout.",
+        )
     out = []
     for c in channels:
         if c is None or not 0 <= c < data.shape[3]:
-            raise DataError(f"channel {c} requested but the image has {data.shape[3]} channels.",
-                            path, "make dataset.json's modality entries match the image channels.")
+            raise DataError(
+                f"channel {c} requested but the image has {data.shape[3]} channels.",
+                path,
+                "make dataset.json's modality entries match the image channels.",
+            )
         out.append(data[..., c])
     return out
 
@@ -214,10 +241,15 @@ def _suggest_scheme(present: set[int], current: LabelScheme) -> str:
     fitting = [s for s in LABEL_SCHEMES.values() if s.name != current.name and present <= set(s.values)]
     hints = []
     for s in fitting:
-        layout = {"brats2023": "brats2023", "brats2017": "brats2018", "msd_task01": "msd",
-                  "petct": "autopet"}.get(s.name)
-        what = {"brats2023": "BraTS 2023+ data", "brats2017": "BraTS 2017-2021 data",
-                "msd_task01": "MSD Task01 data", "petct": "PET/CT data"}.get(s.name, s.name)
+        layout = {"brats2023": "brats2023", "brats2017": "brats2018", "msd_task01": "msd", "petct": "autopet"}.get(
+            s.name
+        )
+        what = {
+            "brats2023": "BraTS 2023+ data",
+            "brats2017": "BraTS 2017-2021 data",
+            "msd_task01": "MSD Task01 data",
+            "petct": "PET/CT data",
+        }.get(s.name, s.name)
         files = f" (--format {layout} for its file layout)" if layout in LAYOUTS else ""
         hints.append(f"if this is {what} use --scheme {s.name}{files}")
     values = "{" + ",".join(map(str, current.values)) + "}"
@@ -238,9 +270,15 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
 
     if case.label is None and dataset.labelled:
         folder = next(iter(case.images.values())).path.parent
-        add(Problem(cid, str(folder), "no segmentation file found (other cases have one); "
-                    "the case can be used for prediction only.",
-                    "add the seg file if the case is meant for training or evaluation.", "warning"))
+        add(
+            Problem(
+                cid,
+                str(folder),
+                "no segmentation file found (other cases have one); the case can be used for prediction only.",
+                "add the seg file if the case is meant for training or evaluation.",
+                "warning",
+            )
+        )
     if not loaded:
         return result
 
@@ -249,22 +287,32 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
     ref_shape = shapes.most_common(1)[0][0]
     same_shape = [v for v in loaded if v.data.shape == ref_shape]
     # Reference grid: the affine most files agree with (first one on ties).
-    reference = max(same_shape, key=lambda v: sum(
-        affines_close(v.affine, o.affine, affine_tol) for o in same_shape))
+    reference = max(same_shape, key=lambda v: sum(affines_close(v.affine, o.affine, affine_tol) for o in same_shape))
     result.shape, result.spacing = tuple(ref_shape), reference.spacing
     for v in loaded:
         if v.data.shape != ref_shape:
             others = [o.name for o in loaded if o.data.shape == ref_shape]
-            add(Problem(cid, v.ref, f"{v.name} shape {v.data.shape} differs from "
-                        f"{ref_shape} of {', '.join(others)}.",
-                        "resample or re-export it onto the case's common grid "
-                        "(all modalities and the seg must be co-registered, same shape)."))
+            add(
+                Problem(
+                    cid,
+                    v.ref,
+                    f"{v.name} shape {v.data.shape} differs from {ref_shape} of {', '.join(others)}.",
+                    "resample or re-export it onto the case's common grid "
+                    "(all modalities and the seg must be co-registered, same shape).",
+                )
+            )
         elif not affines_close(v.affine, reference.affine, affine_tol):
             diff = float(np.abs(v.affine - reference.affine).max())
-            add(Problem(cid, v.ref, f"{v.name} affine differs from {reference.name}'s by up to "
-                        f"{diff:.4g} mm (tolerance {affine_tol:g}).",
-                        "resample it onto the reference grid; if the voxels are already aligned, "
-                        f"copy the header (affine) from {reference.ref}."))
+            add(
+                Problem(
+                    cid,
+                    v.ref,
+                    f"{v.name} affine differs from {reference.name}'s by up to "
+                    f"{diff:.4g} mm (tolerance {affine_tol:g}).",
+                    "resample it onto the reference grid; if the voxels are already aligned, "
+                    f"copy the header (affine) from {reference.ref}.",
+                )
+            )
 
     invalid: set[str] = set()  # non-finite or empty: already an error
     for v in loaded:
@@ -273,10 +321,14 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
             n_bad = int(bad.sum())
             if n_bad:
                 invalid.add(v.name)
-                add(Problem(cid, v.ref, f"{v.name} has {n_bad} non-finite voxel(s) (NaN/inf), "
-                            f"first at index {_first_index(bad)}.",
-                            "replace NaN/inf (e.g. with the background value 0) and save the file "
-                            "again."))
+                add(
+                    Problem(
+                        cid,
+                        v.ref,
+                        f"{v.name} has {n_bad} non-finite voxel(s) (NaN/inf), first at index {_first_index(bad)}.",
+                        "replace NaN/inf (e.g. with the background value 0) and save the file again.",
+                    )
+                )
                 continue
         if v.name == "seg":
             continue
@@ -284,8 +336,14 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
         if lo == hi:
             invalid.add(v.name)
             what = "all zero" if hi == 0 else f"constant ({lo:g})"
-            add(Problem(cid, v.ref, f"{v.name} image is empty: {what}.",
-                        "re-export the image: it holds no data (wrong file or failed conversion)."))
+            add(
+                Problem(
+                    cid,
+                    v.ref,
+                    f"{v.name} image is empty: {what}.",
+                    "re-export the image: it holds no data (wrong file or failed conversion).",
+                )
+            )
 
     _hash_images(case, dataset, loaded, invalid, result)
 
@@ -293,31 +351,50 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
     if seg is not None and not (seg.data.dtype.kind == "f" and not np.isfinite(seg.data).all()):
         data = seg.data
         if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
-            add(Problem(cid, seg.ref, "segmentation holds non-integer values.",
-                        "save the label map with integer labels (nearest-neighbour resampling)."))
+            add(
+                Problem(
+                    cid,
+                    seg.ref,
+                    "segmentation holds non-integer values.",
+                    "save the label map with integer labels (nearest-neighbour resampling).",
+                )
+            )
         else:
             values = [int(x) for x in _unique(data)]
             result.label_values = values
             unknown = sorted(set(values) - set(scheme.values))
             if unknown:
-                add(Problem(cid, seg.ref, f"label values {_fmt_set(unknown)} not in {scheme.name} "
-                            f"{_fmt_set(scheme.values)}.", _suggest_scheme(set(values), scheme)))
+                add(
+                    Problem(
+                        cid,
+                        seg.ref,
+                        f"label values {_fmt_set(unknown)} not in {scheme.name} {_fmt_set(scheme.values)}.",
+                        _suggest_scheme(set(values), scheme),
+                    )
+                )
             elif values == [0]:
-                add(Problem(cid, seg.ref, "segmentation is empty (no foreground label).",
-                            "nothing to do if the case has no tumour; otherwise check the file.",
-                            "warning"))
+                add(
+                    Problem(
+                        cid,
+                        seg.ref,
+                        "segmentation is empty (no foreground label).",
+                        "nothing to do if the case has no tumour; otherwise check the file.",
+                        "warning",
+                    )
+                )
     return result
 
 
-def _hash_images(case: Case, dataset: Dataset, loaded: list[_Loaded], invalid: set[str],
-                 result: CaseResult) -> None:
+def _hash_images(case: Case, dataset: Dataset, loaded: list[_Loaded], invalid: set[str], result: CaseResult) -> None:
     """Content hashes of the decoded volumes (no second read): ``result.image_hash``
     over every modality in the dataset's modality order (None when one is missing or
     unreadable), ``result.seg_hash``; and a warning for each modality whose voxels
     equal those of an earlier modality of the case."""
     digests = {v.name: volume_digest(v.data) for v in loaded}
-    order = [*(m for m in dataset.modalities if m in case.images),
-             *(m for m in case.images if m not in dataset.modalities)]
+    order = [
+        *(m for m in dataset.modalities if m in case.images),
+        *(m for m in case.images if m not in dataset.modalities),
+    ]
     if order and all(m in digests for m in order):
         result.image_hash = combine_digests(digests[m] for m in order)
     result.seg_hash = digests.get("seg")
@@ -330,12 +407,16 @@ def _hash_images(case: Case, dataset: Dataset, loaded: list[_Loaded], invalid: s
     for group in duplicate_groups(valid):
         first, *copies = sorted(group, key=order.index)
         for m in copies:
-            result.problems.append(Problem(
-                case.case_id, refs[m],
-                f"{m} image is identical to {first} voxel for voxel ({refs[first]}); one file "
-                "was probably copied over the other.",
-                f"re-export {m} from its own scan: as it is, the model sees {first} twice and "
-                f"no {m}.", "warning"))
+            result.problems.append(
+                Problem(
+                    case.case_id,
+                    refs[m],
+                    f"{m} image is identical to {first} voxel for voxel ({refs[first]}); one file "
+                    "was probably copied over the other.",
+                    f"re-export {m} from its own scan: as it is, the model sees {first} twice and no {m}.",
+                    "warning",
+                )
+            )
 
 
 def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[Problem]:
@@ -357,8 +438,9 @@ def check_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> list[P
     return _inspect_case(case, dataset, affine_tol).problems
 
 
-def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1e-3,
-                  console: Console | None = None) -> CheckReport:
+def check_dataset(
+    dataset: Dataset, progress: bool = True, affine_tol: float = 1e-3, console: Console | None = None
+) -> CheckReport:
     """Validate every case of ``dataset``, one case in memory at a time.
 
     Besides the per-case checks of :func:`check_case`, cases whose image data are
@@ -376,12 +458,19 @@ def check_dataset(dataset: Dataset, progress: bool = True, affine_tol: float = 1
     """
     report = CheckReport(str(dataset.root), dataset.format, dataset.scheme.name, dataset.modalities)
     for path in dataset.skipped:
-        report.problems.append(Problem("-", str(path), "not part of any case; ignored.",
-                                       "move it out of the dataset folder if it is not needed.",
-                                       "warning"))
+        report.problems.append(
+            Problem(
+                "-",
+                str(path),
+                "not part of any case; ignored.",
+                "move it out of the dataset folder if it is not needed.",
+                "warning",
+            )
+        )
     if not dataset.cases:
-        report.problems.append(Problem("-", str(dataset.root), "no cases found.",
-                                       "point to the folder that holds the cases."))
+        report.problems.append(
+            Problem("-", str(dataset.root), "no cases found.", "point to the folder that holds the cases.")
+        )
     with make_progress(disable=not progress, transient=True, console=console or Console(stderr=True)) as bar:
         task = bar.add_task("check", total=len(dataset.cases), info="")
         for case in dataset.cases:
@@ -430,12 +519,17 @@ def _report_duplicates(dataset: Dataset, report: CheckReport) -> None:
         for cid in group:
             others = [o for o in group if o != cid]
             noun = "case" if len(others) == 1 else "cases"
-            results[cid].problems.append(Problem(
-                cid, _case_location(cases[cid], shared),
-                f"identical image data to {noun} {', '.join(others)} (every modality, voxel for "
-                f"voxel{seg_note}); the same scan under two ids leaks between train and test.",
-                "remove all copies but one (keep the one whose segmentation you trust), or keep "
-                "them all in one part (train, val or test) of every split.", "warning"))
+            results[cid].problems.append(
+                Problem(
+                    cid,
+                    _case_location(cases[cid], shared),
+                    f"identical image data to {noun} {', '.join(others)} (every modality, voxel for "
+                    f"voxel{seg_note}); the same scan under two ids leaks between train and test.",
+                    "remove all copies but one (keep the one whose segmentation you trust), or keep "
+                    "them all in one part (train, val or test) of every split.",
+                    "warning",
+                )
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -453,7 +547,8 @@ def print_report(report: CheckReport, console: Console) -> None:
     table.add_column("problems", overflow="fold", min_width=12)
     for c in report.cases:
         table.add_row(
-            c.case_id, Text(c.status, style=_STATUS_STYLE[c.status]),
+            c.case_id,
+            Text(c.status, style=_STATUS_STYLE[c.status]),
             "x".join(map(str, c.shape)) if c.shape else "-",
             "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-",
             _fmt_set(c.label_values) if c.label_values is not None else "-",
@@ -464,28 +559,39 @@ def print_report(report: CheckReport, console: Console) -> None:
     if problems:
         console.print(Text("Problems:", style="bold"))
         for p in problems:
-            console.print(Text(f"  {p.severity.upper()} {p.case_id}: {p.file}: {p.problem}",
-                               style=_STATUS_STYLE[p.severity]), soft_wrap=True)
+            console.print(
+                Text(f"  {p.severity.upper()} {p.case_id}: {p.file}: {p.problem}", style=_STATUS_STYLE[p.severity]),
+                soft_wrap=True,
+            )
             console.print(Text(f"    fix: {p.fix}"), soft_wrap=True)
-    console.print(Text(report.summary(), style="bold green" if report.ok else "bold red"),
-                  soft_wrap=True)
+    console.print(Text(report.summary(), style="bold green" if report.ok else "bold red"), soft_wrap=True)
 
 
-_FORMAT_HELP = ("Dataset layout; autodetected when omitted. One of: "
-                + "; ".join(f"{n} ({lay.pattern})" for n, lay in LAYOUTS.items()) + ".")
-_SCHEME_HELP = ("Label scheme overriding the layout's default. One of: "
-                + "; ".join(f"{s.name} ({s.description})" for s in LABEL_SCHEMES.values()) + ".")
+_FORMAT_HELP = (
+    "Dataset layout; autodetected when omitted. One of: "
+    + "; ".join(f"{n} ({lay.pattern})" for n, lay in LAYOUTS.items())
+    + "."
+)
+_SCHEME_HELP = (
+    "Label scheme overriding the layout's default. One of: "
+    + "; ".join(f"{s.name} ({s.description})" for s in LABEL_SCHEMES.values())
+    + "."
+)
 
 
 def check_command(
-    directory: Annotated[Path, typer.Argument(
-        help="Dataset folder, e.g. the folder holding the BraTS case folders.",
-        file_okay=False, dir_okay=True)],
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset folder, e.g. the folder holding the BraTS case folders.", file_okay=False, dir_okay=True
+        ),
+    ],
     format: Annotated[Optional[str], typer.Option("--format", "-f", help=_FORMAT_HELP)] = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", "-s", help=_SCHEME_HELP)] = None,
-    json_out: Annotated[Optional[Path], typer.Option(
-        "--json-out", "--json", help="Also write the report as JSON to this file.",
-        dir_okay=False)] = None,
+    json_out: Annotated[
+        Optional[Path],
+        typer.Option("--json-out", "--json", help="Also write the report as JSON to this file.", dir_okay=False),
+    ] = None,
 ) -> None:
     """Check a dataset before training: every case's files present and readable,
     shapes and affines consistent, values finite, images not empty, labels within the
@@ -502,12 +608,18 @@ def check_command(
         console.print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(Text(f"dataset: {dataset.root}", style="bold"), soft_wrap=True)
-    console.print(Text(f"format: {dataset.format}   label scheme: {dataset.scheme.name} "
-                       f"({dataset.scheme.description})"), soft_wrap=True)
+    console.print(
+        Text(f"format: {dataset.format}   label scheme: {dataset.scheme.name} ({dataset.scheme.description})"),
+        soft_wrap=True,
+    )
     regions = ", ".join(f"{r}={_fmt_set(v)}" for r, v in dataset.scheme.regions.items())
-    console.print(Text(f"modalities: {', '.join(dataset.modalities)}   regions: {regions}   "
-                       f"cases: {len(dataset)} ({len(dataset.labelled)} with segmentation)"),
-                  soft_wrap=True)
+    console.print(
+        Text(
+            f"modalities: {', '.join(dataset.modalities)}   regions: {regions}   "
+            f"cases: {len(dataset)} ({len(dataset.labelled)} with segmentation)"
+        ),
+        soft_wrap=True,
+    )
     report = check_dataset(dataset, progress=console.is_terminal)
     print_report(report, console)
     if json_out is not None:

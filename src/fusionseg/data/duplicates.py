@@ -101,13 +101,11 @@ def prepared_case_hash(case: PreparedCase, modalities: Sequence[str] | None = No
     names = tuple(case.modalities if modalities is None else modalities)
     missing = [m for m in names if m not in case.modalities]
     if missing:
-        raise KeyError(f"case {case.case_id}: modalities {missing} not available "
-                       f"(have {list(case.modalities)})")
+        raise KeyError(f"case {case.case_id}: modalities {missing} not available (have {list(case.modalities)})")
     return hash_volumes(case.image[case.modalities.index(m)] for m in names)
 
 
-def prepared_hashes(cases: Mapping[str, PreparedCase],
-                    modalities: Sequence[str] | None = None) -> dict[str, str]:
+def prepared_hashes(cases: Mapping[str, PreparedCase], modalities: Sequence[str] | None = None) -> dict[str, str]:
     """:func:`prepared_case_hash` of every case: case id -> hash (input order)."""
     return {cid: prepared_case_hash(c, modalities) for cid, c in cases.items()}
 

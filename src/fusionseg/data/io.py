@@ -26,16 +26,15 @@ def load_nifti(path: str | Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several types for corrupt files
-        raise DataError(f"cannot read NIfTI ({exc}).", path,
-                        "re-export or re-download the file; it is corrupt or not NIfTI.") from exc
+        raise DataError(
+            f"cannot read NIfTI ({exc}).", path, "re-export or re-download the file; it is corrupt or not NIfTI."
+        ) from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise DataError(f"not a NIfTI image ({type(img).__name__}).", path,
-                        "convert it to .nii.gz first.")
+        raise DataError(f"not a NIfTI image ({type(img).__name__}).", path, "convert it to .nii.gz first.")
     return img
 
 
-def read_array(img: nib.Nifti1Image, path: str | Path, dtype=np.float32,
-               channel: int | None = None) -> np.ndarray:
+def read_array(img: nib.Nifti1Image, path: str | Path, dtype=np.float32, channel: int | None = None) -> np.ndarray:
     """Read the voxel data of ``img`` (3-D, or one channel of a 4-D image).
 
     Returns:
@@ -48,18 +47,23 @@ def read_array(img: nib.Nifti1Image, path: str | Path, dtype=np.float32,
             data = np.asanyarray(img.dataobj)
         else:
             if img.ndim != 4:
-                raise DataError(f"expected a 4-D image to take channel {channel}, got {img.ndim}-D.",
-                                path, "check dataset.json channel names against the images.")
+                raise DataError(
+                    f"expected a 4-D image to take channel {channel}, got {img.ndim}-D.",
+                    path,
+                    "check dataset.json channel names against the images.",
+                )
             data = np.asanyarray(img.dataobj[..., channel])
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot decode voxel data ({exc}).", path,
-                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+        raise DataError(
+            f"cannot decode voxel data ({exc}).", path, "the file is truncated or corrupt: re-export or re-download it."
+        ) from exc
     data = np.squeeze(data) if data.ndim > 3 else data
     if data.ndim != 3:
-        raise DataError(f"expected a 3-D volume, got shape {data.shape}.", path,
-                        "give one 3-D volume per modality file.")
+        raise DataError(
+            f"expected a 3-D volume, got shape {data.shape}.", path, "give one 3-D volume per modality file."
+        )
     return np.asarray(data, dtype=dtype)
 
 
@@ -74,13 +78,17 @@ def read_all_channels(img: nib.Nifti1Image, path: str | Path, dtype=np.float32) 
         DataError: data cannot be decoded, or the image is not 4-D.
     """
     if img.ndim != 4:
-        raise DataError(f"expected a 4-D image with one channel per modality, got {img.ndim}-D.",
-                        path, "check dataset.json channel names against the images.")
+        raise DataError(
+            f"expected a 4-D image with one channel per modality, got {img.ndim}-D.",
+            path,
+            "check dataset.json channel names against the images.",
+        )
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise DataError(f"cannot decode voxel data ({exc}).", path,
-                        "the file is truncated or corrupt: re-export or re-download it.") from exc
+        raise DataError(
+            f"cannot decode voxel data ({exc}).", path, "the file is truncated or corrupt: re-export or re-download it."
+        ) from exc
     return np.asarray(data, dtype=dtype)
 
 
@@ -142,8 +150,7 @@ class _AtomicPath:
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         suffix = "".join(self.final.suffixes) or ".tmp"
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=suffix,
-                                   dir=self.final.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=suffix, dir=self.final.parent)
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp
@@ -158,8 +165,7 @@ class _AtomicPath:
         return False
 
 
-def save_label_map(labels: np.ndarray, reference: str | Path, out: str | Path,
-                   overwrite: bool = False) -> Path:
+def save_label_map(labels: np.ndarray, reference: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write a label map with the reference image's exact affine and header.
 
     Args:
@@ -176,8 +182,11 @@ def save_label_map(labels: np.ndarray, reference: str | Path, out: str | Path,
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it.")
     ref = load_nifti(reference)
     if tuple(labels.shape) != tuple(ref.shape[:3]):
-        raise DataError(f"label map shape {labels.shape} differs from the reference {ref.shape[:3]}.",
-                        reference, "predict on the full, uncropped case grid.")
+        raise DataError(
+            f"label map shape {labels.shape} differs from the reference {ref.shape[:3]}.",
+            reference,
+            "predict on the full, uncropped case grid.",
+        )
     header = ref.header.copy()
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
     header.set_data_dtype(dtype)
@@ -227,9 +236,12 @@ def read_label_convention(folder: str | Path):
     try:
         return scheme_from_dict(json.loads(path.read_text())["label_scheme"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"cannot read the label convention ({exc!r}).", path,
-                        "delete the file (the label maps are then assumed to be in the ground "
-                        "truth's convention) or re-run fusionseg predict.") from exc
+        raise DataError(
+            f"cannot read the label convention ({exc!r}).",
+            path,
+            "delete the file (the label maps are then assumed to be in the ground "
+            "truth's convention) or re-run fusionseg predict.",
+        ) from exc
 
 
 def ensure_writable(folder: Path) -> None:
@@ -244,8 +256,8 @@ def ensure_writable(folder: Path) -> None:
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise OutputError(f"{folder}: cannot create it, {probe} is a file. Fix: choose another "
-                          "--output-dir.")
+        raise OutputError(f"{folder}: cannot create it, {probe} is a file. Fix: choose another --output-dir.")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"{folder}: {probe} is not writable (read-only disk or no permission). "
-                          "Fix: choose another --output-dir.")
+        raise OutputError(
+            f"{folder}: {probe} is not writable (read-only disk or no permission). Fix: choose another --output-dir."
+        )

@@ -36,7 +36,17 @@ import numpy as np
 from scipy import ndimage
 
 from fusionseg.constants import (
-    BRATS2017, BRATS2023, CT, FLAIR, MSD_TASK01, PET, PETCT, T1, T1CE, T2, LabelScheme,
+    BRATS2017,
+    BRATS2023,
+    CT,
+    FLAIR,
+    MSD_TASK01,
+    PET,
+    PETCT,
+    T1,
+    T1CE,
+    T2,
+    LabelScheme,
     get_label_scheme,
 )
 from fusionseg.data.io import atomic_path
@@ -44,9 +54,9 @@ from fusionseg.data.io import atomic_path
 #: Mean intensity (arbitrary units, x MRI_SCALE) per tissue and modality.
 MRI_CONTRASTS: dict[str, dict[str, float]] = {
     #        WM     GM    CSF   ED    ET    NCR
-    T1:    {"wm": 1.00, "gm": 0.78, "csf": 0.30, "ed": 0.68, "et": 0.72, "ncr": 0.38},
-    T1CE:  {"wm": 1.00, "gm": 0.80, "csf": 0.32, "ed": 0.70, "et": 1.70, "ncr": 0.38},
-    T2:    {"wm": 0.62, "gm": 0.82, "csf": 1.65, "ed": 1.30, "et": 1.10, "ncr": 1.50},
+    T1: {"wm": 1.00, "gm": 0.78, "csf": 0.30, "ed": 0.68, "et": 0.72, "ncr": 0.38},
+    T1CE: {"wm": 1.00, "gm": 0.80, "csf": 0.32, "ed": 0.70, "et": 1.70, "ncr": 0.38},
+    T2: {"wm": 0.62, "gm": 0.82, "csf": 1.65, "ed": 1.30, "et": 1.10, "ncr": 1.50},
     FLAIR: {"wm": 0.66, "gm": 0.82, "csf": 0.25, "ed": 1.50, "et": 1.25, "ncr": 0.85},
 }
 MRI_SCALE = 400.0
@@ -69,8 +79,10 @@ def _compartment_values(scheme: LabelScheme) -> dict[str, int]:
     for compartment, names in _COMPARTMENT_NAMES.items():
         value = next((by_name[n] for n in names if n in by_name), None)
         if value is None:
-            raise ValueError(f"scheme {scheme.name!r} has no label named {names[0]}; "
-                             f"use a brain-tumour scheme (brats2017, brats2023, msd_task01)")
+            raise ValueError(
+                f"scheme {scheme.name!r} has no label named {names[0]}; "
+                f"use a brain-tumour scheme (brats2017, brats2023, msd_task01)"
+            )
         out[compartment] = value
     return out
 
@@ -92,9 +104,12 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma_vox: float) -> np.ndarr
     return (field / (field.std() + 1e-12)).astype(np.float32)
 
 
-def make_phantom(shape: tuple[int, int, int] = (64, 64, 48), seed: int = 0,
-                 scheme: LabelScheme | str = BRATS2017,
-                 spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> dict:
+def make_phantom(
+    shape: tuple[int, int, int] = (64, 64, 48),
+    seed: int = 0,
+    scheme: LabelScheme | str = BRATS2017,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> dict:
     """A synthetic skull-stripped brain MRI case with a three-compartment tumour.
 
     Args:
@@ -129,8 +144,9 @@ def make_phantom(shape: tuple[int, int, int] = (64, 64, 48), seed: int = 0,
     brain_dist = _ellipsoid(grid, (0, 0, 0), brain_radii) + wobble
     brain = brain_dist < 1.0
     gm = brain & (brain_dist > 0.78)
-    ventricles = (_ellipsoid(grid, (0, -0.05 * extent[1], 0.05 * extent[2]),
-                             brain_radii * (0.12, 0.28, 0.18)) < 1.0) & brain
+    ventricles = (
+        _ellipsoid(grid, (0, -0.05 * extent[1], 0.05 * extent[2]), brain_radii * (0.12, 0.28, 0.18)) < 1.0
+    ) & brain
 
     # Tumour: ED ellipsoid with radii 33-45% of the median brain radius (capped at 60%
     # of the brain radius per axis), centred at random where it stays inside the brain;
@@ -172,12 +188,12 @@ def make_phantom(shape: tuple[int, int, int] = (64, 64, 48), seed: int = 0,
         img = (img * texture * bias + noise) * MRI_SCALE
         img = np.where(brain, np.maximum(img, 1.0), 0.0).astype(np.float32)
         images[modality] = img
-    return {"images": images, "seg": seg, "brain": brain, "spacing": spacing,
-            "scheme": scheme.name}
+    return {"images": images, "seg": seg, "brain": brain, "spacing": spacing, "scheme": scheme.name}
 
 
-def make_petct_phantom(shape: tuple[int, int, int] = (48, 48, 32), seed: int = 0,
-                       spacing: tuple[float, float, float] = (4.0, 4.0, 3.27)) -> dict:
+def make_petct_phantom(
+    shape: tuple[int, int, int] = (48, 48, 32), seed: int = 0, spacing: tuple[float, float, float] = (4.0, 4.0, 3.27)
+) -> dict:
     """A synthetic FDG-PET/CT case (torso cross-section) with one hot lesion.
 
     Args:
@@ -202,15 +218,16 @@ def make_petct_phantom(shape: tuple[int, int, int] = (48, 48, 32), seed: int = 0
     body_dist = _ellipsoid(grid, (0, 0, 0), body_radii)
     body = body_dist < 1.0
     fat = body & (body_dist > 0.85)
-    spine = _ellipsoid(grid, (0, -0.22 * extent[1], 0), (0.07 * extent[0], 0.07 * extent[1],
-                                                          extent[2] * 10)) < 1.0
+    spine = _ellipsoid(grid, (0, -0.22 * extent[1], 0), (0.07 * extent[0], 0.07 * extent[1], extent[2] * 10)) < 1.0
     radius = rng.uniform(0.09, 0.16) * extent[:2].min()
     direction = rng.standard_normal(3)
     direction[2] *= 0.3
     direction /= np.linalg.norm(direction)
-    centre = direction * rng.uniform(0.0, 0.4) * np.array([body_radii[0] - radius,
-                                                             body_radii[1] - radius,
-                                                             extent[2] / 2 - radius])
+    centre = (
+        direction
+        * rng.uniform(0.0, 0.4)
+        * np.array([body_radii[0] - radius, body_radii[1] - radius, extent[2] / 2 - radius])
+    )
     rough = 0.1 * _smooth_noise(rng, shape, 1.5)
     lesion_dist = _ellipsoid(grid, centre, radius * rng.uniform(0.85, 1.15, 3)) + rough
     lesion = (lesion_dist < 1.0) & body & ~spine & ~fat
@@ -235,20 +252,25 @@ def make_petct_phantom(shape: tuple[int, int, int] = (48, 48, 32), seed: int = 0
     pet = ndimage.gaussian_filter(pet, 0.7)  # scanner resolution
     pet = np.where(body, pet * (1 + 0.08 * rng.standard_normal(shape)), 0.0)
     pet = np.maximum(pet, 0.0).astype(np.float32)
-    return {"images": {PET: pet, CT: ct.astype(np.float32)}, "seg": seg, "body": body,
-            "spacing": spacing, "scheme": PETCT.name}
+    return {
+        "images": {PET: pet, CT: ct.astype(np.float32)},
+        "seg": seg,
+        "body": body,
+        "spacing": spacing,
+        "scheme": PETCT.name,
+    }
 
 
 # ---------------------------------------------------------------------------
 # Writing phantom datasets
 # ---------------------------------------------------------------------------
 
+
 def _affine(spacing) -> np.ndarray:
     return np.diag([*spacing, 1.0]).astype(np.float64)
 
 
-def save_nifti(array: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0),
-               dtype: np.dtype | type | None = None) -> Path:
+def save_nifti(array: np.ndarray, path: Path, spacing=(1.0, 1.0, 1.0), dtype: np.dtype | type | None = None) -> Path:
     """Write ``array`` as NIfTI with a diagonal affine of ``spacing`` (mm), atomically.
 
     ``dtype`` np.int16 rounds and clips; None keeps the array's dtype.
@@ -272,9 +294,14 @@ def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
-def write_phantom_dataset(out_dir: str | Path, n_cases: int, layout: str = "brats2018",
-                          shape: tuple[int, int, int] = (64, 64, 48), seed: int = 0,
-                          n_test: int = 0) -> Path:
+def write_phantom_dataset(
+    out_dir: str | Path,
+    n_cases: int,
+    layout: str = "brats2018",
+    shape: tuple[int, int, int] = (64, 64, 48),
+    seed: int = 0,
+    n_test: int = 0,
+) -> Path:
     """Write ``n_cases`` phantom cases as NIfTI files in a dataset layout.
 
     Args:
@@ -300,25 +327,34 @@ def write_phantom_dataset(out_dir: str | Path, n_cases: int, layout: str = "brat
         raise ValueError(f"unknown layout {layout!r}; choose one of {list(PHANTOM_LAYOUTS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writer = {"brats2018": _write_brats2018, "brats2023": _write_brats2023, "msd": _write_msd,
-              "nnunet": _write_nnunet, "autopet": _write_autopet}[layout]
+    writer = {
+        "brats2018": _write_brats2018,
+        "brats2023": _write_brats2023,
+        "msd": _write_msd,
+        "nnunet": _write_nnunet,
+        "autopet": _write_autopet,
+    }[layout]
     for i in range(n_cases + n_test):
         writer(out, i, shape, seed + i, labelled=i < n_cases)
     if layout == "msd":
         _write_json(out / "dataset.json", _msd_json(out, n_cases, n_test))
     elif layout == "nnunet":
-        _write_json(out / "dataset.json", {
-            "name": "PhantomBraTS",
-            "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
-            "labels": {name: value for value, name in BRATS2023.labels.items()},
-            "numTraining": n_cases,
-            "file_ending": ".nii.gz",
-        })
+        _write_json(
+            out / "dataset.json",
+            {
+                "name": "PhantomBraTS",
+                "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+                "labels": {name: value for value, name in BRATS2023.labels.items()},
+                "numTraining": n_cases,
+                "file_ending": ".nii.gz",
+            },
+        )
     return out
 
 
-def _write_brats(out: Path, case_id: str, sep: str, suffixes: dict[str, str], shape, seed,
-                 scheme: LabelScheme, labelled: bool) -> None:
+def _write_brats(
+    out: Path, case_id: str, sep: str, suffixes: dict[str, str], shape, seed, scheme: LabelScheme, labelled: bool
+) -> None:
     ph = make_phantom(shape, seed, scheme)
     folder = out / case_id
     for suffix, modality in suffixes.items():
@@ -328,13 +364,29 @@ def _write_brats(out: Path, case_id: str, sep: str, suffixes: dict[str, str], sh
 
 
 def _write_brats2018(out, i, shape, seed, labelled):
-    _write_brats(out, f"Brats18_Phantom_{i:03d}", "_",
-                 {"t1": T1, "t1ce": T1CE, "t2": T2, "flair": FLAIR}, shape, seed, BRATS2017, labelled)
+    _write_brats(
+        out,
+        f"Brats18_Phantom_{i:03d}",
+        "_",
+        {"t1": T1, "t1ce": T1CE, "t2": T2, "flair": FLAIR},
+        shape,
+        seed,
+        BRATS2017,
+        labelled,
+    )
 
 
 def _write_brats2023(out, i, shape, seed, labelled):
-    _write_brats(out, f"BraTS-GLI-{i:05d}-000", "-",
-                 {"t1n": T1, "t1c": T1CE, "t2w": T2, "t2f": FLAIR}, shape, seed, BRATS2023, labelled)
+    _write_brats(
+        out,
+        f"BraTS-GLI-{i:05d}-000",
+        "-",
+        {"t1n": T1, "t1c": T1CE, "t2w": T2, "t2f": FLAIR},
+        shape,
+        seed,
+        BRATS2023,
+        labelled,
+    )
 
 
 #: MSD Task01 channel order, as in its dataset.json.
@@ -354,14 +406,17 @@ def _write_msd(out, i, shape, seed, labelled):
 
 def _msd_json(out: Path, n_cases: int, n_test: int) -> dict:
     return {
-        "name": "BRATS", "description": "fusionseg phantom in MSD Task01 layout",
+        "name": "BRATS",
+        "description": "fusionseg phantom in MSD Task01 layout",
         "tensorImageSize": "4D",
         "modality": MSD_CHANNELS,
-        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor",
-                   "3": "enhancing tumour"},
-        "numTraining": n_cases, "numTest": n_test,
-        "training": [{"image": f"./imagesTr/BRATS_{i + 1:03d}.nii.gz",
-                      "label": f"./labelsTr/BRATS_{i + 1:03d}.nii.gz"} for i in range(n_cases)],
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "numTraining": n_cases,
+        "numTest": n_test,
+        "training": [
+            {"image": f"./imagesTr/BRATS_{i + 1:03d}.nii.gz", "label": f"./labelsTr/BRATS_{i + 1:03d}.nii.gz"}
+            for i in range(n_cases)
+        ],
         "test": [f"./imagesTs/BRATS_{i + 1:03d}.nii.gz" for i in range(n_cases, n_cases + n_test)],
     }
 
@@ -371,8 +426,7 @@ def _write_nnunet(out, i, shape, seed, labelled):
     case_id = f"PHANTOM_{i:03d}"
     split = "Tr" if labelled else "Ts"
     for channel, modality in enumerate((T1, T1CE, T2, FLAIR)):
-        save_nifti(ph["images"][modality], out / f"images{split}" / f"{case_id}_{channel:04d}.nii.gz",
-                   dtype=np.float32)
+        save_nifti(ph["images"][modality], out / f"images{split}" / f"{case_id}_{channel:04d}.nii.gz", dtype=np.float32)
     if labelled:
         save_nifti(ph["seg"], out / "labelsTr" / f"{case_id}.nii.gz", dtype=np.uint8)
 

@@ -74,8 +74,7 @@ class PreparedCase:
         when the order is unchanged)."""
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
-            raise KeyError(f"case {self.case_id}: modalities {missing} not available "
-                           f"(have {list(self.modalities)})")
+            raise KeyError(f"case {self.case_id}: modalities {missing} not available (have {list(self.modalities)})")
         idx = [self.modalities.index(m) for m in modalities]
         if idx == list(range(len(self.modalities))):
             return self.image
@@ -128,8 +127,9 @@ def _fingerprint(case: Case) -> dict:
     return info
 
 
-def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
-                        modalities: tuple[str, ...] | None = None) -> PreparedCase:
+def prepare_case_arrays(
+    case: Case, scheme: LabelScheme, cfg: PreprocessConfig, modalities: tuple[str, ...] | None = None
+) -> PreparedCase:
     """Load and preprocess one case in memory (no cache).
 
     Raises:
@@ -141,9 +141,11 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
     four_d: dict[Path, np.ndarray] = {}
     for m in modalities:
         if m not in case.images:
-            raise DataError(f"case {case.case_id} has no {m!r} image.", case.images and
-                            next(iter(case.images.values())).path.parent,
-                            f"provide the {m} file or drop {m!r} from data.modalities.")
+            raise DataError(
+                f"case {case.case_id} has no {m!r} image.",
+                case.images and next(iter(case.images.values())).path.parent,
+                f"provide the {m} file or drop {m!r} from data.modalities.",
+            )
         ref = case.images[m]
         img = load_nifti(ref.path)
         if ref.channel is not None:
@@ -151,33 +153,45 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
             if ref.path not in four_d:
                 four_d[ref.path] = read_all_channels(img, ref.path)
             if not 0 <= ref.channel < four_d[ref.path].shape[3]:
-                raise DataError(f"has {four_d[ref.path].shape[3]} channels, no channel {ref.channel}.",
-                                ref.path, "check dataset.json channel names against the images.")
+                raise DataError(
+                    f"has {four_d[ref.path].shape[3]} channels, no channel {ref.channel}.",
+                    ref.path,
+                    "check dataset.json channel names against the images.",
+                )
             vol = four_d[ref.path][..., ref.channel]
         else:
             vol = read_array(img, ref.path, channel=ref.channel)
         if shape is None:
             shape, affine, spacing, first = vol.shape, img.affine.astype(np.float64), voxel_spacing(img), ref
         elif vol.shape != shape:
-            raise DataError(f"shape {vol.shape} differs from {shape} of {first}.", ref.path,
-                            "resample all modalities of a case to one grid.")
+            raise DataError(
+                f"shape {vol.shape} differs from {shape} of {first}.",
+                ref.path,
+                "resample all modalities of a case to one grid.",
+            )
         if not np.isfinite(vol).all():
             bad = int((~np.isfinite(vol)).sum())
-            raise DataError(f"{bad} NaN/inf voxel(s).", ref.path,
-                            "replace non-finite voxels (e.g. with 0) or re-export the image.")
+            raise DataError(
+                f"{bad} NaN/inf voxel(s).", ref.path, "replace non-finite voxels (e.g. with 0) or re-export the image."
+            )
         arrays.append(vol)
     label = None
     if case.label is not None:
         img = load_nifti(case.label)
         seg = read_array(img, case.label, dtype=np.int64)
         if seg.shape != shape:
-            raise DataError(f"label shape {seg.shape} differs from image shape {shape}.",
-                            case.label, "resample the segmentation onto the image grid.")
+            raise DataError(
+                f"label shape {seg.shape} differs from image shape {shape}.",
+                case.label,
+                "resample the segmentation onto the image grid.",
+            )
         unknown = scheme.unknown_values(seg)
         if unknown:
-            raise DataError(f"label values {unknown} are not in scheme {scheme.name!r} "
-                            f"{list(scheme.values)}.", case.label,
-                            "pick the right --format/--scheme or convert the labels.")
+            raise DataError(
+                f"label values {unknown} are not in scheme {scheme.name!r} {list(scheme.values)}.",
+                case.label,
+                "pick the right --format/--scheme or convert the labels.",
+            )
         label = scheme.to_classes(seg)
     stack = np.stack(arrays)  # (C, X, Y, Z)
     if all(m in (PET, CT) for m in modalities):
@@ -185,17 +199,23 @@ def prepare_case_arrays(case: Case, scheme: LabelScheme, cfg: PreprocessConfig,
     else:
         brain = np.any(stack[[i for i, m in enumerate(modalities) if m not in (PET, CT)]] != 0, axis=0)
         if not brain.any():
-            raise DataError("all images are zero: no brain voxels.", first.path,
-                            "check the case's image files; they hold no data.")
+            raise DataError(
+                "all images are zero: no brain voxels.", first.path, "check the case's image files; they hold no data."
+            )
     bbox = foreground_bbox(brain, cfg.crop_margin) if cfg.crop == "foreground" else tuple((0, s) for s in shape)
     window = tuple(slice(a, b) for a, b in bbox)
     brain_c = brain[window]
     image = np.stack([normalise(stack[i][window], m, brain_c, cfg) for i, m in enumerate(modalities)])
     return PreparedCase(
-        case_id=case.case_id, modalities=modalities, image=image.astype(np.float32),
+        case_id=case.case_id,
+        modalities=modalities,
+        image=image.astype(np.float32),
         label=None if label is None else np.ascontiguousarray(label[window]).astype(np.uint8),
-        bbox=bbox, original_shape=tuple(int(s) for s in shape), affine=affine,
-        spacing=spacing, axial_axis=axial_axis(affine),
+        bbox=bbox,
+        original_shape=tuple(int(s) for s in shape),
+        affine=affine,
+        spacing=spacing,
+        axial_axis=axial_axis(affine),
     )
 
 
@@ -228,8 +248,11 @@ class PreprocessCache:
             fingerprint = _fingerprint(case)
         except (OSError, ValueError):
             return None
-        if meta.get("fingerprint") == fingerprint and meta.get("scheme") == scheme.name \
-                and tuple(meta.get("modalities", ())) == case.modalities:
+        if (
+            meta.get("fingerprint") == fingerprint
+            and meta.get("scheme") == scheme.name
+            and tuple(meta.get("modalities", ())) == case.modalities
+        ):
             return meta
         return None
 
@@ -258,10 +281,16 @@ class PreprocessCache:
             if p.label is not None:
                 np.save(tmp / "label.npy", np.ascontiguousarray(np.moveaxis(p.label, p.axial_axis, 0)))
             meta = {
-                "case_id": p.case_id, "modalities": list(p.modalities), "bbox": [list(b) for b in p.bbox],
-                "original_shape": list(p.original_shape), "affine": p.affine.tolist(),
-                "spacing": list(p.spacing), "axial_axis": p.axial_axis, "has_label": p.label is not None,
-                "fingerprint": fingerprint, "scheme": scheme.name,
+                "case_id": p.case_id,
+                "modalities": list(p.modalities),
+                "bbox": [list(b) for b in p.bbox],
+                "original_shape": list(p.original_shape),
+                "affine": p.affine.tolist(),
+                "spacing": list(p.spacing),
+                "axial_axis": p.axial_axis,
+                "has_label": p.label is not None,
+                "fingerprint": fingerprint,
+                "scheme": scheme.name,
                 "config": self.cfg.model_dump(mode="json"),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -287,8 +316,11 @@ class PreprocessCache:
                 current = json.loads((folder / "meta.json").read_text())
             except (OSError, ValueError):
                 current = {}
-            if current.get("fingerprint") == meta["fingerprint"] and current.get("config") == meta["config"] \
-                    and current.get("scheme") == meta["scheme"]:
+            if (
+                current.get("fingerprint") == meta["fingerprint"]
+                and current.get("config") == meta["config"]
+                and current.get("scheme") == meta["scheme"]
+            ):
                 shutil.rmtree(tmp, ignore_errors=True)  # the same entry, published by another writer
                 return
             stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale.", dir=folder.parent))
@@ -304,11 +336,15 @@ class PreprocessCache:
         axis = int(meta["axial_axis"])
         # stored axial-first; exposed as the usual (C, X, Y, Z) / (X, Y, Z) views
         image = np.moveaxis(np.load(folder / "image.npy", mmap_mode="r"), 0, 1 + axis)
-        label = (np.moveaxis(np.load(folder / "label.npy", mmap_mode="r"), 0, axis)
-                 if meta["has_label"] else None)
+        label = np.moveaxis(np.load(folder / "label.npy", mmap_mode="r"), 0, axis) if meta["has_label"] else None
         return PreparedCase(
-            case_id=meta["case_id"], modalities=tuple(meta["modalities"]), image=image, label=label,
-            bbox=tuple(tuple(b) for b in meta["bbox"]), original_shape=tuple(meta["original_shape"]),
-            affine=np.asarray(meta["affine"]), spacing=tuple(meta["spacing"]),
+            case_id=meta["case_id"],
+            modalities=tuple(meta["modalities"]),
+            image=image,
+            label=label,
+            bbox=tuple(tuple(b) for b in meta["bbox"]),
+            original_shape=tuple(meta["original_shape"]),
+            affine=np.asarray(meta["affine"]),
+            spacing=tuple(meta["spacing"]),
             axial_axis=int(meta["axial_axis"]),
         )

@@ -46,8 +46,7 @@ def _centre(h: int, w: int, size: tuple[int, int]) -> tuple[int, int]:
     return (size[0] - h) // 2, (size[1] - w) // 2
 
 
-def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, int],
-            dtype) -> np.ndarray:
+def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, int], dtype) -> np.ndarray:
     """``view`` (selected ``channels`` of a (C, h, w) view, or an (h, w) view when
     ``channels`` is None) copied once into a zero array of in-plane ``size``, centred
     as :func:`pad_to` centres."""
@@ -55,11 +54,11 @@ def _padded(view: np.ndarray, channels: Sequence[int] | None, size: tuple[int, i
     top, left = _centre(h, w, size)
     if channels is None:
         out = np.zeros(size, dtype=dtype)
-        out[top:top + h, left:left + w] = view
+        out[top : top + h, left : left + w] = view
     else:
         out = np.zeros((len(channels), *size), dtype=dtype)
         for k, c in enumerate(channels):
-            out[k, top:top + h, left:left + w] = view[c]
+            out[k, top : top + h, left : left + w] = view[c]
     return out
 
 
@@ -125,12 +124,14 @@ class _Augmentation:
         from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
         keys = ["image", "label"]
-        self.transforms = Compose([
-            RandFlipd(keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
-            RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
-            RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
-        ])
+        self.transforms = Compose(
+            [
+                RandFlipd(keys, prob=0.5, spatial_axis=0),
+                RandFlipd(keys, prob=0.5, spatial_axis=1),
+                RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
+                RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
+            ]
+        )
         self.state = np.random.RandomState(0)
         for t in self.transforms.transforms:
             t.set_random_state(state=self.state)
@@ -163,9 +164,16 @@ class SliceDataset(TorchDataset):
         seed: base seed for patch positions.
     """
 
-    def __init__(self, cases: Sequence[PreparedCase], modalities: Sequence[str], cfg: SamplingConfig,
-                 slice_size: tuple[int, int] | None = None, mode: str | None = None,
-                 train: bool = True, seed: int = 0):
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        modalities: Sequence[str],
+        cfg: SamplingConfig,
+        slice_size: tuple[int, int] | None = None,
+        mode: str | None = None,
+        train: bool = True,
+        seed: int = 0,
+    ):
         self.cases = list(cases)
         self.modalities = tuple(modalities)
         self.cfg = cfg
@@ -228,8 +236,8 @@ class SliceDataset(TorchDataset):
             rng = np.random.default_rng((self.seed, self.epoch, i))
             ph, pw = self.patch_size
             top, left = self._window(label, rng)
-            image = image[:, top:top + ph, left:left + pw]
-            label = label[top:top + ph, left:left + pw]
+            image = image[:, top : top + ph, left : left + pw]
+            label = label[top : top + ph, left : left + pw]
         if self._augment is not None:
             seed = int(np.random.default_rng((self.seed, self.epoch, i, 1)).integers(2**31))
             image, label = self._augment(np.ascontiguousarray(image), np.ascontiguousarray(label), seed)

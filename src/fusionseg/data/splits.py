@@ -36,6 +36,7 @@ def _units(ids: list[str], groups: Iterable[Iterable[str]] | None) -> list[list[
         while parent.get(c, c) != c:
             c = parent[c]
         return c
+
     for group in groups or ():
         members = sorted({c for c in group if c in known})
         for other in members[1:]:
@@ -69,8 +70,7 @@ def _flat(units: Iterable[list[str]]) -> list[str]:
     return sorted(c for u in units for c in u)
 
 
-def make_splits(case_ids: Sequence[str], cfg: SplitConfig,
-                groups: Iterable[Iterable[str]] | None = None) -> dict:
+def make_splits(case_ids: Sequence[str], cfg: SplitConfig, groups: Iterable[Iterable[str]] | None = None) -> dict:
     """Deterministic splits of ``case_ids`` (order-independent: ids are sorted first).
 
     k-fold: cases are shuffled with ``cfg.seed`` and dealt into ``cfg.folds`` test
@@ -112,8 +112,10 @@ def make_splits(case_ids: Sequence[str], cfg: SplitConfig,
     folds = []
     if cfg.kind == "kfold":
         if n_units < cfg.folds + 1:
-            raise ConfigError(f"{n} labelled cases{together} are too few for {cfg.folds}-fold CV; "
-                              "lower split.folds or use split.kind: holdout")
+            raise ConfigError(
+                f"{n} labelled cases{together} are too few for {cfg.folds}-fold CV; "
+                "lower split.folds or use split.kind: holdout"
+            )
         # Each unit, in shuffled order, to the part with the fewest cases (first on
         # ties): for single cases this is dealing order[k::folds] round-robin. (Not
         # largest-first: that would put the biggest group in fold 0 for every seed.)
@@ -128,12 +130,10 @@ def make_splits(case_ids: Sequence[str], cfg: SplitConfig,
             rest = [u for u in order if u[0] not in in_test]
             n_val = max(1, int(round(cfg.val_fraction * sum(map(len, rest)))))
             val, train = _take(rest, n_val)
-            folds.append({"fold": k, "train": _flat(train), "val": _flat(val),
-                          "test": _flat(test)})
+            folds.append({"fold": k, "train": _flat(train), "val": _flat(val), "test": _flat(test)})
     else:
         if n < 3 or n_units < 3:
-            raise ConfigError(f"{n} labelled cases{together} are too few for a "
-                              "train/val/test split")
+            raise ConfigError(f"{n} labelled cases{together} are too few for a train/val/test split")
         n_test = max(1, int(math.floor(cfg.test_fraction * n + 0.5)))
         n_val = max(1, int(round(cfg.val_fraction * n)))
         test, rest = _take(order, n_test)
@@ -149,8 +149,7 @@ def make_splits(case_ids: Sequence[str], cfg: SplitConfig,
     return out
 
 
-def check_split_groups(splits: dict, groups: Iterable[Iterable[str]],
-                       source: str | Path | None = None) -> None:
+def check_split_groups(splits: dict, groups: Iterable[Iterable[str]], source: str | Path | None = None) -> None:
     """Verify that no group of cases straddles the parts of any fold.
 
     Args:
@@ -176,9 +175,11 @@ def check_split_groups(splits: dict, groups: Iterable[Iterable[str]],
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DataError(
             f"cases with identical image data are in different parts of the split ({shown}); "
-            "the same scan in two parts leaks between train and test.", source,
+            "the same scan in two parts leaks between train and test.",
+            source,
             "make a new split that keeps each group in one part (delete the split file, or "
-            "drop split.file, and rerun), or remove all copies but one from the dataset.")
+            "drop split.file, and rerun), or remove all copies but one from the dataset.",
+        )
 
 
 def save_splits(splits: dict, path: str | Path) -> Path:
@@ -188,8 +189,9 @@ def save_splits(splits: dict, path: str | Path) -> Path:
     return path
 
 
-def load_splits(path: str | Path, available: Sequence[str] | None = None,
-                groups: Iterable[Iterable[str]] | None = None) -> dict:
+def load_splits(
+    path: str | Path, available: Sequence[str] | None = None, groups: Iterable[Iterable[str]] | None = None
+) -> dict:
     """Read a split file; every case it names must be in ``available`` (if given), and
     no group of ``groups`` nor of the file's own ``"groups"`` entry may straddle the
     parts of a fold (see :func:`check_split_groups`).
@@ -215,8 +217,7 @@ def load_splits(path: str | Path, available: Sequence[str] | None = None,
         named = {c for f in folds for part in ("train", "val", "test") for c in f[part]}
         unknown = sorted(named - known)
         if unknown:
-            raise ConfigError(f"{path}: cases {unknown[:5]} are not in the dataset; "
-                              "make a new split for this dataset.")
+            raise ConfigError(f"{path}: cases {unknown[:5]} are not in the dataset; make a new split for this dataset.")
     recorded = splits.get("groups")
     all_groups = [*(recorded if isinstance(recorded, list) else []), *(groups or ())]
     if all_groups:

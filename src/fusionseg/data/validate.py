@@ -19,8 +19,13 @@ from fusionseg.errors import DataError
 MAX_LISTED = 8
 
 
-def validate_cases(cases: Iterable[Case], dataset: Dataset, console: Console | None = None,
-                   what: str = "training", fix: str = "or restrict data.cases") -> list[Problem]:
+def validate_cases(
+    cases: Iterable[Case],
+    dataset: Dataset,
+    console: Console | None = None,
+    what: str = "training",
+    fix: str = "or restrict data.cases",
+) -> list[Problem]:
     """Check ``cases`` of ``dataset`` as ``fusionseg data check`` does.
 
     Args:
@@ -42,15 +47,16 @@ def validate_cases(cases: Iterable[Case], dataset: Dataset, console: Console | N
             (errors if problem.severity == "error" else warnings).append(problem)
     if console is not None:
         for w in warnings[:MAX_LISTED]:
-            console.print(f"[yellow]warning:[/] {escape(f'{w.case_id}: {w.file}: {w.problem}')}",
-                          highlight=False)
+            console.print(f"[yellow]warning:[/] {escape(f'{w.case_id}: {w.file}: {w.problem}')}", highlight=False)
     if errors:
         lines = [f"  - {p.case_id}: {p.file}: {p.problem} Fix: {p.fix}" for p in errors[:MAX_LISTED]]
         more = len(errors) - MAX_LISTED
         if more > 0:
             lines.append(f"  ... and {more} more")
         n_cases = len({p.case_id for p in errors})
-        raise DataError(f"{n_cases} case(s) cannot be used for {what}:\n" + "\n".join(lines),
-                        dataset.root, f"repair or remove those cases (`fusionseg data check {dataset.root}` "
-                        f"lists every problem), {fix}.")
+        raise DataError(
+            f"{n_cases} case(s) cannot be used for {what}:\n" + "\n".join(lines),
+            dataset.root,
+            f"repair or remove those cases (`fusionseg data check {dataset.root}` lists every problem), {fix}.",
+        )
     return warnings

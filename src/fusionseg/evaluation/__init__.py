@@ -11,5 +11,4 @@ from fusionseg.evaluation.aggregate import bootstrap_ci, paired_wilcoxon, summar
 from fusionseg.evaluation.evaluate import METRICS, evaluate_case
 from fusionseg.evaluation.folder import evaluate_folder
 
-__all__ = ["METRICS", "bootstrap_ci", "evaluate_case", "evaluate_folder", "paired_wilcoxon",
-           "summarize"]
+__all__ = ["METRICS", "bootstrap_ci", "evaluate_case", "evaluate_folder", "paired_wilcoxon", "summarize"]

@@ -18,8 +18,9 @@ N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP,
-                 seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean.
 
     Args:
@@ -47,8 +48,9 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP
     return float(low), float(high)
 
 
-def describe(values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP,
-             seed: int = BOOTSTRAP_SEED) -> dict[str, float | int]:
+def describe(
+    values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+) -> dict[str, float | int]:
     """mean, median, sd (ddof=1; 0 for one value), ci95_low, ci95_high, n."""
     x = np.asarray(values, dtype=np.float64)
     low, high = bootstrap_ci(x, n_boot=n_boot, seed=seed)
@@ -62,8 +64,9 @@ def describe(values: Sequence[float] | np.ndarray, n_boot: int = N_BOOTSTRAP,
     }
 
 
-def summarize(per_case: pd.DataFrame, metrics: Sequence[str] | None = None,
-              n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
+def summarize(
+    per_case: pd.DataFrame, metrics: Sequence[str] | None = None, n_boot: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+) -> dict[str, dict]:
     """Summary per region and metric of a tidy per-case table.
 
     Args:
@@ -79,8 +82,7 @@ def summarize(per_case: pd.DataFrame, metrics: Sequence[str] | None = None,
         metrics = [c for c in per_case.columns if c not in ("case", "region")]
     missing = [m for m in metrics if m not in per_case.columns]
     if missing:
-        raise KeyError(f"metric columns {missing} not in the per-case table "
-                       f"(columns: {list(per_case.columns)})")
+        raise KeyError(f"metric columns {missing} not in the per-case table (columns: {list(per_case.columns)})")
     out: dict[str, dict] = {}
     for region in pd.unique(per_case["region"]):
         sub = per_case[per_case["region"] == region]
@@ -88,8 +90,9 @@ def summarize(per_case: pd.DataFrame, metrics: Sequence[str] | None = None,
     return out
 
 
-def paired_wilcoxon(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                    alternative: str = "two-sided") -> dict[str, float | int]:
+def paired_wilcoxon(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alternative: str = "two-sided"
+) -> dict[str, float | int]:
     """Paired Wilcoxon signed-rank test of two methods' per-case values (same case order).
 
     Args:
@@ -113,5 +116,9 @@ def paired_wilcoxon(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
     if np.all(diff == 0):
         return {"statistic": 0.0, "p_value": 1.0, "n": int(x.size), "median_difference": 0.0}
     res = wilcoxon(x, y, alternative=alternative)
-    return {"statistic": float(res.statistic), "p_value": float(res.pvalue), "n": int(x.size),
-            "median_difference": float(np.median(diff))}
+    return {
+        "statistic": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "n": int(x.size),
+        "median_difference": float(np.median(diff)),
+    }

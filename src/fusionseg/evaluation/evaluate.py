@@ -54,6 +54,7 @@ from fusionseg.evaluation.metrics.surface import (
 )
 from fusionseg.evaluation.metrics.volumes import false_negative_volume, false_positive_volume
 
+
 # ------------------------------------------------------------------ registry
 @dataclass
 class RegionPair:
@@ -92,8 +93,11 @@ class RegionPair:
     def counts(self) -> tuple[int, int, int]:
         """(|P n G|, |P|, |G|)."""
         if "counts" not in self._cache:
-            self._cache["counts"] = (int(np.count_nonzero(self.pred & self.gt)),
-                                     int(np.count_nonzero(self.pred)), int(np.count_nonzero(self.gt)))
+            self._cache["counts"] = (
+                int(np.count_nonzero(self.pred & self.gt)),
+                int(np.count_nonzero(self.pred)),
+                int(np.count_nonzero(self.gt)),
+            )
         return self._cache["counts"]
 
     def dice(self) -> float:
@@ -104,14 +108,20 @@ class RegionPair:
             self._joint()
         if "hd95" not in self._cache:
             self._cache["hd95"] = robust_hausdorff_surfaces(
-                mask_surface(self.pred, self.spacing), mask_surface(self.gt, self.spacing),
-                95.0, HD95_PENALTY_MM)
+                mask_surface(self.pred, self.spacing), mask_surface(self.gt, self.spacing), 95.0, HD95_PENALTY_MM
+            )
         return self._cache["hd95"]
 
     def _joint(self) -> None:
-        hd, result = hd95_and_lesion_wise(self.pred, self.gt, self.spacing, self.params.dilation,
-                                          self.params.volume_threshold_mm3, HD95_PENALTY_MM,
-                                          self.extents)
+        hd, result = hd95_and_lesion_wise(
+            self.pred,
+            self.gt,
+            self.spacing,
+            self.params.dilation,
+            self.params.volume_threshold_mm3,
+            HD95_PENALTY_MM,
+            self.extents,
+        )
         self._cache["hd95"] = hd
         self._cache["lesions"] = result
 
@@ -120,9 +130,14 @@ class RegionPair:
             self._joint()
         if "lesions" not in self._cache:
             self._cache["lesions"] = lesion_wise(
-                self.pred, self.gt, self.spacing, self.params.dilation,
-                self.params.volume_threshold_mm3, HD95_PENALTY_MM,
-                full_image=(self.dice(), self.hd95()))
+                self.pred,
+                self.gt,
+                self.spacing,
+                self.params.dilation,
+                self.params.volume_threshold_mm3,
+                HD95_PENALTY_MM,
+                full_image=(self.dice(), self.hd95()),
+            )
         return self._cache["lesions"]
 
     def sens_spec(self) -> tuple[float, float]:
@@ -151,12 +166,23 @@ _SPECS = [
     MetricSpec("fp", lambda r: r.lesions().fp, "predicted components matching no GT lesion", True),
     MetricSpec("sensitivity", lambda r: r.sens_spec()[0], "voxel sensitivity"),
     MetricSpec("specificity", lambda r: r.sens_spec()[1], "voxel specificity"),
-    MetricSpec("asd", lambda r: average_surface_distance(r.pred, r.gt, r.spacing),
-               "symmetric average surface distance in mm (MONAI)"),
-    MetricSpec("fpv_ml", lambda r: false_positive_volume(r.pred, r.gt, r.spacing),
-               "false-positive volume in mL (autoPET)", single_class_only=True),
-    MetricSpec("fnv_ml", lambda r: false_negative_volume(r.pred, r.gt, r.spacing),
-               "false-negative volume in mL (autoPET)", single_class_only=True),
+    MetricSpec(
+        "asd",
+        lambda r: average_surface_distance(r.pred, r.gt, r.spacing),
+        "symmetric average surface distance in mm (MONAI)",
+    ),
+    MetricSpec(
+        "fpv_ml",
+        lambda r: false_positive_volume(r.pred, r.gt, r.spacing),
+        "false-positive volume in mL (autoPET)",
+        single_class_only=True,
+    ),
+    MetricSpec(
+        "fnv_ml",
+        lambda r: false_negative_volume(r.pred, r.gt, r.spacing),
+        "false-negative volume in mL (autoPET)",
+        single_class_only=True,
+    ),
 ]
 
 #: Metric registry: name -> spec.
@@ -185,8 +211,7 @@ def resolve_metrics(metrics: Sequence[str] | str | None, scheme: LabelScheme) ->
         raise ValueError(f"unknown metric(s) {unknown or metrics!r}; choose from {list(METRICS)}")
     wrong = [m for m in names if METRICS[m].single_class_only and not _single_class(scheme)]
     if wrong:
-        raise ValueError(f"metric(s) {wrong} are defined for single-class (PET/CT) schemes only, "
-                         f"not {scheme.name!r}")
+        raise ValueError(f"metric(s) {wrong} are defined for single-class (PET/CT) schemes only, not {scheme.name!r}")
     return list(dict.fromkeys(names))
 
 
@@ -224,9 +249,9 @@ def present_values(seg: np.ndarray) -> list[int]:
 
 
 @contextmanager
-def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
-                  ) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int],
-                                                tuple | None]]]:
+def _region_masks(
+    p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
+) -> Iterator[dict[str, tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple | None]]]:
     """Region name -> (prediction mask, GT mask, (|P n G|, |P|, |G|), extents) of a
     cropped case, in one pass over both label maps (in the prediction's memory order;
     the masks are C-ordered whatever the maps' order). ``extents`` (3-D only, else None)
@@ -256,21 +281,27 @@ def _region_masks(p_crop: np.ndarray, g_crop: np.ndarray, scheme: LabelScheme
     first = np.full((2, n) + shape[:2], shape[2], dtype=np.int64)  # (pred / GT, region, X, Y)
     last = np.full((2, n) + shape[:2], -1, dtype=np.int64)
     try:
-        counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm,
-                                           first, last)
+        counts, bad = kernels.region_masks(view(p_crop), view(g_crop), bits, fortran, pm, gm, first, last)
         if bad.any():
             for which, seg in (("pred", p_crop), ("gt", g_crop)):
                 unknown = [v for v in present_values(seg) if v not in scheme.labels]
                 if unknown:
-                    raise ValueError(f"{which} holds label values {unknown} that scheme "
-                                     f"{scheme.name!r} does not define (allowed: "
-                                     f"{list(scheme.values)}); choose the matching scheme.")
+                    raise ValueError(
+                        f"{which} holds label values {unknown} that scheme "
+                        f"{scheme.name!r} does not define (allowed: "
+                        f"{list(scheme.values)}); choose the matching scheme."
+                    )
         three_d = p_crop.ndim == 3
         back = (lambda a: a) if three_d else (lambda a: a[..., 0])
-        yield {name: (back(pm[r]).view(bool), back(gm[r]).view(bool),
-                      tuple(int(c) for c in counts[r]),
-                      ((first[0, r], last[0, r]), (first[1, r], last[1, r])) if three_d else None)
-               for r, name in enumerate(names)}
+        yield {
+            name: (
+                back(pm[r]).view(bool),
+                back(gm[r]).view(bool),
+                tuple(int(c) for c in counts[r]),
+                ((first[0, r], last[0, r]), (first[1, r], last[1, r])) if three_d else None,
+            )
+            for r, name in enumerate(names)
+        }
     finally:  # every 1 written lies within its row's recorded extent
         clear_rows(pm, first[0], last[0])
         clear_rows(gm, first[1], last[1])
@@ -296,13 +327,17 @@ def announce_compilation() -> None:
         return
     _ANNOUNCED = True
     if not kernels_cached():
-        print("compiling the evaluation kernels (once per installation, about 15 s) ...",
-              file=sys.stderr, flush=True)
+        print("compiling the evaluation kernels (once per installation, about 15 s) ...", file=sys.stderr, flush=True)
 
 
-def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
-                  scheme: LabelScheme | str, metrics: Sequence[str] | str | None = None,
-                  challenge: str | LesionWiseParams = "GLI") -> tuple[list[dict], list[dict]]:
+def evaluate_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    scheme: LabelScheme | str,
+    metrics: Sequence[str] | str | None = None,
+    challenge: str | LesionWiseParams = "GLI",
+) -> tuple[list[dict], list[dict]]:
     """Evaluate one case on every region of its label scheme.
 
     Args:
@@ -332,8 +367,9 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     pred = as_label_map(pred, "pred")
     gt = as_label_map(gt, "gt")
     if pred.shape != gt.shape:
-        raise ValueError(f"pred shape {pred.shape} differs from gt shape {gt.shape}; "
-                         "predict on the full, uncropped case grid.")
+        raise ValueError(
+            f"pred shape {pred.shape} differs from gt shape {gt.shape}; predict on the full, uncropped case grid."
+        )
     if pred.ndim not in (2, 3):
         raise ValueError(f"label maps must be 2-D or 3-D, got shape {pred.shape}.")
     spacing = check_spacing(spacing, pred.ndim)
@@ -351,8 +387,7 @@ def evaluate_case(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
     lesion_rows: list[dict] = []
     with _region_masks(p_crop, g_crop, scheme) as masks:
         for region, (p_mask, g_mask, counts, extents) in masks.items():
-            pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions,
-                              counts, extents)
+            pair = RegionPair(p_mask, g_mask, spacing, int(pred.size), params, need_lesions, counts, extents)
             region_rows.append(_region_row(region, pair, names))
             if need_lesions:
                 lesion_rows.extend(_lesion_rows(region, pair))
@@ -376,7 +411,16 @@ def _region_row(region: str, pair: RegionPair, names: list[str]) -> dict:
 
 def _lesion_rows(region: str, pair: RegionPair) -> list[dict]:
     """One row per GT lesion and per FP component of a region."""
-    return [{"region": region, "lesion_id": rec.lesion_id, "kind": rec.kind,
-             "volume_mm3": rec.volume_mm3, "counted": rec.counted, "dice": rec.dice,
-             "hd95": rec.hd95, "matched_pred_ids": ";".join(str(m) for m in rec.matched)}
-            for rec in pair.lesions().lesions]
+    return [
+        {
+            "region": region,
+            "lesion_id": rec.lesion_id,
+            "kind": rec.kind,
+            "volume_mm3": rec.volume_mm3,
+            "counted": rec.counted,
+            "dice": rec.dice,
+            "hd95": rec.hd95,
+            "matched_pred_ids": ";".join(str(m) for m in rec.matched),
+        }
+        for rec in pair.lesions().lesions
+    ]

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusionseg.constants import (HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, describe_labels,
-                                 get_label_scheme)
+from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, describe_labels, get_label_scheme
 from fusionseg.errors import DataError
 from fusionseg.evaluation.aggregate import BOOTSTRAP_SEED, N_BOOTSTRAP, summarize
 from fusionseg.evaluation.evaluate import as_label_map, evaluate_case, present_values, resolve_metrics
@@ -35,8 +34,11 @@ def _case_id(path: Path) -> str:
 
 
 def _label_files(folder: Path) -> dict[str, Path]:
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith("."))
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith((".nii.gz", ".nii")) and not p.name.startswith(".")
+    )
     return {_case_id(p): p for p in files}
 
 
@@ -53,8 +55,9 @@ def _read_labels(path: Path, with_affine: bool = False):
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
-        raise DataError(f"cannot decode voxel data ({exc}).", path,
-                        "the file is truncated or corrupt: re-export it.") from exc
+        raise DataError(
+            f"cannot decode voxel data ({exc}).", path, "the file is truncated or corrupt: re-export it."
+        ) from exc
     if data.ndim > 3:
         data = np.squeeze(data)
     try:
@@ -79,9 +82,11 @@ def _infer_scheme(gt_files: Sequence[Path]) -> LabelScheme:
             return LABEL_SCHEMES["brats2023"]
     if seen <= {0, 1}:
         return LABEL_SCHEMES["petct"]
-    raise DataError(f"cannot infer the label scheme from the GT label values {sorted(seen)}.",
-                    gt_files[0].parent if gt_files else None,
-                    f"pass --scheme (one of {sorted(LABEL_SCHEMES)}).")
+    raise DataError(
+        f"cannot infer the label scheme from the GT label values {sorted(seen)}.",
+        gt_files[0].parent if gt_files else None,
+        f"pass --scheme (one of {sorted(LABEL_SCHEMES)}).",
+    )
 
 
 def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Path], LabelScheme, str]:
@@ -90,8 +95,9 @@ def _gt_cases(gt: Path, scheme: LabelScheme | str | None) -> tuple[dict[str, Pat
         try:
             scheme = get_label_scheme(scheme)
         except KeyError:
-            raise DataError(f"unknown label scheme {scheme!r}.", None,
-                            f"use one of {', '.join(sorted(LABEL_SCHEMES))}.") from None
+            raise DataError(
+                f"unknown label scheme {scheme!r}.", None, f"use one of {', '.join(sorted(LABEL_SCHEMES))}."
+            ) from None
     given = "given (--scheme)"
     if not gt.exists():
         raise DataError("GT folder not found.", gt, "give a dataset folder or a folder of <case>.nii.gz label maps.")
@@ -132,9 +138,11 @@ def _prediction_scheme(pred_dir: Path, gt_scheme: LabelScheme, gt_source: str) -
         raise DataError(
             f"the predictions are in the {recorded.name} label convention ({describe_labels(recorded)}; "
             f"{LABEL_CONVENTION_JSON}) but the ground truth is {gt_scheme.name} "
-            f"({describe_labels(gt_scheme)}; {gt_source}).", pred_dir,
+            f"({describe_labels(gt_scheme)}; {gt_source}).",
+            pred_dir,
             "predict again with `fusionseg predict --labels dataset` on the ground truth's dataset "
-            "folder (writes its convention), or pass --scheme if the ground truth's scheme is wrong.")
+            "folder (writes its convention), or pass --scheme if the ground truth's scheme is wrong.",
+        )
     return recorded, f"recorded by fusionseg predict in {LABEL_CONVENTION_JSON}"
 
 
@@ -149,39 +157,53 @@ def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, P
         raise DataError("prediction folder not found.", pred_dir, "give the folder holding <case>.nii.gz predictions.")
     preds = _label_files(pred_dir)
     if not preds:
-        raise DataError("no <case>.nii.gz predictions found.", pred_dir,
-                        "write one label map per case named <case>.nii.gz.")
+        raise DataError(
+            "no <case>.nii.gz predictions found.", pred_dir, "write one label map per case named <case>.nii.gz."
+        )
     extra = sorted(set(preds) - set(gt_files))
     if extra:
         shown = [preds[c].name for c in extra[:10]]
         more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
-        raise DataError(f"unmatched cases: predictions without a GT case: {shown}{more} "
-                        f"(GT case ids look like {sorted(gt_files)[:3]}).", pred_dir,
-                        "name each prediction <case>.nii.gz after its GT case id.")
+        raise DataError(
+            f"unmatched cases: predictions without a GT case: {shown}{more} "
+            f"(GT case ids look like {sorted(gt_files)[:3]}).",
+            pred_dir,
+            "name each prediction <case>.nii.gz after its GT case id.",
+        )
     unpredicted = sorted(set(gt_files) - set(preds))
     return [(c, preds[c], gt_files[c]) for c in sorted(preds)], unpredicted
 
 
-def _evaluate_files(case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme,
-                    metrics: list[str], params: LesionWiseParams) -> tuple[str, list[dict], list[dict]]:
+def _evaluate_files(
+    case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme, metrics: list[str], params: LesionWiseParams
+) -> tuple[str, list[dict], list[dict]]:
     """Worker: load one pair and evaluate it (module level so processes can pickle it)."""
     gt, spacing, gt_affine = _read_labels(gt_path, with_affine=True)
     pred, _, pred_affine = _read_labels(pred_path, with_affine=True)
     if pred.shape != gt.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from the GT shape {gt.shape} ({gt_path}).",
-                        pred_path, "predict on the full, uncropped GT grid.")
+        raise DataError(
+            f"prediction shape {pred.shape} differs from the GT shape {gt.shape} ({gt_path}).",
+            pred_path,
+            "predict on the full, uncropped GT grid.",
+        )
     offset = float(np.max(np.abs(pred_affine - gt_affine)))
     if offset > AFFINE_TOLERANCE_MM:
-        raise DataError(f"prediction affine differs from the GT's ({gt_path}) by up to {offset:.3g} mm: "
-                        "the two grids are not aligned, so overlap and distances would be wrong.", pred_path,
-                        "write predictions on the GT's grid with its affine (fusionseg predict copies the "
-                        "input image's header), or resample them onto it.")
+        raise DataError(
+            f"prediction affine differs from the GT's ({gt_path}) by up to {offset:.3g} mm: "
+            "the two grids are not aligned, so overlap and distances would be wrong.",
+            pred_path,
+            "write predictions on the GT's grid with its affine (fusionseg predict copies the "
+            "input image's header), or resample them onto it.",
+        )
     try:
         rows, lesions = evaluate_case(pred, gt, spacing, scheme, metrics, params)
     except ValueError as exc:
-        raise DataError(f"{exc} (GT: {gt_path})", pred_path,
-                        "check the label convention: --scheme for the GT; predictions written by "
-                        "`fusionseg predict --labels dataset` use the GT dataset's.") from exc
+        raise DataError(
+            f"{exc} (GT: {gt_path})",
+            pred_path,
+            "check the label convention: --scheme for the GT; predictions written by "
+            "`fusionseg predict --labels dataset` use the GT dataset's.",
+        ) from exc
     for r in rows:
         r["case"] = case_id
     for r in lesions:
@@ -189,10 +211,16 @@ def _evaluate_files(case_id: str, pred_path: Path, gt_path: Path, scheme: LabelS
     return case_id, rows, lesions
 
 
-def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path | None = None,
-                    challenge: str | LesionWiseParams = "GLI", metrics: Sequence[str] | str | None = None,
-                    workers: int = 1, scheme: LabelScheme | str | None = None,
-                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def evaluate_folder(
+    pred_dir: str | Path,
+    gt: str | Path,
+    output_dir: str | Path | None = None,
+    challenge: str | LesionWiseParams = "GLI",
+    metrics: Sequence[str] | str | None = None,
+    workers: int = 1,
+    scheme: LabelScheme | str | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Evaluate every prediction of a folder against its ground truth.
 
     Args:
@@ -245,8 +273,9 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
             bar.update(task, advance=1, info=case_id)
         if len(pairs) > len(here):
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_evaluate_files, c, p, g, scheme_obj, names, params)
-                           for c, p, g in pairs[len(here):]]
+                futures = [
+                    pool.submit(_evaluate_files, c, p, g, scheme_obj, names, params) for c, p, g in pairs[len(here) :]
+                ]
                 for fut in as_completed(futures):
                     case_id, rows, les = fut.result()
                     results[case_id] = (rows, les)
@@ -255,18 +284,19 @@ def evaluate_folder(pred_dir: str | Path, gt: str | Path, output_dir: str | Path
     region_rows = [r for c in sorted(results) for r in results[c][0]]
     lesion_rows = [r for c in sorted(results) for r in results[c][1]]
     per_case = pd.DataFrame(region_rows, columns=["case", "region", *names])
-    lesion_cols = ["case", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95",
-                   "matched_pred_ids"]
+    lesion_cols = ["case", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95", "matched_pred_ids"]
     per_lesion = pd.DataFrame(lesion_rows, columns=lesion_cols)
-    summary = build_summary(per_case, names, params, scheme_obj, gt_source, pred_source,
-                            n_cases=len(results), unpredicted=unpredicted)
+    summary = build_summary(
+        per_case, names, params, scheme_obj, gt_source, pred_source, n_cases=len(results), unpredicted=unpredicted
+    )
     if output_dir is not None:
         write_results(Path(output_dir), per_case, per_lesion, summary)
     return per_case, per_lesion, summary
 
 
-def conventions(params: LesionWiseParams, scheme: LabelScheme, names: Sequence[str],
-                gt_source: str, pred_source: str) -> dict:
+def conventions(
+    params: LesionWiseParams, scheme: LabelScheme, names: Sequence[str], gt_source: str, pred_source: str
+) -> dict:
     """The evaluation conventions written into every ``summary.json`` (EVALUATION.md):
     lesion-wise parameters, HD95 penalty, empty-mask rules, connectivity, spacing,
     label scheme and where the GT and prediction labels came from, metric names and
@@ -279,7 +309,7 @@ def conventions(params: LesionWiseParams, scheme: LabelScheme, names: Sequence[s
         "hd95": "surface-area weighted, max of the two directed 95th percentiles (BraTS 2023 / DeepMind)",
         "asd": "symmetric, pooled boundary distances of both directions (MONAI)",
         "empty_masks": "Dice 1 / HD95 0 / ASD 0 when both empty; HD95 and ASD 374 when one is empty; "
-                       "lesion-wise 0/0 -> Dice 1, HD95 0",
+        "lesion-wise 0/0 -> Dice 1, HD95 0",
         "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
         "spacing_source": "GT NIfTI header (pixdim)",
         "label_scheme": scheme.name,
@@ -288,26 +318,41 @@ def conventions(params: LesionWiseParams, scheme: LabelScheme, names: Sequence[s
         "prediction_labels": {"scheme": scheme.name, "source": pred_source},
         "regions": {k: list(v) for k, v in scheme.regions.items()},
         "metrics": list(names),
-        "bootstrap": {"statistic": "mean", "resamples": N_BOOTSTRAP, "seed": BOOTSTRAP_SEED,
-                      "method": "percentile, cases resampled with replacement"},
+        "bootstrap": {
+            "statistic": "mean",
+            "resamples": N_BOOTSTRAP,
+            "seed": BOOTSTRAP_SEED,
+            "method": "percentile, cases resampled with replacement",
+        },
     }
 
 
-def build_summary(per_case: pd.DataFrame, names: Sequence[str], params: LesionWiseParams,
-                  scheme: LabelScheme, gt_source: str, pred_source: str, n_cases: int,
-                  unpredicted: Sequence[str] = (), **extra) -> dict:
+def build_summary(
+    per_case: pd.DataFrame,
+    names: Sequence[str],
+    params: LesionWiseParams,
+    scheme: LabelScheme,
+    gt_source: str,
+    pred_source: str,
+    n_cases: int,
+    unpredicted: Sequence[str] = (),
+    **extra,
+) -> dict:
     """The one ``summary.json`` schema, written by ``fusionseg evaluate`` and by every
     run and fold: ``n_cases``, ``gt_cases_without_prediction``, ``regions`` (per region
     and metric: n, mean, sd, median, 95 % bootstrap CI; :func:`summarize`),
     ``conventions`` (:func:`conventions`), then ``extra`` keys (runs: name, strategy,
     folds, wall time, ...)."""
-    return {"n_cases": int(n_cases), "gt_cases_without_prediction": list(unpredicted),
-            "regions": summarize(per_case, list(names)),
-            "conventions": conventions(params, scheme, names, gt_source, pred_source), **extra}
+    return {
+        "n_cases": int(n_cases),
+        "gt_cases_without_prediction": list(unpredicted),
+        "regions": summarize(per_case, list(names)),
+        "conventions": conventions(params, scheme, names, gt_source, pred_source),
+        **extra,
+    }
 
 
-def write_results(output_dir: Path, per_case: pd.DataFrame, per_lesion: pd.DataFrame,
-                  summary: dict) -> None:
+def write_results(output_dir: Path, per_case: pd.DataFrame, per_lesion: pd.DataFrame, summary: dict) -> None:
     """Write the three result files atomically into ``output_dir``."""
     from fusionseg.data.io import atomic_path
 

@@ -47,8 +47,7 @@ from fusionseg.evaluation.aggregate import bootstrap_ci, paired_wilcoxon
 #: Significance level of the claim tests.
 ALPHA = 0.05
 
-HOLDS, NOT_HOLD, UNDECIDED, NOT_TESTED = ("holds", "does not hold", "undecided at this sample size",
-                                          "not tested")
+HOLDS, NOT_HOLD, UNDECIDED, NOT_TESTED = ("holds", "does not hold", "undecided at this sample size", "not tested")
 
 
 PAIRED = ("higher", "lower", "not_lower", "differs")
@@ -108,25 +107,49 @@ def _values(per_case: pd.DataFrame, metric: str, region: str) -> pd.Series:
 def run_test(test: ClaimTest, runs: Mapping[str, pd.DataFrame], alpha: float = ALPHA) -> dict:
     """Outcome of one test: the numbers and ``status`` (supported / contradicted /
     undecided / not tested). Missing runs, metrics or regions give *not tested*."""
-    record = {"test": test.describe(), "run": test.run, "than": test.than, "metric": test.metric,
-              "region": test.region, "expect": test.expect, "value": test.value}
+    record = {
+        "test": test.describe(),
+        "run": test.run,
+        "than": test.than,
+        "metric": test.metric,
+        "region": test.region,
+        "expect": test.expect,
+        "value": test.value,
+    }
     needed = [test.run] + ([test.than] if test.than else [])
     absent = [r for r in needed if r not in runs]
     if absent:
         return {**record, "status": NOT_TESTED, "reason": f"run(s) {absent} not in this comparison"}
     try:
-        a, b = (_values(runs[r], test.metric, test.region) for r in needed) if test.than else \
-            (_values(runs[test.run], test.metric, test.region), None)
+        a, b = (
+            (_values(runs[r], test.metric, test.region) for r in needed)
+            if test.than
+            else (_values(runs[test.run], test.metric, test.region), None)
+        )
     except KeyError as exc:
         return {**record, "status": NOT_TESTED, "reason": f"no {exc.args[0]} in the results"}
-    if b is None:
-        low, high = bootstrap_ci(a.to_numpy())
-        below = test.expect == "below"
-        supported = high < test.value if below else low > test.value
-        contradicted = low >= test.value if below else high <= test.value
-        status = "supported" if supported else "contradicted" if contradicted else "undecided"
-        return {**record, "n": int(a.size), "mean": float(a.mean()), "sd": _sd(a),
-                "ci95_low": low, "ci95_high": high, "status": status}
+    return {**record, **(_against_value(test, a) if b is None else _paired(test, a, b, alpha))}
+
+
+def _against_value(test: ClaimTest, a: pd.Series) -> dict:
+    """A claim about one run's mean: the 95 % bootstrap CI against ``test.value``."""
+    low, high = bootstrap_ci(a.to_numpy())
+    below = test.expect == "below"
+    supported = high < test.value if below else low > test.value
+    contradicted = low >= test.value if below else high <= test.value
+    status = "supported" if supported else "contradicted" if contradicted else "undecided"
+    return {
+        "n": int(a.size),
+        "mean": float(a.mean()),
+        "sd": _sd(a),
+        "ci95_low": low,
+        "ci95_high": high,
+        "status": status,
+    }
+
+
+def _paired(test: ClaimTest, a: pd.Series, b: pd.Series, alpha: float) -> dict:
+    """A claim comparing two runs over their common cases: paired Wilcoxon test."""
     common = a.index.intersection(b.index)
     x, y = a[common].to_numpy(), b[common].to_numpy()
     diff = x - y
@@ -141,10 +164,18 @@ def run_test(test: ClaimTest, runs: Mapping[str, pd.DataFrame], alpha: float = A
         status = "contradicted" if significant and not same_way else "supported"
     else:
         status = ("supported" if same_way else "contradicted") if significant else "undecided"
-    return {**record, "n": int(len(common)), "mean": float(x.mean()), "sd": _sd(x),
-            "than_mean": float(y.mean()), "than_sd": _sd(y), "mean_difference": float(diff.mean()),
-            "p_wilcoxon": float(p), "n_claimed_way": int((np.sign(diff) == sign).sum()),
-            "n_tied": int((diff == 0).sum()), "status": status}
+    return {
+        "n": int(len(common)),
+        "mean": float(x.mean()),
+        "sd": _sd(x),
+        "than_mean": float(y.mean()),
+        "than_sd": _sd(y),
+        "mean_difference": float(diff.mean()),
+        "p_wilcoxon": float(p),
+        "n_claimed_way": int((np.sign(diff) == sign).sum()),
+        "n_tied": int((diff == 0).sum()),
+        "status": status,
+    }
 
 
 def _sd(x) -> float:
@@ -163,15 +194,21 @@ def verdict(statuses: list[str]) -> str:
     return UNDECIDED
 
 
-def evaluate_claims(claims: list[Claim], runs: Mapping[str, pd.DataFrame],
-                    alpha: float = ALPHA) -> list[dict]:
+def evaluate_claims(claims: list[Claim], runs: Mapping[str, pd.DataFrame], alpha: float = ALPHA) -> list[dict]:
     """Every claim with its tests' outcomes and its verdict."""
     out = []
     for claim in claims:
         tests = [run_test(t, runs, alpha) for t in claim.tests]
-        out.append({"id": claim.id, "text": claim.text, "paper": claim.paper,
-                    "why_ours_may_differ": claim.why_ours_may_differ, "tests": tests,
-                    "verdict": verdict([t["status"] for t in tests])})
+        out.append(
+            {
+                "id": claim.id,
+                "text": claim.text,
+                "paper": claim.paper,
+                "why_ours_may_differ": claim.why_ours_may_differ,
+                "tests": tests,
+                "verdict": verdict([t["status"] for t in tests]),
+            }
+        )
     return out
 
 
@@ -179,21 +216,27 @@ def _ours(t: dict) -> str:
     if "n" not in t:
         return f"not tested: {t.get('reason', '')}"
     if t.get("than") is not None:
-        return (f"{t['mean']:.3f} ± {t['sd']:.3f} vs {t['than_mean']:.3f} ± {t['than_sd']:.3f}; "
-                f"p {t['p_wilcoxon']:.2g}; {t['n_claimed_way']}/{t['n']} cases the claimed way")
+        return (
+            f"{t['mean']:.3f} ± {t['sd']:.3f} vs {t['than_mean']:.3f} ± {t['than_sd']:.3f}; "
+            f"p {t['p_wilcoxon']:.2g}; {t['n_claimed_way']}/{t['n']} cases the claimed way"
+        )
     return f"{t['mean']:.3f} ± {t['sd']:.3f} (95 % CI {t['ci95_low']:.3f}-{t['ci95_high']:.3f}, n {t['n']})"
 
 
 def claims_markdown(results: list[dict]) -> str:
     """The claims table: one line per test, the claim's verdict on its first line."""
-    lines = ["| claim | paper | test | ours (mean ± sd; paired Wilcoxon p; cases) | test result | "
-             "verdict | why ours may differ |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| claim | paper | test | ours (mean ± sd; paired Wilcoxon p; cases) | test result | "
+        "verdict | why ours may differ |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for claim in results:
         for i, t in enumerate(claim["tests"]):
             head = (f"**{claim['id']}** {claim['text']}", claim["paper"]) if i == 0 else ("", "")
             tail = (f"**{claim['verdict']}**", claim["why_ours_may_differ"]) if i == 0 else ("", "")
-            lines.append(f"| {head[0]} | {head[1]} | {t['test']} | {_ours(t)} | {t['status']} | "
-                         f"{tail[0]} | {tail[1]} |")
+            lines.append(
+                f"| {head[0]} | {head[1]} | {t['test']} | {_ours(t)} | {t['status']} | {tail[0]} | {tail[1]} |"
+            )
     return "\n".join(lines)
 
 

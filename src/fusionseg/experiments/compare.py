@@ -59,10 +59,10 @@ from fusionseg.experiments.report import comparison_table, table_frame
 from fusionseg.experiments.executors import LocalExecutor
 from fusionseg.experiments.runner import duplicate_case_groups, gather_run, load_dataset, plan_run, prepare_all
 
-DEFAULT_TABLES = [{"name": "overlap", "title": "Dice and lesion-wise Dice",
-                   "metrics": ["dice", "lesion_dice"]},
-                  {"name": "distance", "title": "HD95 and lesion-wise HD95 (mm)",
-                   "metrics": ["hd95", "lesion_hd95"]}]
+DEFAULT_TABLES = [
+    {"name": "overlap", "title": "Dice and lesion-wise Dice", "metrics": ["dice", "lesion_dice"]},
+    {"name": "distance", "title": "HD95 and lesion-wise HD95 (mm)", "metrics": ["hd95", "lesion_hd95"]},
+]
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Study:
     tables: list[dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TABLES))
     protocol: str | None = None
     claims: list[Claim] = field(default_factory=list)
+
 
 #: Top-level keys of a study YAML.
 STUDY_KEYS = {"study", "reference", "base", "protocols", "runs", "tables", "claims"}
@@ -107,16 +108,20 @@ def select_rows(runs: list[dict], rows: Sequence[str] | None, reference: str, so
     names = [r.get("name") for r in runs]
     unknown = [r for r in rows if r not in names]
     if unknown:
-        raise ConfigError(f"{source}: --rows names {unknown} that are not runs of the study; "
-                          f"choose among {names}")
+        raise ConfigError(f"{source}: --rows names {unknown} that are not runs of the study; choose among {names}")
     if reference not in rows:
-        raise ConfigError(f"{source}: --rows must include the reference run {reference!r} "
-                          "(every row is tested against it)")
+        raise ConfigError(
+            f"{source}: --rows must include the reference run {reference!r} (every row is tested against it)"
+        )
     return [r for r in runs if r.get("name") in set(rows)]
 
 
-def load_study(path: str | Path, protocol: str | None = None, overrides: Sequence[str] | None = None,
-               rows: Sequence[str] | None = None) -> Study:
+def load_study(
+    path: str | Path,
+    protocol: str | None = None,
+    overrides: Sequence[str] | None = None,
+    rows: Sequence[str] | None = None,
+) -> Study:
     """Expand a study YAML into validated experiment configs (only the runs named in
     ``rows``, when given; see :func:`select_rows`).
 
@@ -152,12 +157,16 @@ def load_study(path: str | Path, protocol: str | None = None, overrides: Sequenc
         claims = [Claim.model_validate(c) for c in raw.get("claims") or []]
     except ValueError as exc:
         raise ConfigError(f"{path}: invalid claims: {exc}") from exc
-    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol,
-                 claims)
+    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol, claims)
 
 
-def load_study_or_configs(paths: Sequence[Path], protocol: str | None, overrides: Sequence[str] | None,
-                          name: str | None, rows: Sequence[str] | None = None) -> Study:
+def load_study_or_configs(
+    paths: Sequence[Path],
+    protocol: str | None,
+    overrides: Sequence[str] | None,
+    name: str | None,
+    rows: Sequence[str] | None = None,
+) -> Study:
     """One study YAML, or several experiment YAMLs (the first is the reference)."""
     if len(paths) == 1 and is_study(paths[0]):
         study = load_study(paths[0], protocol, overrides, rows)
@@ -175,13 +184,21 @@ def fusion_quality_table(summaries: dict[str, dict]) -> str | None:
     rows = {n: s["fusion_quality"] for n, s in summaries.items() if "fusion_quality" in s}
     if not rows:
         return None
-    cols = [("psnr_detail", "PSNR vs T1CE (dB)"), ("ssim_detail", "SSIM vs T1CE"),
-            ("psnr_salient", "PSNR vs FLAIR (dB)"), ("ssim_salient", "SSIM vs FLAIR"),
-            ("mi", "MI (bits)"), ("qabf", "Qabf")]
+    cols = [
+        ("psnr_detail", "PSNR vs T1CE (dB)"),
+        ("ssim_detail", "SSIM vs T1CE"),
+        ("psnr_salient", "PSNR vs FLAIR (dB)"),
+        ("ssim_salient", "SSIM vs FLAIR"),
+        ("mi", "MI (bits)"),
+        ("qabf", "Qabf"),
+    ]
     lines = ["| run | " + " | ".join(t for _, t in cols) + " |", "|---|" + "---|" * len(cols)]
     for n, q in rows.items():
-        lines.append(f"| {n} | " + " | ".join(
-            f"{q[c]['mean']:.3f} ± {q[c]['sd']:.3f}" if c in q else "–" for c, _ in cols) + " |")
+        lines.append(
+            f"| {n} | "
+            + " | ".join(f"{q[c]['mean']:.3f} ± {q[c]['sd']:.3f}" if c in q else "–" for c, _ in cols)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -199,17 +216,25 @@ def _comparison_split(first: ExperimentConfig, out: Path, overwrite: bool, progr
     expected = make_splits(sorted(prepared), first.split, groups=groups)
     if split_path.exists() and not overwrite:
         if load_splits(split_path, groups=groups)["folds"] != expected["folds"]:
-            raise OutputError(f"{split_path} was made with other split settings or cases than this "
-                              "comparison's. Fix: --name NEW for a new comparison, or --overwrite to "
-                              "replace it (and retrain the runs whose settings changed).")
+            raise OutputError(
+                f"{split_path} was made with other split settings or cases than this "
+                "comparison's. Fix: --name NEW for a new comparison, or --overwrite to "
+                "replace it (and retrain the runs whose settings changed)."
+            )
         return split_path
     out.mkdir(parents=True, exist_ok=True)
     save_splits(expected, split_path)
     return split_path
 
 
-def run_comparison(study: Study, output_dir: Path, progress: bool = True, overwrite: bool = False,
-                   resume_with_changes: bool = False, executor=None) -> dict:
+def run_comparison(
+    study: Study,
+    output_dir: Path,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume_with_changes: bool = False,
+    executor=None,
+) -> dict:
     """Run every config of ``study`` with one shared split and write the comparison.
 
     ``overwrite`` / ``resume_with_changes`` apply to every run folder
@@ -225,13 +250,15 @@ def run_comparison(study: Study, output_dir: Path, progress: bool = True, overwr
     plans = [plan_run(cfg, overwrite, resume_with_changes, progress) for cfg in configs]
     jobs = [job for plan in plans for job in plan.jobs]  # every row's folds in one dispatch
     done = (executor or LocalExecutor()).run(jobs, {p.cfg.name: p.context for p in plans}, progress)
-    results = {p.cfg.name: gather_run(p, [r for r in done if r.run == p.cfg.name], time.perf_counter() - start)
-               for p in plans}
+    results = {
+        p.cfg.name: gather_run(p, [r for r in done if r.run == p.cfg.name], time.perf_counter() - start) for p in plans
+    }
     return write_comparison(study, out, split_path, results)
 
 
-def _checked_rows(study: Study, output_dir: Path, overwrite: bool, resume_with_changes: bool,
-                  progress: bool) -> tuple[Path, Path, list[ExperimentConfig]]:
+def _checked_rows(
+    study: Study, output_dir: Path, overwrite: bool, resume_with_changes: bool, progress: bool
+) -> tuple[Path, Path, list[ExperimentConfig]]:
     """The comparison folder, its shared split file (made now if needed) and the row
     configs pointed at both, after every run folder was checked (before any work)."""
     configs = study.configs
@@ -244,9 +271,10 @@ def _checked_rows(study: Study, output_dir: Path, overwrite: bool, resume_with_c
     out = Path(output_dir) / study.name
     ensure_writable(out)
     split_path = Path(configs[0].split.file) if configs[0].split.file is not None else out / "splits.json"
-    configs = [cfg.model_copy(update={"output_dir": out,
-                                      "split": cfg.split.model_copy(update={"file": split_path})})
-               for cfg in configs]
+    configs = [
+        cfg.model_copy(update={"output_dir": out, "split": cfg.split.model_copy(update={"file": split_path})})
+        for cfg in configs
+    ]
     for cfg in configs:  # every run folder is checked before any work
         check_run_folder(cfg, overwrite, resume_with_changes)
     _comparison_split(study.configs[0], out, overwrite, progress)
@@ -265,16 +293,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     lines = [f"# Comparison {study.name}", ""]
     if study.protocol:
         lines += [f"Protocol: `{study.protocol}`.", ""]
-    tests = []
-    for table in study.tables:
-        text, t = comparison_table(runs, study.reference, table["metrics"], table.get("regions", all_regions))
-        tests += [{"table": table["name"], **x} for x in t]
-        lines += [f"## {table.get('title', table['name'])}", "", text, ""]
-        with atomic_path(out / f"{table['name']}.md") as tmp:
-            tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n")
-        frame = table_frame(runs, study.reference, table["metrics"], table.get("regions", all_regions))
-        with atomic_path(out / f"{table['name']}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+    tests = _write_tables(study, runs, all_regions, out, lines)
     quality = fusion_quality_table(summaries)
     if quality:
         lines += ["## Fused-image quality (test cases, mean ± sd over cases)", "", quality, ""]
@@ -282,11 +301,11 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
             tmp.write_text(quality + "\n")
     n_cases = {s["n_cases"] for s in summaries.values()}
     wall = max(s["wall_seconds"] for s in summaries.values())  # all rows ran in one dispatch
-    lines += [f"Mean ± sd over {sorted(n_cases)} test cases; p = paired Wilcoxon signed-rank test "
-              f"against **{study.reference}** over cases. Splits: `{split_path}`. "
-              f"Total wall time {wall / 60:.1f} min."]
-    run_dirs = {n: r.run_dir for n, r in results.items()}
-    num_classes = len(summaries[names[0]]["label_scheme"]["labels"])
+    lines += [
+        f"Mean ± sd over {sorted(n_cases)} test cases; p = paired Wilcoxon signed-rank test "
+        f"against **{study.reference}** over cases. Splits: `{split_path}`. "
+        f"Total wall time {wall / 60:.1f} min."
+    ]
     if study.claims:
         claims = evaluate_claims(study.claims, runs)
         lines += ["", "## The source paper's claims", "", claims_markdown(claims)]
@@ -294,10 +313,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
             tmp.write_text(f"# Claims of {study.name}\n\n{claims_markdown(claims)}\n")
         with atomic_path(out / "claims.csv") as tmp:
             claims_frame(claims).to_csv(tmp, index=False)
-    figs = [example_figure(run_dirs, runs, out / "examples.png", study.reference, num_classes),
-            paired_figure(runs, study.reference, out / "paired_dice.png",
-                          [r for t in study.tables for r in t.get("regions", all_regions)]),
-            lambda_figure(run_dirs, out / "lambdas.png")]
+    figs = _figures(study, results, all_regions, out)
     lines += [""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     table_md = "\n".join(lines) + "\n"
     with atomic_path(out / "comparison.md") as tmp:
@@ -305,8 +321,46 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     all_rows = pd.concat([df.assign(run=n) for n, df in runs.items()], ignore_index=True)
     with atomic_path(out / "comparison.csv") as tmp:
         all_rows.to_csv(tmp, index=False)
-    payload = {"name": study.name, "protocol": study.protocol, "reference": study.reference,
-               "runs": summaries, "wilcoxon": tests, "splits": str(split_path), "wall_seconds": wall}
+    payload = {
+        "name": study.name,
+        "protocol": study.protocol,
+        "reference": study.reference,
+        "runs": summaries,
+        "wilcoxon": tests,
+        "splits": str(split_path),
+        "wall_seconds": wall,
+    }
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=1, default=str))
     return {"dir": out, "table": table_md, "results": results}
+
+
+def _write_tables(study: Study, runs: dict, all_regions: list[str], out: Path, lines: list[str]) -> list[dict]:
+    """Each table of ``study`` as <name>.md and <name>.csv (appended to ``lines`` for
+    comparison.md); the paired tests behind its cells."""
+    tests = []
+    for table in study.tables:
+        regions = table.get("regions", all_regions)
+        text, t = comparison_table(runs, study.reference, table["metrics"], regions)
+        tests += [{"table": table["name"], **x} for x in t]
+        lines += [f"## {table.get('title', table['name'])}", "", text, ""]
+        with atomic_path(out / f"{table['name']}.md") as tmp:
+            tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n")
+        frame = table_frame(runs, study.reference, table["metrics"], regions)
+        with atomic_path(out / f"{table['name']}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+    return tests
+
+
+def _figures(study: Study, results: dict, all_regions: list[str], out: Path) -> list[Path | None]:
+    """examples.png, paired_dice.png and lambdas.png (None where a figure does not apply)."""
+    runs = {n: r.per_case for n, r in results.items()}
+    run_dirs = {n: r.run_dir for n, r in results.items()}
+    first = next(iter(results.values())).summary
+    num_classes = len(first["label_scheme"]["labels"])
+    regions = [r for t in study.tables for r in t.get("regions", all_regions)]
+    return [
+        example_figure(run_dirs, runs, out / "examples.png", study.reference, num_classes),
+        paired_figure(runs, study.reference, out / "paired_dice.png", regions),
+        lambda_figure(run_dirs, out / "lambdas.png"),
+    ]

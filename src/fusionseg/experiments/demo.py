@@ -24,8 +24,9 @@ def demo_config(data_root: Path, output_dir: Path, epochs: int) -> dict:
     }
 
 
-def run_demo(output_dir: str | Path, n_cases: int = 10, epochs: int = 6, progress: bool = True,
-             seed: int = 0) -> RunResult:
+def run_demo(
+    output_dir: str | Path, n_cases: int = 10, epochs: int = 6, progress: bool = True, seed: int = 0
+) -> RunResult:
     """Write ``n_cases`` phantoms under ``output_dir/data`` and run the baseline."""
     output_dir = Path(output_dir)
     data_root = output_dir / "data"

@@ -12,20 +12,36 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("fusionseg", "torch", "torchvision", "monai", "numpy", "scipy", "nibabel",
-            "lightning-fabric", "connected-components-3d", "pydantic", "pandas")
+PACKAGES = (
+    "fusionseg",
+    "torch",
+    "torchvision",
+    "monai",
+    "numpy",
+    "scipy",
+    "nibabel",
+    "lightning-fabric",
+    "connected-components-3d",
+    "pydantic",
+    "pandas",
+)
 
 
 def git_sha(path: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path or Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         sha = out.stdout.strip()
         if not sha:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=path or Path(__file__).parent, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path or Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

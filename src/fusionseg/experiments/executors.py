@@ -36,11 +36,11 @@ class LocalExecutor:
 
     cpus: int | None = None
 
-    def run(self, jobs: Sequence[FoldJob], contexts: dict[str, RunContext] | None = None,
-            progress: bool = True) -> list[FoldResult]:
+    def run(
+        self, jobs: Sequence[FoldJob], contexts: dict[str, RunContext] | None = None, progress: bool = True
+    ) -> list[FoldResult]:
         contexts = contexts or {}
-        return [run_fold_job(with_threads(job, self.cpus), progress, contexts.get(job.config["name"]))
-                for job in jobs]
+        return [run_fold_job(with_threads(job, self.cpus), progress, contexts.get(job.config["name"])) for job in jobs]
 
 
 def _remote_job(job: FoldJob) -> FoldResult:
@@ -65,8 +65,7 @@ class RayExecutor:
         except ImportError:
             raise ConfigError("--executor ray needs the ray package: pip install 'fusionseg[ray]'") from None
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=True,
-                     configure_logging=False)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=True, configure_logging=False)
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries)(_remote_job)
         refs = {task.remote(with_threads(job, self.cpus)): i for i, job in enumerate(jobs)}
         results: list[FoldResult | None] = [None] * len(jobs)
@@ -79,8 +78,7 @@ class RayExecutor:
         return results
 
 
-def build_executor(name: str = "local", address: str | None = None, cpus: int | None = None,
-                   gpus: float = 0.0):
+def build_executor(name: str = "local", address: str | None = None, cpus: int | None = None, gpus: float = 0.0):
     """The executor ``name`` (``local`` or ``ray``).
 
     Raises:

@@ -33,12 +33,20 @@ def _grey(ax, img, title):
 def _labels(ax, base, labels, title, num_classes):
     _grey(ax, base, title)
     lab = np.asarray(labels).T
-    ax.imshow(np.ma.masked_where(lab == 0, lab), cmap="jet", vmin=0, vmax=max(num_classes - 1, 1),
-              alpha=0.45, origin="lower", interpolation="nearest")
+    ax.imshow(
+        np.ma.masked_where(lab == 0, lab),
+        cmap="jet",
+        vmin=0,
+        vmax=max(num_classes - 1, 1),
+        alpha=0.45,
+        origin="lower",
+        interpolation="nearest",
+    )
 
 
-def example_figure(run_dirs: Mapping[str, Path], per_case: Mapping[str, pd.DataFrame], path: Path,
-                   reference: str, num_classes: int) -> Path | None:
+def example_figure(
+    run_dirs: Mapping[str, Path], per_case: Mapping[str, pd.DataFrame], path: Path, reference: str, num_classes: int
+) -> Path | None:
     """S0 Fig. 4-style panel for one test case (median Dice of the reference run):
     T1CE, FLAIR, ground truth, the fused image of every fusion run, then every run's
     prediction. Returns None when no case has an example in every run."""
@@ -97,8 +105,9 @@ def lambda_figure(run_dirs: Mapping[str, Path], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def paired_figure(per_case: Mapping[str, pd.DataFrame], reference: str, path: Path,
-                  regions, metric: str = "dice") -> Path | None:
+def paired_figure(
+    per_case: Mapping[str, pd.DataFrame], reference: str, path: Path, regions, metric: str = "dice"
+) -> Path | None:
     """Per-case ``metric`` of every run against ``reference``, as paired dots: one
     panel per region, one pair of columns per run (reference left, run right), one
     line per case joining its two values, green where the run is higher, red where
@@ -109,8 +118,9 @@ def paired_figure(per_case: Mapping[str, pd.DataFrame], reference: str, path: Pa
     if not others or any(metric not in df.columns for df in per_case.values()):
         return None
     ref = per_case[reference]
-    fig, axes = plt.subplots(len(regions), 1, figsize=(max(6.0, 1.3 * len(others) + 1.5),
-                                                        2.6 * len(regions)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(regions), 1, figsize=(max(6.0, 1.3 * len(others) + 1.5), 2.6 * len(regions)), squeeze=False
+    )
     for ax, region in zip(axes[:, 0], regions):
         a = ref[ref["region"] == region].set_index("case")[metric]
         ticks, labels = [], []

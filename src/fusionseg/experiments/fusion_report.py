@@ -28,28 +28,40 @@ def _stack(case: PreparedCase, modalities: Sequence[str], slices: Sequence[int])
 
 
 @torch.no_grad()
-def fusion_quality_case(strategy, case: PreparedCase, modalities: Sequence[str], mode: str,
-                        batch_size: int = 16) -> dict[str, float]:
+def fusion_quality_case(
+    strategy, case: PreparedCase, modalities: Sequence[str], mode: str, batch_size: int = 16
+) -> dict[str, float]:
     """Mean fused-image quality over the ``mode`` slices of a case (see module docstring)."""
     slices = select_slices(case, mode)
     rows = []
     for start in range(0, len(slices), batch_size):
-        parts = strategy.fuse(_stack(case, modalities, slices[start:start + batch_size]))
-        for f, d, s in zip(parts["fused"][:, 0].numpy(), parts["detail"][:, 0].numpy(),
-                           parts["salient"][:, 0].numpy()):
-            rows.append({
-                "psnr_detail": psnr(f, d, data_range=1.0), "ssim_detail": ssim(f, d, data_range=1.0),
-                "psnr_salient": psnr(f, s, data_range=1.0), "ssim_salient": ssim(f, s, data_range=1.0),
-                "mi": fusion_mutual_information(f, d, s), "qabf": qabf(f, d, s),
-            })
+        parts = strategy.fuse(_stack(case, modalities, slices[start : start + batch_size]))
+        for f, d, s in zip(parts["fused"][:, 0].numpy(), parts["detail"][:, 0].numpy(), parts["salient"][:, 0].numpy()):
+            rows.append(
+                {
+                    "psnr_detail": psnr(f, d, data_range=1.0),
+                    "ssim_detail": ssim(f, d, data_range=1.0),
+                    "psnr_salient": psnr(f, s, data_range=1.0),
+                    "ssim_salient": ssim(f, s, data_range=1.0),
+                    "mi": fusion_mutual_information(f, d, s),
+                    "qabf": qabf(f, d, s),
+                }
+            )
     out = {k: float(np.mean([r[k] for r in rows if np.isfinite(r[k])])) for k in rows[0]}
     out["slices"] = len(rows)
     return out
 
 
 @torch.no_grad()
-def save_example(strategy, case: PreparedCase, modalities: Sequence[str], prediction: np.ndarray,
-                 scheme, path: Path, slices: Sequence[int] | None = None) -> None:
+def save_example(
+    strategy,
+    case: PreparedCase,
+    modalities: Sequence[str],
+    prediction: np.ndarray,
+    scheme,
+    path: Path,
+    slices: Sequence[int] | None = None,
+) -> None:
     """Save the axial slice with the most tumour (among ``slices``, cropped-grid
     indices, when given, e.g. the evaluated slab): every modality, ground truth,
     prediction (class indices) and, for fusion strategies, the fused image and its
@@ -64,12 +76,19 @@ def save_example(strategy, case: PreparedCase, modalities: Sequence[str], predic
         z = int(np.argmax(per_slice))
     window = tuple(slice(a, b) for a, b in case.bbox)
     pred = scheme.to_classes(prediction[window])
-    data = {"slice": z + case.bbox[case.axial_axis][0], "modalities": np.array(list(modalities)),
-            "image": np.array(axial_slice(case.select(list(modalities)), case.axial_axis, z)),
-            "label": axial_slice(label, case.axial_axis, z), "prediction": axial_slice(pred, case.axial_axis, z)}
+    data = {
+        "slice": z + case.bbox[case.axial_axis][0],
+        "modalities": np.array(list(modalities)),
+        "image": np.array(axial_slice(case.select(list(modalities)), case.axial_axis, z)),
+        "label": axial_slice(label, case.axial_axis, z),
+        "prediction": axial_slice(pred, case.axial_axis, z),
+    }
     if "fusion_image" in getattr(strategy, "capabilities", frozenset()):
         parts = strategy.fuse(_stack(case, modalities, [z]))
-        data.update(fused=parts["fused"][0, 0].numpy(), detail=parts["detail"][0, 0].numpy(),
-                    salient=parts["salient"][0, 0].numpy())
+        data.update(
+            fused=parts["fused"][0, 0].numpy(),
+            detail=parts["detail"][0, 0].numpy(),
+            salient=parts["salient"][0, 0].numpy(),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **data)

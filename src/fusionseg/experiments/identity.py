@@ -58,8 +58,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 def identity_settings(config: dict) -> dict[str, object]:
     """The flattened settings of a resolved config (``model_dump(mode="json")``) that
     the trained folds depend on."""
-    return {k: v for k, v in flatten(config).items()
-            if not _under(k, RESULT_FREE) and not _under(k, EVALUATION_ONLY)}
+    return {k: v for k, v in flatten(config).items() if not _under(k, RESULT_FREE) and not _under(k, EVALUATION_ONLY)}
 
 
 def identity_hash(cfg: ExperimentConfig) -> str:
@@ -91,8 +90,9 @@ class RunFolderState:
     clear: bool = False
 
 
-def check_run_folder(cfg: ExperimentConfig, overwrite: bool = False,
-                     resume_with_changes: bool = False) -> RunFolderState:
+def check_run_folder(
+    cfg: ExperimentConfig, overwrite: bool = False, resume_with_changes: bool = False
+) -> RunFolderState:
     """Stop before any work when ``cfg.run_dir()`` holds another experiment.
 
     A new folder, or one whose identity settings equal ``cfg``'s, resumes as usual
@@ -108,21 +108,26 @@ def check_run_folder(cfg: ExperimentConfig, overwrite: bool = False,
     """
     run_dir = cfg.run_dir()
     if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"{run_dir} is a file; the run folder must be a folder. Fix: choose another "
-                          "--output-dir or name, or remove the file.")
+        raise OutputError(
+            f"{run_dir} is a file; the run folder must be a folder. Fix: choose another "
+            "--output-dir or name, or remove the file."
+        )
     config_path = run_dir / "config.yaml"
     if not run_dir.exists():
         return RunFolderState()
     if not config_path.exists():
         if any(run_dir.iterdir()):
-            raise OutputError(f"{run_dir} exists and is not a fusionseg run folder (no config.yaml). "
-                              "Fix: choose another --output-dir or name.")
+            raise OutputError(
+                f"{run_dir} exists and is not a fusionseg run folder (no config.yaml). "
+                "Fix: choose another --output-dir or name."
+            )
         return RunFolderState()
     try:
         old = yaml.safe_load(config_path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise OutputError(f"{config_path} cannot be read ({exc}). Fix: remove that run folder, or "
-                          "choose another name.") from exc
+        raise OutputError(
+            f"{config_path} cannot be read ({exc}). Fix: remove that run folder, or choose another name."
+        ) from exc
     changes = changed_settings(old, cfg.model_dump(mode="json"))
     if not changes:
         return RunFolderState()
@@ -136,7 +141,8 @@ def check_run_folder(cfg: ExperimentConfig, overwrite: bool = False,
         f"those:\n{listed}\nWays forward: give this run a new name (`--set name=NEW`, or rename the "
         "YAML), or pass --overwrite to delete that run and train it again, or --resume-with-changes to "
         "keep its trained folds anyway (the change is recorded in run.json). Changes to evaluation, "
-        "postprocess and inference alone need neither: they re-evaluate the trained folds.")
+        "postprocess and inference alone need neither: they re-evaluate the trained folds."
+    )
 
 
 def clear_run_folder(cfg: ExperimentConfig) -> None:
@@ -152,8 +158,12 @@ def write_record(cfg: ExperimentConfig, changes: list[tuple[str, object, object]
     path = cfg.run_dir() / RECORD
     record = json.loads(path.read_text()) if path.exists() else {"changes": []}
     if changes:
-        record["changes"].append({"from_identity": record.get("identity"),
-                                  "settings": [{"key": k, "old": a, "new": b} for k, a, b in changes]})
+        record["changes"].append(
+            {
+                "from_identity": record.get("identity"),
+                "settings": [{"key": k, "old": a, "new": b} for k, a, b in changes],
+            }
+        )
     record["identity"] = identity_hash(cfg)
     record["identity_covers"] = "every setting except " + ", ".join(RESULT_FREE + EVALUATION_ONLY)
     with atomic_path(path) as tmp:

@@ -62,8 +62,18 @@ from fusionseg.training.loop import fit
 
 console = Console()
 
-LESION_COLUMNS = ["case", "fold", "region", "lesion_id", "kind", "volume_mm3", "counted", "dice", "hd95",
-                  "matched_pred_ids"]
+LESION_COLUMNS = [
+    "case",
+    "fold",
+    "region",
+    "lesion_id",
+    "kind",
+    "volume_mm3",
+    "counted",
+    "dice",
+    "hd95",
+    "matched_pred_ids",
+]
 FUSION_QUALITY_CSV = "fusion_quality.csv"
 
 
@@ -127,15 +137,20 @@ def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
         unknown = sorted(set(cfg.data.cases) - {c.case_id for c in dataset.cases})
         if unknown:
             raise ConfigError(f"data.cases names cases not in {cfg.data.root}: {unknown[:5]}")
-        dataset = Dataset(dataset.root, dataset.format, dataset.scheme, dataset.modalities,
-                          tuple(c for c in dataset.cases if c.case_id in set(cfg.data.cases)))
+        dataset = Dataset(
+            dataset.root,
+            dataset.format,
+            dataset.scheme,
+            dataset.modalities,
+            tuple(c for c in dataset.cases if c.case_id in set(cfg.data.cases)),
+        )
     modalities = tuple(cfg.data.modalities or dataset.modalities)
     missing = [m for m in modalities if m not in dataset.modalities]
     if missing:
-        raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} "
-                          f"(it has {list(dataset.modalities)})")
-    cases = tuple(Case(c.case_id, {m: c.images[m] for m in modalities if m in c.images}, c.label)
-                  for c in dataset.cases)
+        raise ConfigError(f"data.modalities {missing} are not in {cfg.data.root} (it has {list(dataset.modalities)})")
+    cases = tuple(
+        Case(c.case_id, {m: c.images[m] for m in modalities if m in c.images}, c.label) for c in dataset.cases
+    )
     return Dataset(dataset.root, dataset.format, dataset.scheme, modalities, cases, dataset.skipped), modalities
 
 
@@ -157,9 +172,11 @@ def lesion_params(cfg: ExperimentConfig) -> LesionWiseParams:
 def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
     """What a fold's test results depend on after training; a fold whose recorded
     inputs differ is predicted and evaluated again (without retraining)."""
-    return {"postprocess": postprocess.model_dump(mode="json"),
-            "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
-            "inference": inference.model_dump(mode="json")}
+    return {
+        "postprocess": postprocess.model_dump(mode="json"),
+        "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
+        "inference": inference.model_dump(mode="json"),
+    }
 
 
 def _recorded_inputs(data: dict, cfg: ExperimentConfig) -> dict:
@@ -184,16 +201,24 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
     data = json.loads(path.read_text())
     mine = evaluation_inputs(cfg.postprocess, cfg.evaluation, cfg.inference)
     if _recorded_inputs(data, cfg) != mine:
-        console.print(f"fold {fold['fold']}: evaluation, inference or post-processing settings changed; "
-                      "predicting again with the trained model")
+        console.print(
+            f"fold {fold['fold']}: evaluation, inference or post-processing settings changed; "
+            "predicting again with the trained model"
+        )
         return None
     if not all((cfg.run_dir() / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
         return None
     quality = folder / FUSION_QUALITY_CSV
-    return FoldResult(cfg.name, fold["fold"], pd.read_csv(folder / PER_CASE_CSV),
-                      pd.read_csv(folder / PER_LESION_CSV),
-                      pd.read_csv(quality) if quality.exists() else None,
-                      data["postprocess"], float(data["seconds"]), reused=True)
+    return FoldResult(
+        cfg.name,
+        fold["fold"],
+        pd.read_csv(folder / PER_CASE_CSV),
+        pd.read_csv(folder / PER_LESION_CSV),
+        pd.read_csv(quality) if quality.exists() else None,
+        data["postprocess"],
+        float(data["seconds"]),
+        reused=True,
+    )
 
 
 def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None = None) -> FoldResult:
@@ -209,8 +234,10 @@ def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None
     """
     cfg = validate_config(job.config, source=f"job {job.label}")
     if cfg.preprocess.key() != job.cache_key:
-        raise ConfigError(f"job {job.label}: preprocessing key {cfg.preprocess.key()} is not the "
-                          f"key {job.cache_key} the cases were prepared with")
+        raise ConfigError(
+            f"job {job.label}: preprocessing key {cfg.preprocess.key()} is not the "
+            f"key {job.cache_key} the cases were prepared with"
+        )
     done = read_fold_result(cfg, job.fold)
     if done is not None:
         console.print(f"{job.label}: finished earlier, results read back")
@@ -219,21 +246,38 @@ def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None
     return train_and_test(cfg, job.fold, context, progress)
 
 
-def _train_stages(cfg: ExperimentConfig, strategy, samples, fold_path: Path, scheme, meta: dict,
-                  progress: bool) -> list[dict]:
+def _train_stages(
+    cfg: ExperimentConfig, strategy, samples, fold_path: Path, scheme, meta: dict, progress: bool
+) -> list[dict]:
     """Fit every stage of ``strategy`` in order; their records for fit.json."""
     stages = strategy.stages()
     fits = []
     for stage in stages:
         stage_dir = fold_path if len(stages) == 1 else fold_path / stage.name
         train = fit_distributed if cfg.train.distributed == "ddp" else fit
-        result = train(strategy, samples.train, samples.val, cfg.train, stage_dir, scheme,
-                       meta=meta, progress=progress, description=f"fold {fold_path.name[5:]} {stage.name}",
-                       stage=stage)
-        fits.append({"stage": stage.name, "best_epoch": result.best_epoch,
-                     "best_val_score": result.best_score, "epochs_run": result.epochs_run,
-                     "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-                     "checkpoint": str(result.best_checkpoint.relative_to(cfg.run_dir()))})
+        result = train(
+            strategy,
+            samples.train,
+            samples.val,
+            cfg.train,
+            stage_dir,
+            scheme,
+            meta=meta,
+            progress=progress,
+            description=f"fold {fold_path.name[5:]} {stage.name}",
+            stage=stage,
+        )
+        fits.append(
+            {
+                "stage": stage.name,
+                "best_epoch": result.best_epoch,
+                "best_val_score": result.best_score,
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
+                "seconds": round(result.seconds, 1),
+                "checkpoint": str(result.best_checkpoint.relative_to(cfg.run_dir())),
+            }
+        )
     return fits
 
 
@@ -247,16 +291,28 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     strategy = build_strategy(cfg, modalities, scheme)
     divisor = strategy.required_divisor
     samples = get_sampler(cfg.spatial_dims)(cfg, fold, context.prepared, modalities, divisor)
-    fits = _train_stages(cfg, strategy, samples, fold_dir(cfg, k), scheme,
-                         checkpoint_meta(cfg, modalities, scheme, divisor), progress)
+    fits = _train_stages(
+        cfg, strategy, samples, fold_dir(cfg, k), scheme, checkpoint_meta(cfg, modalities, scheme, divisor), progress
+    )
     model = strategy.eval().cpu()
     after_training = time.perf_counter()
     post, post_info = decide_postprocess(cfg, model, fold, context, divisor)
     with atomic_path(fold_dir(cfg, k) / "fit.json") as tmp:
-        tmp.write_text(json.dumps({
-            "fold": k, "stages": fits, "checkpoint": fits[-1]["checkpoint"], **samples.info,
-            "seconds": round(sum(f["seconds"] for f in fits), 1), "postprocess": post_info,
-            "inference": cfg.inference.model_dump(mode="json")}, indent=1, default=str))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "fold": k,
+                    "stages": fits,
+                    "checkpoint": fits[-1]["checkpoint"],
+                    **samples.info,
+                    "seconds": round(sum(f["seconds"] for f in fits), 1),
+                    "postprocess": post_info,
+                    "inference": cfg.inference.model_dump(mode="json"),
+                },
+                indent=1,
+                default=str,
+            )
+        )
     rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
     return write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
@@ -283,8 +339,9 @@ def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, 
     return tuple(window)
 
 
-def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
-              gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _in_scope(
+    cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray, gt: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """``pred`` and ``gt`` cut to what ``evaluation.scope`` evaluates (the whole volume,
     or the slab of the sampled slices)."""
     if cfg.evaluation.scope != "sampled_slices":
@@ -293,8 +350,9 @@ def _in_scope(cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray,
     return pred[window], gt[window]
 
 
-def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, context: RunContext,
-                       divisor: int) -> tuple[Postprocess, dict]:
+def decide_postprocess(
+    cfg: ExperimentConfig, model, fold: dict, context: RunContext, divisor: int
+) -> tuple[Postprocess, dict]:
     """The fold's post-processing: none, the config's fixed setting, or the candidate
     that scores best on the fold's validation cases predicted as whole volumes (with
     the evaluation scope of the test cases). Returns (setting, record for fit.json).
@@ -309,30 +367,44 @@ def decide_postprocess(cfg: ExperimentConfig, model, fold: dict, context: RunCon
         setting = Postprocess(pc.min_volume_mm3, pc.keep_largest, pc.inner_min_volume_mm3)
         return setting, {"method": "fixed", "setting": setting.to_dict()}
     if not fold["val"]:
-        raise ConfigError("postprocess.method: validation needs validation cases; set "
-                          "split.val_fraction > 0 or use postprocess.method: fixed")
+        raise ConfigError(
+            "postprocess.method: validation needs validation cases; set "
+            "split.val_fraction > 0 or use postprocess.method: fixed"
+        )
     infer, cases = get_inferer(cfg.spatial_dims), []
     for case_id in fold["val"]:
         gt, spacing = _ground_truth(context.dataset.case(case_id))
-        pred = infer([model], context.prepared[case_id], context.modalities, scheme, divisor,
-                     mirror=cfg.inference.mirror)
+        pred = infer(
+            [model], context.prepared[case_id], context.modalities, scheme, divisor, mirror=cfg.inference.mirror
+        )
         cases.append((*_in_scope(cfg, context.prepared[case_id], pred, gt), spacing))
     params = lesion_params(cfg)
-    setting, table = choose_postprocess(cases, scheme, candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
-                                        criterion=pc.criterion, challenge=params)
+    setting, table = choose_postprocess(
+        cases,
+        scheme,
+        candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
+        criterion=pc.criterion,
+        challenge=params,
+    )
     if pc.inner_candidates_mm3 and nested_regions(scheme):
         # second stage, given the whole-tumour setting: nested-region (TC/ET) specks
-        setting, inner = choose_postprocess(cases, scheme, inner_settings(setting, pc.inner_candidates_mm3),
-                                            criterion=pc.criterion, challenge=params)
+        setting, inner = choose_postprocess(
+            cases, scheme, inner_settings(setting, pc.inner_candidates_mm3), criterion=pc.criterion, challenge=params
+        )
         table += inner[1:]
-    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: "
-                  f"{setting.label()}")
-    return setting, {"method": "validation", "criterion": pc.criterion, "setting": setting.to_dict(),
-                     "validation_cases": list(fold["val"]), "candidates": table}
+    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: {setting.label()}")
+    return setting, {
+        "method": "validation",
+        "criterion": pc.criterion,
+        "setting": setting.to_dict(),
+        "validation_cases": list(fold["val"]),
+        "candidates": table,
+    }
 
 
-def test_fold(cfg: ExperimentConfig, model, fold: dict, context: RunContext, post: Postprocess,
-              divisor: int) -> tuple[list[dict], list[dict], list[dict]]:
+def test_fold(
+    cfg: ExperimentConfig, model, fold: dict, context: RunContext, post: Postprocess, divisor: int
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Predict, write and evaluate every test case of ``fold``; returns (region rows,
     lesion rows, fused-image quality rows)."""
     k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
@@ -342,35 +414,58 @@ def test_fold(cfg: ExperimentConfig, model, fold: dict, context: RunContext, pos
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
         gt, spacing = _ground_truth(case)
-        pred = post(infer([model], prepared, modalities, scheme, divisor, mirror=cfg.inference.mirror),
-                    spacing, scheme)
-        save_label_map(pred, case.images[modalities[0]].path,
-                       cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
-        slab = (slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k)
-                if cfg.evaluation.scope == "sampled_slices" else None)
-        save_example(model, prepared, modalities, pred, scheme,
-                     cfg.run_dir() / "examples" / f"{case_id}.npz", slices=slab)
+        pred = post(infer([model], prepared, modalities, scheme, divisor, mirror=cfg.inference.mirror), spacing, scheme)
+        save_label_map(
+            pred, case.images[modalities[0]].path, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True
+        )
+        slab = (
+            slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k)
+            if cfg.evaluation.scope == "sampled_slices"
+            else None
+        )
+        save_example(
+            model, prepared, modalities, pred, scheme, cfg.run_dir() / "examples" / f"{case_id}.npz", slices=slab
+        )
         if makes_fused:
-            quality.append({"case": case_id, "fold": k, **fusion_quality_case(
-                model, prepared, modalities, cfg.sampling.val_mode)})
-        region_rows, case_lesions = evaluate_case(*_in_scope(cfg, prepared, pred, gt), spacing, scheme,
-                                                  metrics=cfg.evaluation.metrics, challenge=params)
+            quality.append(
+                {"case": case_id, "fold": k, **fusion_quality_case(model, prepared, modalities, cfg.sampling.val_mode)}
+            )
+        region_rows, case_lesions = evaluate_case(
+            *_in_scope(cfg, prepared, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
+        )
         rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
         lesions += [{"case": case_id, "fold": k, **r} for r in case_lesions]
     return rows, lesions, quality
 
 
-def write_fold_result(cfg: ExperimentConfig, fold: dict, scheme, rows: list[dict], lesions: list[dict],
-                      quality: list[dict], post: Postprocess, seconds: float) -> FoldResult:
+def write_fold_result(
+    cfg: ExperimentConfig,
+    fold: dict,
+    scheme,
+    rows: list[dict],
+    lesions: list[dict],
+    quality: list[dict],
+    post: Postprocess,
+    seconds: float,
+) -> FoldResult:
     """Write the fold's test metrics (evaluate's writer and schema) and return them."""
     folder = fold_dir(cfg, fold["fold"])
     names = resolve_metrics(cfg.evaluation.metrics, scheme)
     per_case = pd.DataFrame(rows, columns=["case", "fold", "region", *names])
     per_lesion = pd.DataFrame(lesions, columns=LESION_COLUMNS)
-    summary = build_summary(per_case, names, lesion_params(cfg), scheme, "dataset folder",
-                            "fold predictions", n_cases=per_case["case"].nunique(), fold=fold["fold"],
-                            inputs=evaluation_inputs(cfg.postprocess, cfg.evaluation, cfg.inference),
-                            postprocess=post.to_dict(), seconds=seconds)
+    summary = build_summary(
+        per_case,
+        names,
+        lesion_params(cfg),
+        scheme,
+        "dataset folder",
+        "fold predictions",
+        n_cases=per_case["case"].nunique(),
+        fold=fold["fold"],
+        inputs=evaluation_inputs(cfg.postprocess, cfg.evaluation, cfg.inference),
+        postprocess=post.to_dict(),
+        seconds=seconds,
+    )
     frame = pd.DataFrame(quality) if quality else None
     if frame is not None:
         with atomic_path(folder / FUSION_QUALITY_CSV) as tmp:

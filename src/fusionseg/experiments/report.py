@@ -18,8 +18,13 @@ from fusionseg.data.sampling import axial_slice  # noqa: E402
 from fusionseg.evaluation.aggregate import describe, paired_wilcoxon  # noqa: E402
 
 #: Column titles of the tables (metric column -> heading).
-METRIC_TITLES = {"dice": "Dice", "hd95": "HD95 (mm)", "lesion_dice": "LW Dice",
-                 "lesion_hd95": "LW HD95 (mm)", "asd": "ASD (mm)"}
+METRIC_TITLES = {
+    "dice": "Dice",
+    "hd95": "HD95 (mm)",
+    "lesion_dice": "LW Dice",
+    "lesion_hd95": "LW HD95 (mm)",
+    "asd": "ASD (mm)",
+}
 
 
 def mean_sd(values: pd.Series, digits: int) -> str:
@@ -44,8 +49,9 @@ def _paired(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: s
     return b[common].to_numpy(float), a[common].to_numpy(float)
 
 
-def table_frame(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str],
-                regions: Sequence[str]) -> pd.DataFrame:
+def table_frame(
+    runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str], regions: Sequence[str]
+) -> pd.DataFrame:
     """The numbers of :func:`comparison_table` as a tidy frame, one row per run x region
     x metric: ``n``, ``mean``, ``sd`` (ddof 1), ``median``, ``ci95_low`` / ``ci95_high``
     (percentile bootstrap of the mean, :func:`~fusionseg.evaluation.aggregate.describe`)
@@ -65,17 +71,22 @@ def table_frame(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics
                 if reference is not None and name != reference:
                     x, y = _paired(runs[reference], df, m, r)
                     diff = x - y
-                    row.update(reference=reference, n_paired=int(diff.size),
-                               mean_difference=float(diff.mean()) if diff.size else None,
-                               p_wilcoxon=paired_p(runs[reference], df, m, r),
-                               n_higher=int((diff > 0).sum()), n_lower=int((diff < 0).sum()),
-                               n_tied=int((diff == 0).sum()))
+                    row.update(
+                        reference=reference,
+                        n_paired=int(diff.size),
+                        mean_difference=float(diff.mean()) if diff.size else None,
+                        p_wilcoxon=paired_p(runs[reference], df, m, r),
+                        n_higher=int((diff > 0).sum()),
+                        n_lower=int((diff < 0).sum()),
+                        n_tied=int((diff == 0).sum()),
+                    )
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparison_table(runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str],
-                     regions: Sequence[str]) -> tuple[str, list[dict]]:
+def comparison_table(
+    runs: Mapping[str, pd.DataFrame], reference: str | None, metrics: Sequence[str], regions: Sequence[str]
+) -> tuple[str, list[dict]]:
     """Markdown table, one row per run and one column per (metric, region): mean ± sd
     over cases; with a ``reference`` run (shown bold) every other cell also gets the
     paired Wilcoxon p against it. Returns the table and the test records.
@@ -98,8 +109,7 @@ def comparison_table(runs: Mapping[str, pd.DataFrame], reference: str | None, me
                 cell = mean_sd(sub, 3 if "dice" in m else 2) if len(sub) else "–"
                 if reference is not None and name != reference:
                     p = paired_p(runs[reference], df, m, r)
-                    tests.append({"run": name, "reference": reference, "metric": m, "region": r,
-                                  "p_wilcoxon": p})
+                    tests.append({"run": name, "reference": reference, "metric": m, "region": r, "p_wilcoxon": p})
                     cell += " (p –)" if p is None else f" (p {p:.2g})"
                 cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
@@ -109,14 +119,16 @@ def comparison_table(runs: Mapping[str, pd.DataFrame], reference: str | None, me
 def _overlay(ax, image: np.ndarray, labels: np.ndarray, title: str, num_classes: int) -> None:
     ax.imshow(image.T, cmap="gray", origin="lower")
     masked = np.ma.masked_where(labels.T == 0, labels.T)
-    ax.imshow(masked, cmap="jet", vmin=0, vmax=max(num_classes - 1, 1), alpha=0.45,
-              origin="lower", interpolation="nearest")
+    ax.imshow(
+        masked, cmap="jet", vmin=0, vmax=max(num_classes - 1, 1), alpha=0.45, origin="lower", interpolation="nearest"
+    )
     ax.set_title(title, fontsize=9)
     ax.axis("off")
 
 
-def write_overlays(dataset, prepared, run_dir: Path, modalities: Sequence[str], per_case: pd.DataFrame,
-                   n: int) -> list[Path]:
+def write_overlays(
+    dataset, prepared, run_dir: Path, modalities: Sequence[str], per_case: pd.DataFrame, n: int
+) -> list[Path]:
     """Overlay PNGs for ``n`` test cases (best, median and worst by mean Dice): each
     modality at the axial slice with the most tumour, then ground truth and prediction."""
     scores = per_case.groupby("case")["dice"].mean().sort_values() if "dice" in per_case else None
@@ -145,8 +157,9 @@ def write_overlays(dataset, prepared, run_dir: Path, modalities: Sequence[str], 
         base = panels[-1][1]
         _overlay(axes[-2], base, axial_slice(gt, axis, z), "ground truth", dataset.scheme.num_classes)
         dice = scores[case_id]
-        _overlay(axes[-1], base, axial_slice(pred, axis, z), f"prediction (Dice {dice:.2f})",
-                 dataset.scheme.num_classes)
+        _overlay(
+            axes[-1], base, axial_slice(pred, axis, z), f"prediction (Dice {dice:.2f})", dataset.scheme.num_classes
+        )
         fig.suptitle(f"{case_id}, axial slice {z + p.bbox[axis][0]}", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{case_id}.png"

@@ -79,8 +79,11 @@ def prepare_all(dataset: Dataset, cfg: ExperimentConfig, progress: bool = True) 
     cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
     cases = dataset.labelled
     if not cases:
-        raise DataError("no case has a segmentation; training needs labelled cases.", dataset.root,
-                        "add <case>_seg files or point data.root at a training set.")
+        raise DataError(
+            "no case has a segmentation; training needs labelled cases.",
+            dataset.root,
+            "add <case>_seg files or point data.root at a training set.",
+        )
     todo = [c for c in cases if not cache.is_fresh(c, dataset.scheme)]
     if todo:
         ensure_writable(cache.root)
@@ -100,13 +103,14 @@ def duplicate_case_groups(prepared: dict[str, PreparedCase]) -> list[list[str]]:
     ids); printed as a warning. Splits keep each group in one part (no leakage)."""
     groups = duplicate_groups(prepared_hashes(prepared))
     for group in groups:
-        console.print(f"[yellow]warning:[/] cases {group} hold identical images; they are kept in "
-                      "the same part of every split. Remove all copies but one if they are one scan.")
+        console.print(
+            f"[yellow]warning:[/] cases {group} hold identical images; they are kept in "
+            "the same part of every split. Remove all copies but one if they are one scan."
+        )
     return groups
 
 
-def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run_dir: Path,
-                   reuse: bool = True) -> dict:
+def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run_dir: Path, reuse: bool = True) -> dict:
     """The run's split: ``split.file``, else the run folder's ``splits.json`` (with
     ``reuse``; not for a run folder about to be overwritten), else a
     new split (duplicate cases kept together, :func:`duplicate_case_groups`). Not
@@ -127,8 +131,9 @@ def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run
     return splits
 
 
-def _open_run_folder(cfg: ExperimentConfig, overwrite: bool, resume_with_changes: bool,
-                     progress: bool) -> tuple[Dataset, tuple[str, ...], dict[str, PreparedCase], dict]:
+def _open_run_folder(
+    cfg: ExperimentConfig, overwrite: bool, resume_with_changes: bool, progress: bool
+) -> tuple[Dataset, tuple[str, ...], dict[str, PreparedCase], dict]:
     """Everything that can fail on user input, before the run folder is written: the
     output location, the run folder's identity, the dataset, the cases' checks and
     preprocessing, the split. Then (``overwrite``: after deleting the old run) the run
@@ -138,16 +143,20 @@ def _open_run_folder(cfg: ExperimentConfig, overwrite: bool, resume_with_changes
     ensure_writable(run_dir)
     state = check_run_folder(cfg, overwrite, resume_with_changes)
     dataset, modalities = load_dataset(cfg)
-    console.print(f"[bold]{cfg.name}[/]: {len(dataset.labelled)} labelled cases "
-                  f"({dataset.format}, labels {dataset.scheme.name}), modalities {list(modalities)}")
+    console.print(
+        f"[bold]{cfg.name}[/]: {len(dataset.labelled)} labelled cases "
+        f"({dataset.format}, labels {dataset.scheme.name}), modalities {list(modalities)}"
+    )
     prepared = prepare_all(dataset, cfg, progress)
     splits = resolve_splits(cfg, prepared, run_dir, reuse=not state.clear)
     if state.clear:
         console.print(f"[yellow]note:[/] --overwrite: deleting {run_dir} (it holds a run with other settings)")
         clear_run_folder(cfg)
     elif state.changes:
-        console.print(f"[yellow]note:[/] resuming {run_dir} with changed settings "
-                      f"{[k for k, _, _ in state.changes]} (recorded in run.json)")
+        console.print(
+            f"[yellow]note:[/] resuming {run_dir} with changed settings "
+            f"{[k for k, _, _ in state.changes]} (recorded in run.json)"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(cfg.to_yaml())
@@ -168,12 +177,16 @@ def fold_jobs(cfg: ExperimentConfig, splits: dict) -> list[FoldJob]:
 
 def _fusion_quality_summary(quality: list[dict]) -> dict:
     qdf = pd.DataFrame(quality)
-    out = {c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0,
-               "n": int(len(qdf))} for c in qdf.columns if c not in ("case", "fold", "slices")}
+    out = {
+        c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0, "n": int(len(qdf))}
+        for c in qdf.columns
+        if c not in ("case", "fold", "slices")
+    }
     out["conventions"] = (
         "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
         "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
-        "(bits, 256 bins); Qabf")
+        "(bits, 256 bins); Qabf"
+    )
     return out
 
 
@@ -186,8 +199,9 @@ class RunPlan:
     jobs: list[FoldJob]
 
 
-def plan_run(cfg: ExperimentConfig, overwrite: bool = False, resume_with_changes: bool = False,
-             progress: bool = True) -> RunPlan:
+def plan_run(
+    cfg: ExperimentConfig, overwrite: bool = False, resume_with_changes: bool = False, progress: bool = True
+) -> RunPlan:
     """Check the inputs, preprocess every case (once, before any dispatch), open the
     run folder and make its fold jobs (:func:`_open_run_folder`)."""
     dataset, modalities, prepared, splits = _open_run_folder(cfg, overwrite, resume_with_changes, progress)
@@ -198,15 +212,31 @@ def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult
     cfg, dataset = plan.cfg, plan.context.dataset
     names = [c for c in per_case.columns if c not in ("case", "region", "fold")]
     return build_summary(
-        per_case, names, lesion_params(cfg), dataset.scheme, f"dataset folder {cfg.data.root}",
-        "the run's fold predictions", n_cases=per_case["case"].nunique(),
-        name=cfg.name, strategy=cfg.strategy, model=cfg.model.name, modalities=list(plan.context.modalities),
-        label_scheme=scheme_to_dict(dataset.scheme), dataset=str(cfg.data.root), format=dataset.format,
-        folds=[r.fold for r in results], challenge=cfg.evaluation.challenge,
-        evaluation_scope=cfg.evaluation.scope, wall_seconds=round(wall, 1),
-        fold_seconds_total=round(sum(r.seconds for r in results), 1), **describe_strategy(cfg),
-        postprocess={"method": cfg.postprocess.method,
-                     "per_fold": {str(r.fold): Postprocess.from_dict(r.postprocess).label() for r in results}})
+        per_case,
+        names,
+        lesion_params(cfg),
+        dataset.scheme,
+        f"dataset folder {cfg.data.root}",
+        "the run's fold predictions",
+        n_cases=per_case["case"].nunique(),
+        name=cfg.name,
+        strategy=cfg.strategy,
+        model=cfg.model.name,
+        modalities=list(plan.context.modalities),
+        label_scheme=scheme_to_dict(dataset.scheme),
+        dataset=str(cfg.data.root),
+        format=dataset.format,
+        folds=[r.fold for r in results],
+        challenge=cfg.evaluation.challenge,
+        evaluation_scope=cfg.evaluation.scope,
+        wall_seconds=round(wall, 1),
+        fold_seconds_total=round(sum(r.seconds for r in results), 1),
+        **describe_strategy(cfg),
+        postprocess={
+            "method": cfg.postprocess.method,
+            "per_fold": {str(r.fold): Postprocess.from_dict(r.postprocess).label() for r in results},
+        },
+    )
 
 
 def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResult:
@@ -226,20 +256,34 @@ def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResu
         summary["fusion_quality"] = _fusion_quality_summary(frame.to_dict("records"))
     write_results(run_dir, per_case, per_lesion, summary)
     scheme = plan.context.dataset.scheme
-    table, _ = comparison_table({cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"),
-                                scheme.region_names)
+    table, _ = comparison_table(
+        {cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"), scheme.region_names
+    )
     with atomic_path(run_dir / "results.md") as tmp:
-        tmp.write_text(f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
-                       f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
-                       f"{summary['fold_seconds_total'] / 60:.1f} min over every invocation).\n")
+        tmp.write_text(
+            f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
+            f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
+            f"{summary['fold_seconds_total'] / 60:.1f} min over every invocation).\n"
+        )
     if cfg.evaluation.overlays:
-        write_overlays(plan.context.dataset, plan.context.prepared, run_dir, plan.context.modalities,
-                       per_case, cfg.evaluation.overlays)
+        write_overlays(
+            plan.context.dataset,
+            plan.context.prepared,
+            run_dir,
+            plan.context.modalities,
+            per_case,
+            cfg.evaluation.overlays,
+        )
     return RunResult(run_dir, per_case, summary)
 
 
-def run_experiment(cfg: ExperimentConfig, progress: bool = True, overwrite: bool = False,
-                   resume_with_changes: bool = False, executor=None) -> RunResult:
+def run_experiment(
+    cfg: ExperimentConfig,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume_with_changes: bool = False,
+    executor=None,
+) -> RunResult:
     """Run the whole experiment (resumable: finished folds are read back): plan, run
     the fold jobs with ``executor`` (default: local, in this process), gather.
 

@@ -91,11 +91,13 @@ def _as_case_folder(folder: Path, format: str | None) -> tuple[Dataset, tuple[Ca
             dataset = discover(folder.parent, format=name)
         except DataError:
             continue
-        hits += [(dataset, c) for c in dataset.cases
-                 if any(ref.path.parent == folder for ref in c.images.values())]
+        hits += [(dataset, c) for c in dataset.cases if any(ref.path.parent == folder for ref in c.images.values())]
     if len(hits) > 1:
-        raise DataError(f"the case folder fits several layouts ({', '.join(d.format for d, _ in hits)}).",
-                        folder, "choose one with --format.")
+        raise DataError(
+            f"the case folder fits several layouts ({', '.join(d.format for d, _ in hits)}).",
+            folder,
+            "choose one with --format.",
+        )
     return (hits[0][0], (hits[0][1],)) if hits else None
 
 
@@ -116,8 +118,9 @@ def select_cases(available: Sequence[Case], ids: Sequence[str] | None, where: Pa
         shown = ", ".join(valid[:5]) + (f", ... ({len(valid)} in all)" if len(valid) > 5 else "")
         close = sorted({m for u in unknown for m in difflib.get_close_matches(u, valid, n=3)})
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise FusionsegError(f"--case: no case {', '.join(repr(u) for u in unknown)} in {where}. "
-                             f"Valid case ids: {shown}.{hint}")
+        raise FusionsegError(
+            f"--case: no case {', '.join(repr(u) for u in unknown)} in {where}. Valid case ids: {shown}.{hint}"
+        )
     return [by_id[i] for i in wanted]
 
 
@@ -125,13 +128,17 @@ def require_modalities(dataset: Dataset, modalities: Sequence[str]) -> None:
     """Raises DataError (naming both lists) unless ``dataset`` has every modality."""
     missing = [m for m in modalities if m not in dataset.modalities]
     if missing:
-        raise DataError(f"the model needs modalities {', '.join(modalities)}; this {dataset.format} "
-                        f"dataset has {', '.join(dataset.modalities)} (missing {', '.join(missing)}).",
-                        dataset.root, "predict with a model trained on this dataset's modalities.")
+        raise DataError(
+            f"the model needs modalities {', '.join(modalities)}; this {dataset.format} "
+            f"dataset has {', '.join(dataset.modalities)} (missing {', '.join(missing)}).",
+            dataset.root,
+            "predict with a model trained on this dataset's modalities.",
+        )
 
 
-def check_inputs(cases: Sequence[Case], dataset: Dataset, modalities: Sequence[str],
-                 console: Console | None = None) -> list[Problem]:
+def check_inputs(
+    cases: Sequence[Case], dataset: Dataset, modalities: Sequence[str], console: Console | None = None
+) -> list[Problem]:
     """Check every case as ``fusionseg data check`` does, on ``modalities`` only
     (segmentations and other modalities are not needed for prediction and not read),
     through the validation path the other commands share
@@ -151,8 +158,9 @@ def check_inputs(cases: Sequence[Case], dataset: Dataset, modalities: Sequence[s
     require_modalities(dataset, modalities)
     needed = [Case(c.case_id, {m: c.images[m] for m in modalities}, None) for c in cases]
     view = replace(dataset, cases=tuple(needed), skipped=())  # no labels: no seg checks
-    return validate_cases(needed, view, console, what="prediction (nothing was written)",
-                          fix="or leave them out with --case")
+    return validate_cases(
+        needed, view, console, what="prediction (nothing was written)", fix="or leave them out with --case"
+    )
 
 
 def _check_device(device: str) -> None:
@@ -166,8 +174,7 @@ def _check_device(device: str) -> None:
         raise FusionsegError(f"--device {device}: CUDA is not available on this machine; use --device cpu.")
 
 
-def _folder_convention(output: Path, target: LabelScheme, rewritten: set[str],
-                       err: Console) -> bool:
+def _folder_convention(output: Path, target: LabelScheme, rewritten: set[str], err: Console) -> bool:
     """Whether ``output``'s label_convention.json may be (re)written for ``target``:
     label maps this run keeps must be in that convention.
 
@@ -185,22 +192,28 @@ def _folder_convention(output: Path, target: LabelScheme, rewritten: set[str],
         return True
     recorded = read_label_convention(output)
     if recorded is None:
-        err.print(Text(f"warning: {output} already holds {len(kept)} label map(s) (e.g. {kept[0].name}) "
-                       f"without a {LABEL_CONVENTION_JSON}: their label convention is unknown, so none "
-                       f"is written; check that they use {target.name} ({describe_labels(target)})."),
-                  soft_wrap=True)
+        err.print(
+            Text(
+                f"warning: {output} already holds {len(kept)} label map(s) (e.g. {kept[0].name}) "
+                f"without a {LABEL_CONVENTION_JSON}: their label convention is unknown, so none "
+                f"is written; check that they use {target.name} ({describe_labels(target)})."
+            ),
+            soft_wrap=True,
+        )
         return False
     if recorded.labels != target.labels:
         raise OutputError(
             f"{output}: its {len(kept)} label map(s) are in the {recorded.name} convention "
             f"({describe_labels(recorded)}; {LABEL_CONVENTION_JSON}) but this run would write "
             f"{target.name} ({describe_labels(target)}). Use the --labels choice of the earlier run, "
-            "another output folder, or --overwrite with every case.")
+            "another output folder, or --overwrite with every case."
+        )
     return True
 
 
-def _convention_line(target: LabelScheme, model: LabelScheme, dataset: LabelScheme,
-                     choice: LabelConvention, mapping: dict[int, int]) -> str:
+def _convention_line(
+    target: LabelScheme, model: LabelScheme, dataset: LabelScheme, choice: LabelConvention, mapping: dict[int, int]
+) -> str:
     from fusionseg.constants import describe_labels
 
     text = f"labels: written in the {target.name} convention ({describe_labels(target)})"
@@ -208,26 +221,65 @@ def _convention_line(target: LabelScheme, model: LabelScheme, dataset: LabelSche
         return text + ", the dataset's and the model's"
     if choice is LabelConvention.dataset:
         moved = ", ".join(f"{k} {model.labels[k]} -> {v}" for k, v in mapping.items() if k != v)
-        return (text + f", the dataset's; the model predicts {model.name} ({describe_labels(model)}), "
-                f"mapped by label name{': ' + moved if moved else ''}")
-    return (text + f", the model's (--labels model); the dataset's own is {dataset.name} "
-            f"({describe_labels(dataset)})")
+        return (
+            text + f", the dataset's; the model predicts {model.name} ({describe_labels(model)}), "
+            f"mapped by label name{': ' + moved if moved else ''}"
+        )
+    return text + f", the model's (--labels model); the dataset's own is {dataset.name} ({describe_labels(dataset)})"
 
 
 def predict_command(
-    model: Annotated[Path, typer.Argument(help="Run folder of `fusionseg train` (ensembles its folds) or a best.ckpt file.", exists=True)],
-    input: Annotated[Path, typer.Argument(help="A dataset folder (any supported layout) or one case folder.", exists=True, file_okay=False)],
-    output: Annotated[Path, typer.Argument(help="Folder for <case>.nii.gz label maps (and label_convention.json, the convention they are in).")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="Run folder of `fusionseg train` (ensembles its folds) or a best.ckpt file.", exists=True),
+    ],
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="A dataset folder (any supported layout) or one case folder.", exists=True, file_okay=False
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder for <case>.nii.gz label maps (and label_convention.json, the convention they are in)."
+        ),
+    ],
     fold: Annotated[int | None, typer.Option(help="Use only this fold's model (default: average all folds).")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="Dataset layout of INPUT (default: autodetect).")] = None,
+    format: Annotated[
+        str | None, typer.Option("--format", help="Dataset layout of INPUT (default: autodetect).")
+    ] = None,
     cases: Annotated[list[str] | None, typer.Option("--case", help="Predict only this case id (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
-    skip_existing: Annotated[bool, typer.Option(help="Keep existing output files and predict only the cases without one (finishes an interrupted folder).")] = False,
-    labels: Annotated[LabelConvention, typer.Option("--labels", case_sensitive=False, help="Label convention written: 'dataset' = INPUT's own (e.g. BraTS 2023: ET = 3; the model's labels mapped by name: NCR/NET, ED, ET), 'model' = the training data's (e.g. BraTS 2018: ET = 4).")] = LabelConvention.dataset,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            help="Keep existing output files and predict only the cases without one (finishes an interrupted folder)."
+        ),
+    ] = False,
+    labels: Annotated[
+        LabelConvention,
+        typer.Option(
+            "--labels",
+            case_sensitive=False,
+            help="Label convention written: 'dataset' = INPUT's own (e.g. BraTS 2023: ET = 3; the model's labels mapped by name: NCR/NET, ED, ET), 'model' = the training data's (e.g. BraTS 2018: ET = 4).",
+        ),
+    ] = LabelConvention.dataset,
     device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Slices per forward pass.")] = 16,
-    postprocess: Annotated[bool, typer.Option(help="Apply the connected-component post-processing the run chose (fit.json; the folds' median setting for an ensemble).")] = True,
-    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time mirroring: average the 4 in-plane flips of each slice (4x slower). Default: as the run predicted its test cases (config inference.tta).")] = None,
+    postprocess: Annotated[
+        bool,
+        typer.Option(
+            help="Apply the connected-component post-processing the run chose (fit.json; the folds' median setting for an ensemble)."
+        ),
+    ] = True,
+    tta: Annotated[
+        bool | None,
+        typer.Option(
+            "--tta/--no-tta",
+            help="Test-time mirroring: average the 4 in-plane flips of each slice (4x slower). Default: as the run predicted its test cases (config inference.tta).",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ):
     """Predict label maps for new cases.
@@ -249,24 +301,55 @@ def predict_command(
 
     Exit code 0 on success, 1 for bad input data, 2 for bad usage.
     """
-    _predict(model, input, output, fold=fold, format=format, case_ids=cases, overwrite=overwrite,
-             skip_existing=skip_existing, labels=labels, device=device, batch_size=batch_size,
-             postprocess=postprocess, tta=tta, progress=progress, err=Console(stderr=True, highlight=False))
+    _predict(
+        model,
+        input,
+        output,
+        fold=fold,
+        format=format,
+        case_ids=cases,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        labels=labels,
+        device=device,
+        batch_size=batch_size,
+        postprocess=postprocess,
+        tta=tta,
+        progress=progress,
+        err=Console(stderr=True, highlight=False),
+    )
 
 
-def _predict(model: Path, input: Path, output: Path, *, fold: int | None, format: str | None,
-             case_ids: list[str] | None, overwrite: bool, skip_existing: bool,
-             labels: LabelConvention, device: str, batch_size: int, postprocess: bool,
-             tta: bool | None, progress: bool, err: Console) -> None:
+def _predict(
+    model: Path,
+    input: Path,
+    output: Path,
+    *,
+    fold: int | None,
+    format: str | None,
+    case_ids: list[str] | None,
+    overwrite: bool,
+    skip_existing: bool,
+    labels: LabelConvention,
+    device: str,
+    batch_size: int,
+    postprocess: bool,
+    tta: bool | None,
+    progress: bool,
+    err: Console,
+) -> None:
     from fusionseg.data.cases import LAYOUTS
 
     console = Console(highlight=False)
     if overwrite and skip_existing:
-        raise FusionsegError("--overwrite and --skip-existing exclude each other (replace existing "
-                             "outputs, or keep them and predict the rest): choose one.")
+        raise FusionsegError(
+            "--overwrite and --skip-existing exclude each other (replace existing "
+            "outputs, or keep them and predict the rest): choose one."
+        )
     if format is not None and format not in LAYOUTS:
-        raise FusionsegError(f"--format: unknown layout {format!r}; choose one of {', '.join(LAYOUTS)} "
-                             "(or omit it to autodetect).")
+        raise FusionsegError(
+            f"--format: unknown layout {format!r}; choose one of {', '.join(LAYOUTS)} (or omit it to autodetect)."
+        )
     if output.exists() and not output.is_dir():
         raise OutputError(f"{output}: exists and is not a folder; give a folder for the label maps.")
     ensure_writable(output)
@@ -282,37 +365,46 @@ def _predict(model: Path, input: Path, output: Path, *, fold: int | None, format
 
     existing = [c.case_id for c in selected if (output / f"{c.case_id}.nii.gz").exists()]
     if existing and not (overwrite or skip_existing):
-        raise OutputError(f"{output}: {len(existing)} output file(s) exist (e.g. {existing[0]}.nii.gz); "
-                          "pass --overwrite to replace them, or --skip-existing to keep them and "
-                          "predict the other cases.")
+        raise OutputError(
+            f"{output}: {len(existing)} output file(s) exist (e.g. {existing[0]}.nii.gz); "
+            "pass --overwrite to replace them, or --skip-existing to keep them and "
+            "predict the other cases."
+        )
     todo = [c for c in selected if c.case_id not in existing] if skip_existing else selected
     record = _folder_convention(output, target, {c.case_id for c in todo}, err)
     check_inputs(todo, dataset, predictor.modalities, console=err)  # warnings printed
 
     skipped = f", {len(existing)} skipped (output exists)" if skip_existing and existing else ""
-    console.print(Text(
-        f"{len(todo)} case(s) to predict{skipped}, model(s): {len(predictor.models)} "
-        f"({', '.join(str(p) for p in predictor.sources)}), modalities {', '.join(predictor.modalities)}, "
-        f"post-processing: {predictor.postprocess.label()}, "
-        f"test-time mirroring: {'on' if predictor.mirror else 'off'}"), soft_wrap=True)
-    console.print(Text(_convention_line(target, predictor.scheme, dataset.scheme, labels, mapping)),
-                  soft_wrap=True)
+    console.print(
+        Text(
+            f"{len(todo)} case(s) to predict{skipped}, model(s): {len(predictor.models)} "
+            f"({', '.join(str(p) for p in predictor.sources)}), modalities {', '.join(predictor.modalities)}, "
+            f"post-processing: {predictor.postprocess.label()}, "
+            f"test-time mirroring: {'on' if predictor.mirror else 'off'}"
+        ),
+        soft_wrap=True,
+    )
+    console.print(Text(_convention_line(target, predictor.scheme, dataset.scheme, labels, mapping)), soft_wrap=True)
     if not todo:
-        console.print(Text(f"nothing to predict: every selected case has its output in {output}"),
-                      soft_wrap=True)
+        console.print(Text(f"nothing to predict: every selected case has its output in {output}"), soft_wrap=True)
         return
     from fusionseg.data.io import write_label_convention
     from fusionseg.progress import make_progress
 
     output.mkdir(parents=True, exist_ok=True)
     if record:
-        write_label_convention(output, target, convention=labels.value,
-                               model_scheme=predictor.scheme.name, dataset_scheme=dataset.scheme.name)
+        write_label_convention(
+            output,
+            target,
+            convention=labels.value,
+            model_scheme=predictor.scheme.name,
+            dataset_scheme=dataset.scheme.name,
+        )
     with make_progress(disable=not progress) as bar:
         task = bar.add_task("predict", total=len(todo), info="")
         for case in todo:
-            predictor.write_case(case, output / f"{case.case_id}.nii.gz", overwrite=overwrite,
-                                 batch_size=batch_size, labels=target)
+            predictor.write_case(
+                case, output / f"{case.case_id}.nii.gz", overwrite=overwrite, batch_size=batch_size, labels=target
+            )
             bar.update(task, advance=1, info=case.case_id)
-    console.print(Text(f"{len(todo)} label map(s) written to {output} ({target.name} labels)"),
-                  soft_wrap=True)
+    console.print(Text(f"{len(todo)} label map(s) written to {output} ({target.name} labels)"), soft_wrap=True)

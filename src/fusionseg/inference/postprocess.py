@@ -74,11 +74,13 @@ class Postprocess:
     def from_dict(cls, data: dict | None) -> Postprocess:
         if not data:
             return cls()
-        return cls(float(data.get("min_volume_mm3", 0.0)), bool(data.get("keep_largest", False)),
-                   float(data.get("inner_min_volume_mm3", 0.0)))
+        return cls(
+            float(data.get("min_volume_mm3", 0.0)),
+            bool(data.get("keep_largest", False)),
+            float(data.get("inner_min_volume_mm3", 0.0)),
+        )
 
-    def __call__(self, labels: np.ndarray, spacing: Sequence[float],
-                 scheme: LabelScheme | None = None) -> np.ndarray:
+    def __call__(self, labels: np.ndarray, spacing: Sequence[float], scheme: LabelScheme | None = None) -> np.ndarray:
         """Apply to a label map.
 
         Args:
@@ -101,8 +103,9 @@ class Postprocess:
         connectivity = 26 if labels.ndim == 3 else 8
         keep = foreground
         if self.min_volume_mm3 > 0:
-            keep = cc3d.dust(keep, threshold=_voxels(self.min_volume_mm3, spacing),
-                             connectivity=connectivity, binary_image=True)
+            keep = cc3d.dust(
+                keep, threshold=_voxels(self.min_volume_mm3, spacing), connectivity=connectivity, binary_image=True
+            )
         if self.keep_largest and keep.any():
             keep = cc3d.largest_k(keep, k=1, connectivity=connectivity, binary_image=True) != 0
         out = np.where(keep, labels, 0).astype(labels.dtype, copy=False)
@@ -152,13 +155,18 @@ def candidate_settings(volumes_mm3: Sequence[float], try_keep_largest: bool = Tr
 
 def inner_settings(base: Postprocess, volumes_mm3: Sequence[float]) -> list[Postprocess]:
     """``base`` alone, then ``base`` with each nested-region threshold."""
-    return [base] + [Postprocess(base.min_volume_mm3, base.keep_largest, float(v))
-                     for v in sorted(set(volumes_mm3)) if v > 0]
+    return [base] + [
+        Postprocess(base.min_volume_mm3, base.keep_largest, float(v)) for v in sorted(set(volumes_mm3)) if v > 0
+    ]
 
 
-def choose_postprocess(cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
-                       scheme: LabelScheme, candidates: Sequence[Postprocess],
-                       criterion: str = "dice", challenge: str = "GLI") -> tuple[Postprocess, list[dict]]:
+def choose_postprocess(
+    cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
+    scheme: LabelScheme,
+    candidates: Sequence[Postprocess],
+    criterion: str = "dice",
+    challenge: str = "GLI",
+) -> tuple[Postprocess, list[dict]]:
     """Pick the setting with the best mean validation score.
 
     Args:
@@ -184,11 +192,13 @@ def choose_postprocess(cases: Sequence[tuple[np.ndarray, np.ndarray, Sequence[fl
         for pred, gt, spacing in cases:
             processed = setting(pred, spacing, scheme)
             if criterion == "dice":
-                scores += [dice(scheme.region_mask(processed, r), scheme.region_mask(gt, r))
-                           for r in scheme.region_names]
+                scores += [
+                    dice(scheme.region_mask(processed, r), scheme.region_mask(gt, r)) for r in scheme.region_names
+                ]
             else:
-                region_rows, _ = evaluate_case(processed, gt, spacing, scheme, metrics=["lesion_dice"],
-                                               challenge=challenge)
+                region_rows, _ = evaluate_case(
+                    processed, gt, spacing, scheme, metrics=["lesion_dice"], challenge=challenge
+                )
                 scores += [r["lesion_dice"] for r in region_rows]
         score = float(np.mean(scores))
         rows.append({"setting": setting.label(), **setting.to_dict(), f"val_{criterion}": score})
@@ -204,5 +214,4 @@ def combine_settings(settings: Sequence[Postprocess]) -> Postprocess:
         return Postprocess()
     volumes = [s.min_volume_mm3 for s in settings]
     largest = sum(s.keep_largest for s in settings) * 2 > len(settings)
-    return Postprocess(float(np.median(volumes)), largest,
-                       float(np.median([s.inner_min_volume_mm3 for s in settings])))
+    return Postprocess(float(np.median(volumes)), largest, float(np.median([s.inner_min_volume_mm3 for s in settings])))

@@ -50,9 +50,15 @@ def class_probabilities(model: nn.Module, batch: torch.Tensor, mirror: bool = Fa
 
 
 @torch.no_grad()
-def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_axis: int,
-                          divisor: int, batch_size: int = 16,
-                          device: torch.device | str = "cpu", mirror: bool = False) -> np.ndarray:
+def predict_probabilities(
+    models: Sequence[nn.Module],
+    image: np.ndarray,
+    axial_axis: int,
+    divisor: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    mirror: bool = False,
+) -> np.ndarray:
     """Slice-wise class probabilities of a volume, averaged over ``models``.
 
     Args:
@@ -71,24 +77,32 @@ def predict_probabilities(models: Sequence[nn.Module], image: np.ndarray, axial_
     out = None
     for start in range(0, z, batch_size):
         chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
-        chunk[:, :, top:top + h, left:left + w] = torch.from_numpy(np.array(stack[start:start + batch_size]))
+        chunk[:, :, top : top + h, left : left + w] = torch.from_numpy(np.array(stack[start : start + batch_size]))
         chunk = chunk.to(device)
         probs = sum(class_probabilities(m, chunk, mirror) for m in models) / len(models)
-        probs = probs[:, :, top:top + h, left:left + w].cpu().numpy()  # (b, K, H, W)
+        probs = probs[:, :, top : top + h, left : left + w].cpu().numpy()  # (b, K, H, W)
         if out is None:
             out = np.empty((z, probs.shape[1], h, w), dtype=np.float32)
-        out[start:start + probs.shape[0]] = probs
+        out[start : start + probs.shape[0]] = probs
     # (Z, K, H, W) -> (K, X, Y, Z)
     return np.moveaxis(np.moveaxis(out, 1, 0), 1, 1 + axial_axis)
 
 
-def predict_prepared(models: Sequence[nn.Module], case: PreparedCase, modalities: Sequence[str],
-                     scheme: LabelScheme, divisor: int, batch_size: int = 16,
-                     device: torch.device | str = "cpu", mirror: bool = False) -> np.ndarray:
+def predict_prepared(
+    models: Sequence[nn.Module],
+    case: PreparedCase,
+    modalities: Sequence[str],
+    scheme: LabelScheme,
+    divisor: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    mirror: bool = False,
+) -> np.ndarray:
     """Raw label map (original grid, scheme values) for a preprocessed case
     (``mirror``: test-time mirroring, see :func:`class_probabilities`)."""
-    probs = predict_probabilities(models, case.select(list(modalities)), case.axial_axis, divisor,
-                                  batch_size, device, mirror)
+    probs = predict_probabilities(
+        models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror
+    )
     classes = probs.argmax(axis=0).astype(np.uint8)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
@@ -126,15 +140,17 @@ def label_mapping(source: LabelScheme, target: LabelScheme) -> dict[int, int]:
         if len(hits) == 1:
             mapping[value] = hits[0]
         else:
-            problems.append(f"{value} {name!r} matches {'no' if not hits else 'several'} "
-                            f"{target.name} label{'s' if hits else ''}")
+            problems.append(
+                f"{value} {name!r} matches {'no' if not hits else 'several'} {target.name} label{'s' if hits else ''}"
+            )
     if not problems and len(set(mapping.values())) < len(mapping):
         problems.append("two labels would get the same value")
     if problems:
         raise FusionsegError(
             f"cannot map the model's label scheme {source.name} ({describe_labels(source)}) onto "
             f"{target.name} ({describe_labels(target)}) by label name: {'; '.join(problems)}. "
-            "Pass --labels model to write the model's own convention.")
+            "Pass --labels model to write the model's own convention."
+        )
     return mapping
 
 
@@ -167,8 +183,7 @@ class Predictor:
     postprocess: Postprocess = field(default_factory=Postprocess)
     mirror: bool = False  # test-time mirroring
 
-    def predict_case(self, case: Case, batch_size: int = 16,
-                     labels: LabelScheme | None = None) -> np.ndarray:
+    def predict_case(self, case: Case, batch_size: int = 16, labels: LabelScheme | None = None) -> np.ndarray:
         """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
         :attr:`postprocess` (the run's choice; identity when none).
 
@@ -186,19 +201,27 @@ class Predictor:
         mapping = label_mapping(self.scheme, labels) if labels is not None else None
         missing = [m for m in self.modalities if m not in case.images]
         if missing:
-            raise DataError(f"case {case.case_id}: the model needs modalities {list(self.modalities)}, "
-                            f"missing {missing}.", None, "provide those files.")
+            raise DataError(
+                f"case {case.case_id}: the model needs modalities {list(self.modalities)}, missing {missing}.",
+                None,
+                "provide those files.",
+            )
         prepared = prepare_case_arrays(
             Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
-            self.scheme, self.preprocess, self.modalities)
-        raw = predict_prepared(self.models, prepared, self.modalities, self.scheme, self.divisor,
-                               batch_size, self.device, self.mirror)
+            self.scheme,
+            self.preprocess,
+            self.modalities,
+        )
+        raw = predict_prepared(
+            self.models, prepared, self.modalities, self.scheme, self.divisor, batch_size, self.device, self.mirror
+        )
         if not self.postprocess.is_identity:
             raw = self.postprocess(raw, prepared.spacing, self.scheme)
         return raw if mapping is None else remap_labels(raw, mapping)
 
-    def write_case(self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16,
-                   labels: LabelScheme | None = None) -> Path:
+    def write_case(
+        self, case: Case, out: Path, overwrite: bool = False, batch_size: int = 16, labels: LabelScheme | None = None
+    ) -> Path:
         """Predict ``case`` and write ``out`` atomically (a temporary file renamed onto
         ``out``: an interrupted write leaves no partial ``out``) with the affine and
         header of the case's first model modality, in the ``labels`` convention (None =
@@ -215,13 +238,16 @@ class Predictor:
         return save_label_map(result, case.images[self.modalities[0]].path, out, overwrite=overwrite)
 
 
-def checkpoint_meta(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme,
-                    divisor: int) -> dict:
+def checkpoint_meta(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, divisor: int) -> dict:
     """Metadata saved in ``best.ckpt`` so the strategy can be rebuilt without the run's
     config file: the resolved experiment config, modalities, label scheme, divisor."""
-    return {"experiment": cfg.model_dump(mode="json"), "modalities": list(modalities),
-            "scheme": scheme_to_dict(scheme), "preprocess": cfg.preprocess.model_dump(mode="json"),
-            "divisor": divisor}
+    return {
+        "experiment": cfg.model_dump(mode="json"),
+        "modalities": list(modalities),
+        "scheme": scheme_to_dict(scheme),
+        "preprocess": cfg.preprocess.model_dump(mode="json"),
+        "divisor": divisor,
+    }
 
 
 def model_from_checkpoint(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
@@ -260,14 +286,17 @@ def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
         try:
             found.append(source / json.loads(record.read_text())["checkpoint"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FusionsegError(f"{record}: cannot read the fold's checkpoint name ({exc!r}). "
-                                 "Retrain that fold (rerun `fusionseg train`) or pass --fold "
-                                 "with another fold.") from None
+            raise FusionsegError(
+                f"{record}: cannot read the fold's checkpoint name ({exc!r}). "
+                "Retrain that fold (rerun `fusionseg train`) or pass --fold "
+                "with another fold."
+            ) from None
     found = [p for p in found if p.exists()]
     if not found:
         raise FusionsegError(
             f"{source}: no trained fold found ({pattern}). Pass a run folder written by "
-            "`fusionseg train` (or a best.ckpt file); check --fold.")
+            "`fusionseg train` (or a best.ckpt file); check --fold."
+        )
     return found
 
 
@@ -282,8 +311,9 @@ def _fit_record(checkpoint: Path) -> dict:
     return {}
 
 
-def load_predictor(source: str | Path, fold: int | None = None, device: str = "cpu",
-                   postprocess: bool = True, tta: bool | None = None) -> Predictor:
+def load_predictor(
+    source: str | Path, fold: int | None = None, device: str = "cpu", postprocess: bool = True, tta: bool | None = None
+) -> Predictor:
     """Predictor from a run folder (ensemble of its folds' best checkpoints, or one
     fold) or from one checkpoint file.
 
@@ -298,14 +328,21 @@ def load_predictor(source: str | Path, fold: int | None = None, device: str = "c
     for p, m in zip(paths, metas):
         if m["modalities"] != first["modalities"] or m["scheme"] != first["scheme"]:
             raise FusionsegError(f"{p}: checkpoints disagree on modalities or label scheme.")
-    return Predictor(models=list(models), modalities=tuple(first["modalities"]),
-                     scheme=scheme_from_dict(first["scheme"]),
-                     preprocess=PreprocessConfig.model_validate(first["preprocess"]),
-                     divisor=int(first["divisor"]), sources=list(paths), device=device,
-                     postprocess=combine_settings(
-                         [Postprocess.from_dict(_fit_record(p).get("postprocess", {}).get("setting"))
-                          for p in paths]) if postprocess else Postprocess(),
-                     mirror=_run_mirrors(paths[0]) if tta is None else bool(tta))
+    return Predictor(
+        models=list(models),
+        modalities=tuple(first["modalities"]),
+        scheme=scheme_from_dict(first["scheme"]),
+        preprocess=PreprocessConfig.model_validate(first["preprocess"]),
+        divisor=int(first["divisor"]),
+        sources=list(paths),
+        device=device,
+        postprocess=combine_settings(
+            [Postprocess.from_dict(_fit_record(p).get("postprocess", {}).get("setting")) for p in paths]
+        )
+        if postprocess
+        else Postprocess(),
+        mirror=_run_mirrors(paths[0]) if tta is None else bool(tta),
+    )
 
 
 def _run_mirrors(checkpoint: Path) -> bool:

@@ -199,9 +199,7 @@ def vgg16_features(source: str | os.PathLike = "imagenet") -> VGG16Features:
                 "perceptual features source, or set `perceptual_features: random` in the config to use "
                 "seeded random VGG features (reported with the results)."
             )
-        module = VGG16Features(
-            "imagenet", f"imagenet (torchvision VGG16_Weights.IMAGENET1K_V1, {path})"
-        )
+        module = VGG16Features("imagenet", f"imagenet (torchvision VGG16_Weights.IMAGENET1K_V1, {path})")
         _load_trunk_state(module, _read_state(path), str(path))
         return module
 

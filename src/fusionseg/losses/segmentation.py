@@ -197,9 +197,7 @@ class SegLoss(nn.Module, ABC):
         return torch.stack(list(terms.values())).sum()
 
 
-def _soft_dice(
-    include_background: bool, batch_dice: bool, smooth: float, weight: torch.Tensor | None
-) -> DiceLoss:
+def _soft_dice(include_background: bool, batch_dice: bool, smooth: float, weight: torch.Tensor | None) -> DiceLoss:
     """MONAI soft Dice over softmax probabilities with one-hot targets built inside."""
     return DiceLoss(
         include_background=include_background,

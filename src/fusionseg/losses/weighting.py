@@ -91,10 +91,15 @@ class LossWeighting(ABC):
         rows = []
         for epoch, losses in enumerate(self.loss_history):
             w = self.weights(epoch)
-            rows.append({
-                "epoch": epoch, "lambda_fusion": w["fusion"], "lambda_seg": w["seg"],
-                "loss_fusion": losses["fusion"], "loss_seg": losses["seg"],
-            })
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "lambda_fusion": w["fusion"],
+                    "lambda_seg": w["seg"],
+                    "loss_fusion": losses["fusion"],
+                    "loss_seg": losses["seg"],
+                }
+            )
         return rows
 
     def _check_epoch(self, epoch: int) -> int:

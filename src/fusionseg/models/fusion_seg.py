@@ -56,8 +56,15 @@ class FusionSegNet(nn.Module):
         ValueError: a named modality is not among ``modalities``.
     """
 
-    def __init__(self, fusion_net: nn.Module, seg_net: nn.Module, modalities: Sequence[str],
-                 detail: str, salient: str, seg_inputs: Sequence[str]):
+    def __init__(
+        self,
+        fusion_net: nn.Module,
+        seg_net: nn.Module,
+        modalities: Sequence[str],
+        detail: str,
+        salient: str,
+        seg_inputs: Sequence[str],
+    ):
         super().__init__()
         names = list(modalities)
         for m in (detail, salient, *seg_inputs):
@@ -75,8 +82,8 @@ class FusionSegNet(nn.Module):
 
     def sources(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(I_d, I_s, brain mask), sources in [0, 1] per slice, each (B, 1, H, W)."""
-        d = image[:, self.detail_index:self.detail_index + 1]
-        s = image[:, self.salient_index:self.salient_index + 1]
+        d = image[:, self.detail_index : self.detail_index + 1]
+        s = image[:, self.salient_index : self.salient_index + 1]
         mask = brain_mask(d, s)
         return unit_range(d, mask), unit_range(s, mask), mask
 

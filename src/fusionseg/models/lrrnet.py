@@ -98,8 +98,7 @@ class _LISTABlock(nn.Module):
         self.wd = _ReflectConv(2 * n, 1, kernel_size)
         self.wt = _ReflectConv(1, 2 * n, kernel_size)
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor, theta: torch.Tensor,
-                lambda_z: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z: torch.Tensor, theta: torch.Tensor, lambda_z: torch.Tensor) -> torch.Tensor:
         residual = x - self.wd(z)  # (B, 1, H, W)
         return soft_threshold(lambda_z * z + self.wt(residual), theta)  # (B, 2n, H, W)
 
@@ -320,10 +319,20 @@ class LRRNet(nn.Module):
         fused_raw = low + high
         fused = minmax_normalize(fused_raw, self.eps) if self.normalize_output else fused_raw
         return {
-            "fused": fused, "fused_raw": fused_raw, "low": low, "high": high,
-            "x_low": x_low, "x_high": x_high, "y_low": y_low, "y_high": y_high,
-            "lowrank_x": lx, "sparse_x": sx, "lowrank_y": ly, "sparse_y": sy,
-            "x_in": x, "y_in": y,
+            "fused": fused,
+            "fused_raw": fused_raw,
+            "low": low,
+            "high": high,
+            "x_low": x_low,
+            "x_high": x_high,
+            "y_low": y_low,
+            "y_high": y_high,
+            "lowrank_x": lx,
+            "sparse_x": sx,
+            "lowrank_y": ly,
+            "sparse_y": sy,
+            "x_in": x,
+            "y_in": y,
         }
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -96,9 +96,7 @@ def get_model_builder(name: str) -> Callable[..., nn.Module]:
     try:
         return _MODEL_REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"Unknown model {name!r}. Registered models: {', '.join(list_models()) or '(none)'}."
-        ) from None
+        raise KeyError(f"Unknown model {name!r}. Registered models: {', '.join(list_models()) or '(none)'}.") from None
 
 
 def _accepted_kwargs(builder: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -134,9 +132,7 @@ def check_model_options(name: str, kwargs: dict[str, Any]) -> Callable[..., nn.M
     return builder
 
 
-def build_model(
-    name: str, in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs: Any
-) -> nn.Module:
+def build_model(name: str, in_channels: int, num_classes: int, spatial_dims: int = 2, **kwargs: Any) -> nn.Module:
     """Build the model registered under ``name``.
 
     Args:

@@ -28,9 +28,7 @@ NormName = Literal["none", "batch", "instance"]
 _NORMS = ("none", "batch", "instance")
 
 
-def check_segmentation_input(
-    x: torch.Tensor, *, in_channels: int, spatial_dims: int, divisor: int, model: str
-) -> None:
+def check_segmentation_input(x: torch.Tensor, *, in_channels: int, spatial_dims: int, divisor: int, model: str) -> None:
     """Check a segmentation model's input and say what shape to use when it is wrong.
 
     Args:
@@ -197,8 +195,11 @@ class TwoStageUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, K, *S)`` logits; see the class docstring."""
         check_segmentation_input(
-            x, in_channels=self.in_channels, spatial_dims=self.spatial_dims,
-            divisor=self.required_divisor, model="unet2stage",
+            x,
+            in_channels=self.in_channels,
+            spatial_dims=self.spatial_dims,
+            divisor=self.required_divisor,
+            model="unet2stage",
         )
         s1 = self.enc1(x)  # (B, c1, S)
         s2 = self.enc2(self.pool(s1))  # (B, c2, S/2)
@@ -282,7 +283,10 @@ class MonaiUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *S) -> (B, K, *S)`` logits; see the class docstring."""
         check_segmentation_input(
-            x, in_channels=self.in_channels, spatial_dims=self.spatial_dims,
-            divisor=self.required_divisor, model="monai_unet",
+            x,
+            in_channels=self.in_channels,
+            spatial_dims=self.spatial_dims,
+            divisor=self.required_divisor,
+            model="monai_unet",
         )
         return self.net(x)

@@ -9,5 +9,4 @@ from fusionseg.strategies.early import EarlyFusion
 from fusionseg.strategies.joint import JointFusion
 from fusionseg.strategies.registry import STRATEGIES, build_strategy
 
-__all__ = ["Stage", "Strategy", "EarlyFusion", "DecoupledFusion", "JointFusion", "STRATEGIES",
-           "build_strategy"]
+__all__ = ["Stage", "Strategy", "EarlyFusion", "DecoupledFusion", "JointFusion", "STRATEGIES", "build_strategy"]

@@ -89,6 +89,8 @@ class Strategy(nn.Module, ABC):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith("losses.")]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"{type(self).__name__}: checkpoint does not match the networks: "
-                               f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+            raise RuntimeError(
+                f"{type(self).__name__}: checkpoint does not match the networks: "
+                f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
         return result

@@ -31,9 +31,15 @@ class DecoupledFusion(Strategy):
 
     capabilities = frozenset({"fusion_image"})
 
-    def __init__(self, net: FusionSegNet, modalities: Sequence[str], fusion_loss: nn.Module | None = None,
-                 seg_loss: nn.Module | None = None, fusion_lr: float = 1e-4,
-                 fusion_epochs: int | None = None):
+    def __init__(
+        self,
+        net: FusionSegNet,
+        modalities: Sequence[str],
+        fusion_loss: nn.Module | None = None,
+        seg_loss: nn.Module | None = None,
+        fusion_lr: float = 1e-4,
+        fusion_epochs: int | None = None,
+    ):
         self.fusion_lr, self.fusion_epochs = fusion_lr, fusion_epochs
         losses = {k: v for k, v in {"fusion": fusion_loss, "seg": seg_loss}.items() if v is not None}
         super().__init__(modalities, losses)
@@ -41,8 +47,10 @@ class DecoupledFusion(Strategy):
         self.set_stage(self.stage)
 
     def stages(self) -> list[Stage]:
-        return [Stage("fusion", lr=self.fusion_lr, epochs=self.fusion_epochs, score="loss"),
-                Stage("segmentation", score="dice")]
+        return [
+            Stage("fusion", lr=self.fusion_lr, epochs=self.fusion_epochs, score="loss"),
+            Stage("segmentation", score="dice"),
+        ]
 
     def set_stage(self, name: str) -> None:
         super().set_stage(name)
@@ -65,8 +73,10 @@ class DecoupledFusion(Strategy):
         if self.stage == "fusion":
             parts = self.net.fuse(image)
             loss, terms = self.losses["fusion"](parts["fused"], parts["detail"], parts["salient"])
-            return loss, {"loss_fusion": float(loss.detach()),
-                          **{f"fusion_{k}": float(v.detach()) for k, v in terms.items()}}
+            return loss, {
+                "loss_fusion": float(loss.detach()),
+                **{f"fusion_{k}": float(v.detach()) for k, v in terms.items()},
+            }
         with torch.no_grad():
             parts = self.net.fuse(image)
         logits = self.net.segment(image, parts["fused"], parts["mask"])

@@ -34,9 +34,15 @@ class JointFusion(Strategy):
 
     capabilities = frozenset({"fusion_image"})
 
-    def __init__(self, net: FusionSegNet, modalities: Sequence[str], weighting: LossWeighting | None,
-                 fusion_loss: nn.Module | None = None, seg_loss: nn.Module | None = None,
-                 lr: float = 1e-4):
+    def __init__(
+        self,
+        net: FusionSegNet,
+        modalities: Sequence[str],
+        weighting: LossWeighting | None,
+        fusion_loss: nn.Module | None = None,
+        seg_loss: nn.Module | None = None,
+        lr: float = 1e-4,
+    ):
         self.lr = lr
         losses = {k: v for k, v in {"fusion": fusion_loss, "seg": seg_loss}.items() if v is not None}
         super().__init__(modalities, losses)

@@ -24,10 +24,14 @@ from fusionseg.strategies.joint import JointFusion
 
 
 def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
-    model = build_model(cfg.model.name, in_channels=len(modalities), num_classes=scheme.num_classes,
-                        spatial_dims=cfg.spatial_dims, **cfg.model.kwargs)
-    loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
-        if with_losses else None
+    model = build_model(
+        cfg.model.name,
+        in_channels=len(modalities),
+        num_classes=scheme.num_classes,
+        spatial_dims=cfg.spatial_dims,
+        **cfg.model.kwargs,
+    )
+    loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
     return EarlyFusion(model, modalities, loss)
 
 
@@ -41,8 +45,13 @@ def _fusion_net(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelS
     f = _fusion_section(cfg)
     seg_inputs = f.seg_inputs or [f.detail, f.salient]
     fusion_net = build_model(f.model.name, in_channels=2, num_classes=1, spatial_dims=2, **f.model.kwargs)
-    seg_net = build_model(cfg.model.name, in_channels=len(seg_inputs) + 1, num_classes=scheme.num_classes,
-                          spatial_dims=cfg.spatial_dims, **cfg.model.kwargs)
+    seg_net = build_model(
+        cfg.model.name,
+        in_channels=len(seg_inputs) + 1,
+        num_classes=scheme.num_classes,
+        spatial_dims=cfg.spatial_dims,
+        **cfg.model.kwargs,
+    )
     return FusionSegNet(fusion_net, seg_net, modalities, f.detail, f.salient, seg_inputs)
 
 
@@ -53,11 +62,15 @@ def _fusion_loss(cfg: ExperimentConfig) -> LRRNetFusionLoss:
 
 def _decoupled(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
     f = _fusion_section(cfg)
-    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
-        if with_losses else None
-    return DecoupledFusion(_fusion_net(cfg, modalities, scheme), modalities,
-                           _fusion_loss(cfg) if with_losses else None, seg_loss,
-                           fusion_lr=f.lr, fusion_epochs=f.epochs)
+    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
+    return DecoupledFusion(
+        _fusion_net(cfg, modalities, scheme),
+        modalities,
+        _fusion_loss(cfg) if with_losses else None,
+        seg_loss,
+        fusion_lr=f.lr,
+        fusion_epochs=f.epochs,
+    )
 
 
 def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
@@ -68,11 +81,9 @@ def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
         weighting = DynamicWeighting(f.temperature, variant="s0" if f.weighting == "dynamic" else "dwa")
     else:  # seg_only ablation: L = L_seg, no fusion loss (and no VGG) at all
         weighting = None
-    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) \
-        if with_losses else None
+    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
     fusion_loss = _fusion_loss(cfg) if with_losses and weighting is not None else None
-    return JointFusion(_fusion_net(cfg, modalities, scheme), modalities, weighting, fusion_loss, seg_loss,
-                       lr=f.lr)
+    return JointFusion(_fusion_net(cfg, modalities, scheme), modalities, weighting, fusion_loss, seg_loss, lr=f.lr)
 
 
 def describe_strategy(cfg: ExperimentConfig) -> dict:
@@ -81,13 +92,18 @@ def describe_strategy(cfg: ExperimentConfig) -> dict:
     f = cfg.fusion
     if f is None:  # early
         return {}
-    out = {"fusion_model": f.model.name, "detail_source": f.detail, "salient_source": f.salient,
-           "seg_inputs": f.seg_inputs or [f.detail, f.salient]}
+    out = {
+        "fusion_model": f.model.name,
+        "detail_source": f.detail,
+        "salient_source": f.salient,
+        "seg_inputs": f.seg_inputs or [f.detail, f.salient],
+    }
     weighting = getattr(f, "weighting", None)  # joint only
     if weighting is not None:
         static = isinstance(f, StaticFusionConfig)
-        out.update(weighting=weighting, lambda_f=f.lambda_f if static else None,
-                   lambda_s=f.lambda_s if static else None)
+        out.update(
+            weighting=weighting, lambda_f=f.lambda_f if static else None, lambda_s=f.lambda_s if static else None
+        )
     if weighting != "seg_only":
         out["perceptual_features"] = f.perceptual_features
     return out
@@ -96,8 +112,9 @@ def describe_strategy(cfg: ExperimentConfig) -> dict:
 STRATEGIES: dict[str, Callable[..., Strategy]] = {"early": _early, "decoupled": _decoupled, "joint": _joint}
 
 
-def build_strategy(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme,
-                   with_losses: bool = True) -> Strategy:
+def build_strategy(
+    cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool = True
+) -> Strategy:
     """The strategy ``cfg.strategy`` with its networks (and losses unless
     ``with_losses`` is False, as for prediction).
 

@@ -86,8 +86,11 @@ class FitState:
 
     def checkpoint(self) -> dict[str, Any]:
         """What ``last.ckpt`` holds: everything :meth:`restore` needs to resume."""
-        return {"strategy": self.strategy, "optimizer": self.optimizer,
-                **{key: getattr(self, key) for key in RESUME_KEYS}}
+        return {
+            "strategy": self.strategy,
+            "optimizer": self.optimizer,
+            **{key: getattr(self, key) for key in RESUME_KEYS},
+        }
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Take the resume values of a loaded ``last.ckpt`` (keys absent stay as they are)."""
@@ -147,8 +150,11 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         if state.improved:
-            atomic_save(state.fabric, self.best, {"strategy": state.strategy, "meta": state.meta,
-                                                  "epoch": state.epoch, "val_score": state.score})
+            atomic_save(
+                state.fabric,
+                self.best,
+                {"strategy": state.strategy, "meta": state.meta, "epoch": state.epoch, "val_score": state.score},
+            )
         atomic_save(state.fabric, self.last, state.checkpoint())
 
 
@@ -183,8 +189,7 @@ class TensorBoard(Callback):
 
     def on_epoch_end(self, state: FitState) -> None:
         if self.logger is not None:
-            self.logger.log_metrics({k: v for k, v in state.row.items() if k != "epoch"},
-                                    step=state.epoch)
+            self.logger.log_metrics({k: v for k, v in state.row.items() if k != "epoch"}, step=state.epoch)
 
     def on_fit_end(self, state: FitState) -> None:
         if self.logger is not None:

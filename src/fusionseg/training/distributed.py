@@ -30,8 +30,9 @@ class _FitArgs:
     dataclasses and collections in the arguments (to un-share modules' memory) and
     refuses frozen ones (Stage, LabelScheme)."""
 
-    def __init__(self, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, out_dir: Path,
-                 scheme: LabelScheme, kwargs: dict):
+    def __init__(
+        self, train_set: Dataset, val_set: Dataset, cfg: TrainConfig, out_dir: Path, scheme: LabelScheme, kwargs: dict
+    ):
         self.train_set, self.val_set, self.cfg, self.out_dir = train_set, val_set, cfg, out_dir
         self.scheme, self.kwargs = scheme, kwargs
 
@@ -40,8 +41,15 @@ def _fit_on_rank(fabric: Fabric, strategy: torch.nn.Module, a: _FitArgs) -> FitR
     return fit(strategy, a.train_set, a.val_set, a.cfg, a.out_dir, a.scheme, fabric=fabric, **a.kwargs)
 
 
-def fit_distributed(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
-                    out_dir: str | Path, scheme: LabelScheme, **kwargs) -> FitResult:
+def fit_distributed(
+    strategy: torch.nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    scheme: LabelScheme,
+    **kwargs,
+) -> FitResult:
     """:func:`~fusionseg.training.loop.fit` on ``cfg.devices`` DDP processes.
 
     Args: as :func:`~fusionseg.training.loop.fit` (``kwargs``: its keyword arguments
@@ -50,8 +58,7 @@ def fit_distributed(strategy: torch.nn.Module, train_set: Dataset, val_set: Data
         rank 0's :class:`FitResult`; ``strategy`` (in this process) holds the best
         weights on return, read from the best checkpoint.
     """
-    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp_spawn",
-                    precision=cfg.precision)
+    fabric = Fabric(accelerator=cfg.accelerator, devices=cfg.devices, strategy="ddp_spawn", precision=cfg.precision)
     result = fabric.launch(_fit_on_rank, strategy, _FitArgs(train_set, val_set, cfg, Path(out_dir), scheme, kwargs))
     stage = kwargs.get("stage")
     strategy.set_stage(stage.name if stage is not None else strategy.stages()[0].name)

@@ -124,11 +124,22 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str = "constant"
     raise ValueError(f"unknown lr schedule {schedule!r}; choose 'constant' or 'poly'.")
 
 
-def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: TrainConfig,
-        out_dir: str | Path, scheme: LabelScheme, meta: dict | None = None,
-        resume: bool = True, progress: bool = True, description: str = "train",
-        stage: Stage | None = None, *, fabric: Fabric | None = None,
-        callbacks: list[Callback] | None = None) -> FitResult:
+def fit(
+    strategy: torch.nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    scheme: LabelScheme,
+    meta: dict | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    description: str = "train",
+    stage: Stage | None = None,
+    *,
+    fabric: Fabric | None = None,
+    callbacks: list[Callback] | None = None,
+) -> FitResult:
     """Train ``strategy`` with Adam (learning rate per epoch from ``cfg.lr_schedule``,
     see :func:`epoch_lr`) and early stopping on the validation score.
 
@@ -150,7 +161,57 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     Returns:
         :class:`FitResult`; the strategy holds the best weights on return.
     """
-    out_dir = Path(out_dir)
+    run = _start(strategy, train_set, val_set, cfg, Path(out_dir), meta, resume, stage, fabric, callbacks)
+    state, epochs, steps = run.state, run.epochs, run.steps
+    with make_progress(disable=not progress or not run.state.fabric.is_global_zero) as bar:
+        task = bar.add_task(description, total=epochs * steps, completed=state.epoch * steps, info="")
+        _notify(run.callbacks, "on_fit_start", state)
+        while state.epoch < epochs:
+            _notify(run.callbacks, "on_epoch_start", state)
+            if state.should_stop:
+                break
+            epoch = state.epoch  # 0-based index of the epoch about to run
+            _start_epoch(state.optimizer, train_set, epoch, epoch_lr(run.lr, epoch, epochs, cfg.lr_schedule))
+            show = partial(_show_step, bar, task, epoch)
+            trained = train_epoch(state.fabric, state.strategy, state.optimizer, run.train_loader, steps, epoch, show)
+            row, score = validate_epoch(state.fabric, state, trained, run.val_loader, scheme, run.stage)
+            state.end_epoch(row, score, run.generator.get_state(), run.seconds_before + time.perf_counter() - run.start)
+            _notify(run.callbacks, "on_epoch_end", state)
+            bar.update(task, info=f"epoch {epoch + 1} val Dice {score:.3f} (best {state.best_score:.3f})")
+    return _finish(state, run.checkpoint, run.callbacks)
+
+
+@dataclass
+class _Run:
+    """What :func:`fit` sets up before its first epoch."""
+
+    state: FitState
+    generator: torch.Generator
+    train_loader: DataLoader
+    val_loader: DataLoader
+    checkpoint: Checkpoint
+    callbacks: list[Callback]
+    stage: Stage
+    epochs: int
+    lr: float
+    steps: int
+    start: float
+    seconds_before: float
+
+
+def _start(
+    strategy: torch.nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: TrainConfig,
+    out_dir: Path,
+    meta: dict | None,
+    resume: bool,
+    stage: Stage | None,
+    fabric: Fabric | None,
+    callbacks: list[Callback] | None,
+) -> _Run:
+    """Threads, stage, Fabric, seed, loaders, resume from ``last.ckpt``, the callbacks."""
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -164,31 +225,40 @@ def fit(strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset, cfg: Tr
     checkpoint = Checkpoint(out_dir / "checkpoints")
     if resume and checkpoint.last.exists():
         _resume(state, checkpoint.last, generator)
-    callbacks = [TensorBoard(out_dir), checkpoint, CSVLogger(out_dir / "train_log.csv", write=_write_log),
-                 EarlyStopping(cfg.patience, cfg.min_epochs), *(callbacks or [])]
+    callbacks = [
+        TensorBoard(out_dir),
+        checkpoint,
+        CSVLogger(out_dir / "train_log.csv", write=_write_log),
+        EarlyStopping(cfg.patience, cfg.min_epochs),
+        *(callbacks or []),
+    ]
     steps = min(len(train_loader), cfg.max_steps_per_epoch or len(train_loader))
-    start, seconds_before = time.perf_counter(), state.seconds  # training time survives resumes
-    with make_progress(disable=not progress or not fabric.is_global_zero) as bar:
-        task = bar.add_task(description, total=epochs * steps, completed=state.epoch * steps, info="")
-        _notify(callbacks, "on_fit_start", state)
-        while state.epoch < epochs:
-            _notify(callbacks, "on_epoch_start", state)
-            if state.should_stop:
-                break
-            epoch = state.epoch  # 0-based index of the epoch about to run
-            _start_epoch(state.optimizer, train_set, epoch, epoch_lr(lr, epoch, epochs, cfg.lr_schedule))
-            trained = train_epoch(fabric, state.strategy, state.optimizer, train_loader, steps, epoch,
-                                  partial(_show_step, bar, task, epoch))
-            row, score = validate_epoch(fabric, state, trained, val_loader, scheme, stage)
-            state.end_epoch(row, score, generator.get_state(), seconds_before + time.perf_counter() - start)
-            _notify(callbacks, "on_epoch_end", state)
-            bar.update(task, info=f"epoch {epoch + 1} val Dice {score:.3f} (best {state.best_score:.3f})")
-    return _finish(state, checkpoint, callbacks)
+    # training time survives resumes
+    return _Run(
+        state,
+        generator,
+        train_loader,
+        val_loader,
+        checkpoint,
+        callbacks,
+        stage,
+        epochs,
+        lr,
+        steps,
+        time.perf_counter(),
+        state.seconds,
+    )
 
 
-def _set_up(fabric: Fabric, strategy: torch.nn.Module, train_set: Dataset, val_set: Dataset,
-            cfg: TrainConfig, lr: float, meta: dict | None
-            ) -> tuple[FitState, torch.Generator, DataLoader, DataLoader]:
+def _set_up(
+    fabric: Fabric,
+    strategy: torch.nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: TrainConfig,
+    lr: float,
+    meta: dict | None,
+) -> tuple[FitState, torch.Generator, DataLoader, DataLoader]:
     """Adam over the trainable parameters, both on Fabric, the loop state and the two loaders.
 
     The training loader shuffles with its own generator seeded with ``cfg.seed`` (its
@@ -203,14 +273,22 @@ def _set_up(fabric: Fabric, strategy: torch.nn.Module, train_set: Dataset, val_s
     # on one device this changes nothing
     strategy.mark_forward_method("training_loss")
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = fabric.setup_dataloaders(DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-        generator=generator, drop_last=len(train_set) > cfg.batch_size))
+    train_loader = fabric.setup_dataloaders(
+        DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            num_workers=cfg.num_workers,
+            generator=generator,
+            drop_last=len(train_set) > cfg.batch_size,
+        )
+    )
     if fabric.world_size > 1:
         val_set = Subset(val_set, list(range(fabric.global_rank, len(val_set), fabric.world_size)))
-    val_loader = fabric.setup_dataloaders(DataLoader(
-        val_set, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers),
-        use_distributed_sampler=False)
+    val_loader = fabric.setup_dataloaders(
+        DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers),
+        use_distributed_sampler=False,
+    )
     return FitState(fabric, strategy, optimizer, meta or {}), generator, train_loader, val_loader
 
 
@@ -246,14 +324,26 @@ def _finish(state: FitState, checkpoint: Checkpoint, callbacks: list[Callback]) 
     if best is not None:
         state.fabric.load(best, {"strategy": state.strategy})
     _notify(callbacks, "on_fit_end", state)
-    return FitResult(best_epoch=state.best_epoch, best_score=state.best_score, epochs_run=state.epoch,
-                     history=state.history, best_checkpoint=best, stopped_early=state.should_stop,
-                     seconds=state.seconds)
+    return FitResult(
+        best_epoch=state.best_epoch,
+        best_score=state.best_score,
+        epochs_run=state.epoch,
+        history=state.history,
+        best_checkpoint=best,
+        stopped_early=state.should_stop,
+        seconds=state.seconds,
+    )
 
 
-def train_epoch(fabric: Fabric, strategy: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                loader: DataLoader, steps: int, epoch: int,
-                on_step: Callable[[float], None] = lambda mean_loss: None) -> EpochTraining:
+def train_epoch(
+    fabric: Fabric,
+    strategy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    steps: int,
+    epoch: int,
+    on_step: Callable[[float], None] = lambda mean_loss: None,
+) -> EpochTraining:
     """At most ``steps`` optimiser steps over ``loader``; ``on_step(mean loss so far)``
     after each. ``epoch`` (0-based) is for the error message only.
 
@@ -272,7 +362,8 @@ def train_epoch(fabric: Fabric, strategy: torch.nn.Module, optimizer: torch.opti
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss at epoch {epoch}, step {step}: lower train.lr "
-                "or check the input normalisation")
+                "or check the input normalisation"
+            )
         fabric.backward(loss)
         optimizer.step()
         losses.append(float(loss.detach()))
@@ -284,8 +375,9 @@ def train_epoch(fabric: Fabric, strategy: torch.nn.Module, optimizer: torch.opti
     return EpochTraining(float(np.mean(losses)), means, seen, time.perf_counter() - t0)
 
 
-def validate_epoch(fabric: Fabric, state: FitState, trained: EpochTraining, val_loader: DataLoader,
-                   scheme: LabelScheme, stage: Stage) -> tuple[dict, float]:
+def validate_epoch(
+    fabric: Fabric, state: FitState, trained: EpochTraining, val_loader: DataLoader, scheme: LabelScheme, stage: Stage
+) -> tuple[dict, float]:
     """The epoch's log row (a ``train_log.csv`` row) and validation score (higher is better).
 
     Order: the training means (averaged over ranks under DDP, so that ``train_loss`` and
@@ -307,9 +399,17 @@ def validate_epoch(fabric: Fabric, state: FitState, trained: EpochTraining, val_
             val_loss = validation_loss(network, val_loader, fabric)
             score = -val_loss
             val_logs = {"val_loss": val_loss}
-    row = {"epoch": epoch, "train_loss": train_loss, **means, **extra, **val_logs, "val_score": score,
-           "lr": state.optimizer.param_groups[0]["lr"], "train_seconds": round(trained.seconds, 3),
-           "train_samples_per_s": round(trained.samples / max(trained.seconds, 1e-9), 3)}
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **means,
+        **extra,
+        **val_logs,
+        "val_score": score,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "train_seconds": round(trained.seconds, 3),
+        "train_samples_per_s": round(trained.samples / max(trained.seconds, 1e-9), 3),
+    }
     return row, score
 
 
@@ -318,8 +418,7 @@ def _mean_over_ranks(fabric: Fabric, loss: float, means: dict[str, float]) -> tu
     one process, unchanged."""
     if fabric.world_size == 1:
         return loss, means
-    values = fabric.all_reduce(torch.tensor([loss, *means.values()], dtype=torch.float64),
-                               reduce_op="mean").tolist()
+    values = fabric.all_reduce(torch.tensor([loss, *means.values()], dtype=torch.float64), reduce_op="mean").tolist()
     return values[0], dict(zip(means, values[1:]))
 
 
@@ -367,8 +466,9 @@ def validation_loss(network: torch.nn.Module, loader: DataLoader, fabric: Fabric
 
 
 @torch.no_grad()
-def validate(network: torch.nn.Module, loader: DataLoader, scheme: LabelScheme,
-             fabric: Fabric | None = None) -> np.ndarray:
+def validate(
+    network: torch.nn.Module, loader: DataLoader, scheme: LabelScheme, fabric: Fabric | None = None
+) -> np.ndarray:
     """Region Dice (R,) over all validation samples, voxels pooled. With a multi-process
     ``fabric``, each rank passes its shard and the (R, 3) counts are summed over ranks
     before the Dice, so every rank returns the single-process value."""

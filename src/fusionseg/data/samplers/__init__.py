@@ -38,11 +38,13 @@ SAMPLERS: dict[int, Callable[..., FoldSamples]] = {}
 
 def register_sampler(spatial_dims: int) -> Callable:
     """Decorator: register a sampler for ``spatial_dims`` (one per value)."""
+
     def wrap(fn: Callable[..., FoldSamples]) -> Callable[..., FoldSamples]:
         if spatial_dims in SAMPLERS:
             raise ValueError(f"a sampler for spatial_dims {spatial_dims} is already registered")
         SAMPLERS[spatial_dims] = fn
         return fn
+
     return wrap
 
 

@@ -13,9 +13,10 @@ def slice_samples(cfg, fold: dict, prepared: dict, modalities, divisor: int) -> 
     """Training slices (``sampling.mode``, augmented with ``sampling.augment``) and
     validation slices (``sampling.val_mode``) of one fold."""
     size = common_slice_size(list(prepared.values()), max(divisor, 16))
-    train = SliceDataset([prepared[c] for c in fold["train"]], modalities, cfg.sampling, size,
-                         train=True, seed=cfg.train.seed)
-    val = SliceDataset([prepared[c] for c in fold["val"]], modalities, cfg.sampling, size,
-                       mode=cfg.sampling.val_mode, train=False)
-    return FoldSamples(train, val, {"train_slices": len(train), "val_slices": len(val),
-                                    "slice_size": list(size)})
+    train = SliceDataset(
+        [prepared[c] for c in fold["train"]], modalities, cfg.sampling, size, train=True, seed=cfg.train.seed
+    )
+    val = SliceDataset(
+        [prepared[c] for c in fold["val"]], modalities, cfg.sampling, size, mode=cfg.sampling.val_mode, train=False
+    )
+    return FoldSamples(train, val, {"train_slices": len(train), "val_slices": len(val), "slice_size": list(size)})

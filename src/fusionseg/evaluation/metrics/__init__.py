@@ -31,7 +31,20 @@ from fusionseg.evaluation.metrics.surface import average_surface_distance, hd95,
 from fusionseg.evaluation.metrics.volumes import false_negative_volume, false_positive_volume
 
 __all__ = [
-    "CHALLENGES", "LesionRecord", "LesionWiseParams", "LesionWiseResult", "average_surface_distance",
-    "challenge_params", "dice", "false_negative_volume", "false_positive_volume", "hd95",
-    "lesion_wise", "mse", "psnr", "robust_hausdorff", "sensitivity_specificity", "ssim",
+    "CHALLENGES",
+    "LesionRecord",
+    "LesionWiseParams",
+    "LesionWiseResult",
+    "average_surface_distance",
+    "challenge_params",
+    "dice",
+    "false_negative_volume",
+    "false_positive_volume",
+    "hd95",
+    "lesion_wise",
+    "mse",
+    "psnr",
+    "robust_hausdorff",
+    "sensitivity_specificity",
+    "ssim",
 ]

@@ -80,8 +80,9 @@ def _root(parent: np.ndarray, x: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def label_components(mask: np.ndarray, first: np.ndarray, last: np.ndarray,
-                     labels: np.ndarray) -> tuple[int, np.ndarray]:  # pragma: no cover - compiled
+def label_components(
+    mask: np.ndarray, first: np.ndarray, last: np.ndarray, labels: np.ndarray
+) -> tuple[int, np.ndarray]:  # pragma: no cover - compiled
     """26-connected components of a 3-D mask, by runs (module docstring).
 
     Args:
@@ -157,7 +158,7 @@ def label_components(mask: np.ndarray, first: np.ndarray, last: np.ndarray,
                 for k in range(start[u], end[u] + 1):
                     labels[i, j, k] = lab
                 sizes[lab] += end[u] - start[u] + 1
-    return count, sizes[:count + 1]
+    return count, sizes[: count + 1]
 
 
 # ------------------------------------------------ GT components grouped into lesions
@@ -185,9 +186,13 @@ def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:  # pragma: no co
                 # outside 18-neighbour is a face neighbour of the voxel or of a
                 # face neighbour of it that is inside (and then has one outside)
                 if mask[i, j, k] and (
-                        (i > 0 and not mask[i - 1, j, k]) or (i + 1 < n0 and not mask[i + 1, j, k])
-                        or (j > 0 and not mask[i, j - 1, k]) or (j + 1 < n1 and not mask[i, j + 1, k])
-                        or (k > 0 and not mask[i, j, k - 1]) or (k + 1 < n2 and not mask[i, j, k + 1])):
+                    (i > 0 and not mask[i - 1, j, k])
+                    or (i + 1 < n0 and not mask[i + 1, j, k])
+                    or (j > 0 and not mask[i, j - 1, k])
+                    or (j + 1 < n1 and not mask[i, j + 1, k])
+                    or (k > 0 and not mask[i, j, k - 1])
+                    or (k + 1 < n2 and not mask[i, j, k + 1])
+                ):
                     front[n_front, 0] = i
                     front[n_front, 1] = j
                     front[n_front, 2] = k
@@ -224,10 +229,20 @@ def dilate_18(mask: np.ndarray, iterations: int) -> np.ndarray:  # pragma: no co
 
 
 @njit(cache=True, nogil=True)
-def link_components(gt: np.ndarray, gt_mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, d: int,
-                    pred: np.ndarray, pred_mask: np.ndarray, n_pred: int, zlo: np.ndarray,
-                    zhi: np.ndarray, owner: np.ndarray,
-                    olo: np.ndarray):  # pragma: no cover - compiled
+def link_components(
+    gt: np.ndarray,
+    gt_mask: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    d: int,
+    pred: np.ndarray,
+    pred_mask: np.ndarray,
+    n_pred: int,
+    zlo: np.ndarray,
+    zhi: np.ndarray,
+    owner: np.ndarray,
+    olo: np.ndarray,
+):  # pragma: no cover - compiled
     """Dilate each GT component on its own box, find the predicted components its
     dilation touches, and group the components whose dilations overlap or touch
     (26-connectivity): BraTS 2023 lesion formation and matching.
@@ -289,8 +304,9 @@ def link_components(gt: np.ndarray, gt_mask: np.ndarray, lo: np.ndarray, hi: np.
                         piece_first[c, 0], piece_first[c, 1], piece_first[c, 2] = a0 + i, a1 + j, a2 + k
                         found = True
                     x, y, z = a0 + i, a1 + j, a2 + k
-                    if (zlo[c, 0] <= x < zhi[c, 0] and zlo[c, 1] <= y < zhi[c, 1]
-                            and zlo[c, 2] <= z < zhi[c, 2]):  # overlap with an earlier dilation
+                    if (
+                        zlo[c, 0] <= x < zhi[c, 0] and zlo[c, 1] <= y < zhi[c, 1] and zlo[c, 2] <= z < zhi[c, 2]
+                    ):  # overlap with an earlier dilation
                         x, y, z = x - olo[0], y - olo[1], z - olo[2]
                         other = owner[x, y, z] - 1
                         if other >= 0 and other != c:
@@ -321,9 +337,20 @@ def link_components(gt: np.ndarray, gt_mask: np.ndarray, lo: np.ndarray, hi: np.
                 for k in range(max(zlo[c, 2] - a2, 0), min(zhi[c, 2] - a2, s2)):
                     if not piece[i, j, k]:
                         continue
-                    if (0 < i and piece[i - 1, j, k] and i + 1 < s0 and piece[i + 1, j, k]
-                            and 0 < j and piece[i, j - 1, k] and j + 1 < s1 and piece[i, j + 1, k]
-                            and 0 < k and piece[i, j, k - 1] and k + 1 < s2 and piece[i, j, k + 1]):
+                    if (
+                        0 < i
+                        and piece[i - 1, j, k]
+                        and i + 1 < s0
+                        and piece[i + 1, j, k]
+                        and 0 < j
+                        and piece[i, j - 1, k]
+                        and j + 1 < s1
+                        and piece[i, j + 1, k]
+                        and 0 < k
+                        and piece[i, j, k - 1]
+                        and k + 1 < s2
+                        and piece[i, j, k + 1]
+                    ):
                         continue
                     x0, y0, z0 = a0 + i - olo[0], a1 + j - olo[1], a2 + k - olo[2]
                     for x in range(max(x0 - 1, 0), min(x0 + 2, o0)):

@@ -40,8 +40,12 @@ DEFAULT_BINS = 256
 #: implementations (e.g. Zheng's MATLAB fusion-metrics toolbox): strength
 #: Gamma_g, kappa_g, sigma_g and orientation Gamma_a, kappa_a, sigma_a.
 QABF_CONSTANTS = {
-    "gamma_g": 0.9994, "kappa_g": -15.0, "sigma_g": 0.5,
-    "gamma_a": 0.9879, "kappa_a": -22.0, "sigma_a": 0.8,
+    "gamma_g": 0.9994,
+    "kappa_g": -15.0,
+    "sigma_g": 0.5,
+    "gamma_a": 0.9879,
+    "kappa_a": -22.0,
+    "sigma_a": 0.8,
 }
 
 
@@ -54,8 +58,9 @@ def _as_2d(name: str, image: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _images(names: tuple[str, ...], images: tuple[np.ndarray, ...],
-            mask: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray | None]:
+def _images(
+    names: tuple[str, ...], images: tuple[np.ndarray, ...], mask: np.ndarray | None
+) -> tuple[list[np.ndarray], np.ndarray | None]:
     arrs = [_as_2d(n, im) for n, im in zip(names, images)]
     for n, a in zip(names[1:], arrs[1:]):
         if a.shape != arrs[0].shape:
@@ -84,8 +89,12 @@ def _entropy_bits(p: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def entropy(image: np.ndarray, bins: int = DEFAULT_BINS, value_range: tuple[float, float] | None = None,
-            mask: np.ndarray | None = None) -> float:
+def entropy(
+    image: np.ndarray,
+    bins: int = DEFAULT_BINS,
+    value_range: tuple[float, float] | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Shannon entropy of the grey-level histogram, in bits.
 
     ``H = -sum_i p_i log2 p_i`` over ``bins`` equal-width bins spanning
@@ -111,9 +120,13 @@ def entropy(image: np.ndarray, bins: int = DEFAULT_BINS, value_range: tuple[floa
     return _entropy_bits(counts / counts.sum())
 
 
-def mutual_information(image: np.ndarray, reference: np.ndarray, bins: int = DEFAULT_BINS,
-                       value_range: tuple[float, float] | None = None,
-                       mask: np.ndarray | None = None) -> float:
+def mutual_information(
+    image: np.ndarray,
+    reference: np.ndarray,
+    bins: int = DEFAULT_BINS,
+    value_range: tuple[float, float] | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Mutual information of two images from their joint histogram, in bits.
 
     ``MI = sum_ij p_ij log2(p_ij / (p_i p_j))`` with ``p_ij`` the normalised
@@ -146,9 +159,14 @@ def mutual_information(image: np.ndarray, reference: np.ndarray, bins: int = DEF
     return _entropy_bits(pa) + _entropy_bits(pb) - _entropy_bits(p.ravel())
 
 
-def fusion_mutual_information(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray,
-                              bins: int = DEFAULT_BINS, value_range: tuple[float, float] | None = None,
-                              mask: np.ndarray | None = None) -> float:
+def fusion_mutual_information(
+    fused: np.ndarray,
+    source_a: np.ndarray,
+    source_b: np.ndarray,
+    bins: int = DEFAULT_BINS,
+    value_range: tuple[float, float] | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Fusion MI: MI(F, A) + MI(F, B) in bits (Qu et al. 2002); higher = more source information kept.
 
     See :func:`mutual_information` for the estimator (``bins`` per axis, default 256;
@@ -165,8 +183,9 @@ def fusion_mutual_information(fused: np.ndarray, source_a: np.ndarray, source_b:
     Raises:
         ValueError: as :func:`mutual_information`.
     """
-    return (mutual_information(fused, source_a, bins, value_range, mask)
-            + mutual_information(fused, source_b, bins, value_range, mask))
+    return mutual_information(fused, source_a, bins, value_range, mask) + mutual_information(
+        fused, source_b, bins, value_range, mask
+    )
 
 
 def _sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -189,8 +208,13 @@ def _edge_preservation(g_src: np.ndarray, a_src: np.ndarray, g_f: np.ndarray, a_
     return q_g * q_a
 
 
-def qabf(fused: np.ndarray, source_a: np.ndarray, source_b: np.ndarray, weight_exponent: float = 1.0,
-         mask: np.ndarray | None = None) -> float:
+def qabf(
+    fused: np.ndarray,
+    source_a: np.ndarray,
+    source_b: np.ndarray,
+    weight_exponent: float = 1.0,
+    mask: np.ndarray | None = None,
+) -> float:
     """Xydeas-Petrovic edge-preservation metric Q^{AB/F} (Electronics Letters 36(4), 2000).
 
     Sobel gradients (3x3, scipy.ndimage, reflect boundary) of each image give a

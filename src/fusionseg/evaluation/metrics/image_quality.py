@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pair(image: np.ndarray, reference: np.ndarray,
-          mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _pair(
+    image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     image = np.asarray(image, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if image.shape != reference.shape:
@@ -41,8 +42,7 @@ def mse(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None
     return float(diff[mask].mean() if mask is not None else diff.mean())
 
 
-def psnr(image: np.ndarray, reference: np.ndarray, data_range: float,
-         mask: np.ndarray | None = None) -> float:
+def psnr(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
     """Peak signal-to-noise ratio in dB: 10 log10(data_range^2 / MSE).
 
     Args:
@@ -58,11 +58,10 @@ def psnr(image: np.ndarray, reference: np.ndarray, data_range: float,
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0, got {data_range!r}.")
     err = mse(image, reference, mask)
-    return float("inf") if err == 0 else float(10.0 * np.log10(data_range ** 2 / err))
+    return float("inf") if err == 0 else float(10.0 * np.log10(data_range**2 / err))
 
 
-def ssim(image: np.ndarray, reference: np.ndarray, data_range: float,
-         mask: np.ndarray | None = None) -> float:
+def ssim(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
     """Structural similarity (Gaussian window, sigma 1.5, 11 taps), over ``mask`` if given.
 
     Args:
@@ -80,6 +79,12 @@ def ssim(image: np.ndarray, reference: np.ndarray, data_range: float,
         raise ValueError(f"data_range must be > 0, got {data_range!r}.")
     image, reference, mask = _pair(image, reference, mask)
     mean_ssim, ssim_map = structural_similarity(
-        image, reference, data_range=data_range, gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, full=True)
+        image,
+        reference,
+        data_range=data_range,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        full=True,
+    )
     return float(ssim_map[mask].mean() if mask is not None else mean_ssim)

@@ -99,8 +99,7 @@ def kd_build(points: np.ndarray, leaf_size: int):  # pragma: no cover - compiled
         for i in range(n_nodes):
             box_lo[i, k] = lo[i, k]
             box_hi[i, k] = hi[i, k]
-    return (columns, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes],
-            right[:n_nodes], box_lo, box_hi)
+    return (columns, order, start[:n_nodes], stop[:n_nodes], left[:n_nodes], right[:n_nodes], box_lo, box_hi)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -116,8 +115,9 @@ def _box_distance2(lo, hi, qx, qy, qz, sx, sy, sz) -> float:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True)
-def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
-             index: np.ndarray) -> None:  # pragma: no cover - compiled
+def kd_query(
+    tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray, index: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """Exact nearest tree point of each query grid position, in mm.
 
     Args:
@@ -190,8 +190,9 @@ def kd_query(tree, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def brute_nearest(points: np.ndarray, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray,
-                  index: np.ndarray) -> None:  # pragma: no cover - compiled
+def brute_nearest(
+    points: np.ndarray, queries: np.ndarray, spacing: np.ndarray, dist: np.ndarray, index: np.ndarray
+) -> None:  # pragma: no cover - compiled
     """:func:`kd_query` without a tree: every point tried for every query.
 
     For a handful of queries (fewer than about 50 on this machine) this beats building

@@ -55,9 +55,16 @@ def surface_elements_2d(padded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  #
 
 
 @njit(cache=True, nogil=True)
-def grid_nearest(n_grid: int, source: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                 target: np.ndarray, labels: np.ndarray, dist: np.ndarray,
-                 nearest: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+def grid_nearest(
+    n_grid: int,
+    source: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    target: np.ndarray,
+    labels: np.ndarray,
+    dist: np.ndarray,
+    nearest: np.ndarray,
+) -> np.ndarray:  # pragma: no cover - compiled
     """Nearest target element of each source element by grid look-ups.
 
     The target elements are marked on a flat grid of ``n_grid`` positions (one bit
@@ -134,8 +141,9 @@ def nonzero_box(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # pragma: no cover
     return box
 
 
-def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: np.ndarray,
-                                n_groups: int, percent: float) -> np.ndarray:
+def grouped_weighted_percentile(
+    values: np.ndarray, weights: np.ndarray, group: np.ndarray, n_groups: int, percent: float
+) -> np.ndarray:
     """Weighted percentile of ``values`` within each group.
 
     For group g the result is the smallest of its values x whose weight share
@@ -157,7 +165,7 @@ def grouped_weighted_percentile(values: np.ndarray, weights: np.ndarray, group: 
     w = np.ascontiguousarray(weights[order], dtype=np.float64)
     ranked = v.copy()
     for g in np.flatnonzero(np.diff(starts) > 1):
-        ranked[starts[g]:starts[g + 1]].sort()  # numpy's vectorised sort, per group
+        ranked[starts[g] : starts[g + 1]].sort()  # numpy's vectorised sort, per group
     return _percentile_bisect(v, w, ranked, starts, percent)
 
 
@@ -181,8 +189,9 @@ def _members_by_group(group: np.ndarray, n_groups: int):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
-def _percentile_bisect(values: np.ndarray, weights: np.ndarray, ranked: np.ndarray,
-                       starts: np.ndarray, percent: float) -> np.ndarray:  # pragma: no cover - compiled
+def _percentile_bisect(
+    values: np.ndarray, weights: np.ndarray, ranked: np.ndarray, starts: np.ndarray, percent: float
+) -> np.ndarray:  # pragma: no cover - compiled
     """:func:`grouped_weighted_percentile` on grouped elements: ``ranked`` holds each
     group's values sorted; W(<= x) grows with x, so the answer is bisected over them."""
     n_groups = starts.shape[0] - 1
@@ -212,9 +221,16 @@ def _percentile_bisect(values: np.ndarray, weights: np.ndarray, ranked: np.ndarr
 
 
 @njit(cache=True, nogil=True)
-def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed: bool,
-                 pm: np.ndarray, gm: np.ndarray, first: np.ndarray,
-                 last: np.ndarray):  # pragma: no cover - compiled
+def region_masks(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    bits: np.ndarray,
+    transposed: bool,
+    pm: np.ndarray,
+    gm: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+):  # pragma: no cover - compiled
     """Region masks, their row extents and overlap counts of a (prediction, GT) pair of
     label maps, with the label values checked, in one pass.
 
@@ -286,8 +302,9 @@ def region_masks(pred: np.ndarray, gt: np.ndarray, bits: np.ndarray, transposed:
 
 
 @njit(cache=True, nogil=True)
-def labelled_surface_elements_3d(mask: np.ndarray, labels: np.ndarray, first: np.ndarray,
-                                 last: np.ndarray):  # pragma: no cover - compiled
+def labelled_surface_elements_3d(
+    mask: np.ndarray, labels: np.ndarray, first: np.ndarray, last: np.ndarray
+):  # pragma: no cover - compiled
     """Marching-cube elements of a 3-D mask, read in place (no padded copy), with the
     label of each element.
 

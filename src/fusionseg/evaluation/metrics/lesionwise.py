@@ -82,8 +82,9 @@ CHALLENGES: dict[str, LesionWiseParams] = {
 }
 
 
-def challenge_params(challenge: str | LesionWiseParams, dilation: int | None = None,
-                     volume_threshold_mm3: float | None = None) -> LesionWiseParams:
+def challenge_params(
+    challenge: str | LesionWiseParams, dilation: int | None = None, volume_threshold_mm3: float | None = None
+) -> LesionWiseParams:
     """Resolve a challenge preset ("GLI", "BraTS-GLI", case-insensitive) or "custom".
 
     ``dilation`` / ``volume_threshold_mm3`` override the preset; "custom" needs both.
@@ -101,8 +102,7 @@ def challenge_params(challenge: str | LesionWiseParams, dilation: int | None = N
                 raise ValueError("challenge 'custom' needs both dilation and volume_threshold_mm3.")
             return LesionWiseParams("custom", int(dilation), float(volume_threshold_mm3))
         if key not in CHALLENGES:
-            raise ValueError(f"unknown challenge {challenge!r}; choose one of "
-                             f"{sorted(CHALLENGES) + ['custom']}")
+            raise ValueError(f"unknown challenge {challenge!r}; choose one of {sorted(CHALLENGES) + ['custom']}")
         base = CHALLENGES[key]
     if dilation is None and volume_threshold_mm3 is None:
         return base
@@ -150,10 +150,15 @@ class LesionWiseResult:
     lesions: tuple[LesionRecord, ...]
 
 
-def lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
-                dilation: int = 3, volume_threshold_mm3: float = 50.0,
-                penalty: float = HD95_PENALTY_MM,
-                full_image: tuple[float, float] | None = None) -> LesionWiseResult:
+def lesion_wise(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Spacing | None = None,
+    dilation: int = 3,
+    volume_threshold_mm3: float = 50.0,
+    penalty: float = HD95_PENALTY_MM,
+    full_image: tuple[float, float] | None = None,
+) -> LesionWiseResult:
     """BraTS 2023 lesion-wise Dice, HD95 and TP/FN/FP lesion counts.
 
     Args:
@@ -172,12 +177,15 @@ def lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None
     return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, False)[1]
 
 
-def hd95_and_lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
-                         dilation: int = 3, volume_threshold_mm3: float = 50.0,
-                         penalty: float = HD95_PENALTY_MM,
-                         extents: tuple[tuple[np.ndarray, np.ndarray],
-                                        tuple[np.ndarray, np.ndarray]] | None = None
-                         ) -> tuple[float, LesionWiseResult]:
+def hd95_and_lesion_wise(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Spacing | None = None,
+    dilation: int = 3,
+    volume_threshold_mm3: float = 50.0,
+    penalty: float = HD95_PENALTY_MM,
+    extents: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[float, LesionWiseResult]:
     """Whole-image HD95 (as :func:`fusionseg.evaluation.metrics.surface.hd95`) and
     :func:`lesion_wise` (with the whole-image Dice / HD95 as ``full_image``), computed
     together: one connected-component labelling and one surface extraction per mask,
@@ -196,11 +204,9 @@ def hd95_and_lesion_wise(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | No
         ValueError: shape mismatch, bad spacing or parameters, or ``extents`` with
             masks that are not C-ordered 3-D arrays.
     """
-    if extents is not None and not (np.ndim(pred) == 3 and pred.flags.c_contiguous
-                                    and gt.flags.c_contiguous):
+    if extents is not None and not (np.ndim(pred) == 3 and pred.flags.c_contiguous and gt.flags.c_contiguous):
         raise ValueError("extents need C-ordered 3-D masks.")
-    return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, None, True,
-                    extents)
+    return _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, None, True, extents)
 
 
 def _groups(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +218,7 @@ def _groups(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _members(order: np.ndarray, starts: np.ndarray, labels) -> np.ndarray:
     """Indices (ascending) of the elements whose label is in ``labels``."""
-    parts = [order[starts[c]:starts[c + 1]] for c in labels]
+    parts = [order[starts[c] : starts[c + 1]] for c in labels]
     if len(parts) == 1:
         return parts[0]
     return np.sort(np.concatenate(parts))
@@ -227,7 +233,7 @@ def _element_boxes(surface: Surface, order: np.ndarray, starts: np.ndarray, n: i
     hi = np.zeros((n + 1, ndim), dtype=np.int64)
     if n:
         sorted_index = surface.index[order]
-        first = starts[1:n + 1]
+        first = starts[1 : n + 1]
         # every component has elements, so no segment is empty; the last one (label n)
         # runs to the end
         lo[1:] = np.minimum.reduceat(sorted_index, first, axis=0)
@@ -235,8 +241,15 @@ def _element_boxes(surface: Surface, order: np.ndarray, starts: np.ndarray, n: i
     return lo, hi
 
 
-def _reused_distances(src: Surface, sel: np.ndarray, dist: np.ndarray, nearest: np.ndarray,
-                      target_lut: np.ndarray, tgt: Surface, tgt_sel: np.ndarray) -> np.ndarray:
+def _reused_distances(
+    src: Surface,
+    sel: np.ndarray,
+    dist: np.ndarray,
+    nearest: np.ndarray,
+    target_lut: np.ndarray,
+    tgt: Surface,
+    tgt_sel: np.ndarray,
+) -> np.ndarray:
     """Directed distances from the elements ``sel`` of ``src`` to the elements
     ``tgt_sel`` of ``tgt``: a whole-surface distance whose nearest element lies in the
     target subset is the subset distance too; the others are recomputed."""
@@ -244,13 +257,11 @@ def _reused_distances(src: Surface, sel: np.ndarray, dist: np.ndarray, nearest: 
     redo = np.flatnonzero(~target_lut[nearest[sel]])
     if redo.size:
         source = Surface(src.index[sel[redo]], src.spacing, np.ones(redo.size))
-        out[redo] = directed_distances(source, Surface(tgt.index[tgt_sel], src.spacing,
-                                                       tgt.weights[tgt_sel]))
+        out[redo] = directed_distances(source, Surface(tgt.index[tgt_sel], src.spacing, tgt.weights[tgt_sel]))
     return out
 
 
-def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, want_full,
-             extents=None):
+def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_image, want_full, extents=None):
     pred, gt = as_mask_pair(pred, gt)
     ndim = pred.ndim
     spacing = check_spacing(spacing, ndim)
@@ -297,18 +308,23 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
         d_gp, near_gp = nearest_distances(gs, ps, ps_lab)
         d_pg, near_pg = nearest_distances(ps, gs, gs_lab)
         whole = (d_gp, near_gp, d_pg, near_pg)
-        full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0),
-                      _weighted_percentile(d_pg, ps.weights, 95.0))
+        full_hd = max(_weighted_percentile(d_gp, gs.weights, 95.0), _weighted_percentile(d_pg, ps.weights, 95.0))
 
-    lesion_of_cc, cc_counts, pairs, n_gt = _form_lesions(gt_cc, g.view(np.uint8), n_cc, pred_lab,
-                                                         p.view(np.uint8), n_pred, g_lo, g_hi, d)
+    lesion_of_cc, cc_counts, pairs, n_gt = _form_lesions(
+        gt_cc, g.view(np.uint8), n_cc, pred_lab, p.view(np.uint8), n_pred, g_lo, g_hi, d
+    )
     if want_full:  # |P n G| = GT voxels inside predicted components, from the same pass
-        full_image = (dice_from_counts(int(pairs[:, 2].sum()), int(pred_sizes[1:].sum()),
-                                       int(cc_counts.sum())), full_hd)
+        full_image = (
+            dice_from_counts(int(pairs[:, 2].sum()), int(pred_sizes[1:].sum()), int(cc_counts.sum())),
+            full_hd,
+        )
     # lesion -> matched predicted components, as unique (lesion, component) rows
     pair_lesion = lesion_of_cc[pairs[:, 0]]
-    match = np.unique(np.stack([pair_lesion, pairs[:, 1]], axis=1), axis=0) if len(pairs) \
+    match = (
+        np.unique(np.stack([pair_lesion, pairs[:, 1]], axis=1), axis=0)
+        if len(pairs)
         else np.zeros((0, 2), dtype=np.int64)
+    )
     les_voxels = np.bincount(lesion_of_cc[1:], weights=cc_counts[1:], minlength=n_gt + 1)
     les_inter = np.bincount(pair_lesion, weights=pairs[:, 2], minlength=n_gt + 1)
     les_pred = np.bincount(match[:, 0], weights=pred_sizes[match[:, 1]], minlength=n_gt + 1)
@@ -321,28 +337,34 @@ def _analyse(pred, gt, spacing, dilation, volume_threshold_mm3, penalty, full_im
     records: list[LesionRecord] = []
     p_groups = None  # predicted elements by component, for lesions the fast path leaves
     for lesion in range(1, n_gt + 1):
-        comps = match[match_starts[lesion]:match_starts[lesion + 1], 1]
+        comps = match[match_starts[lesion] : match_starts[lesion + 1], 1]
         volume = float(les_voxels[lesion]) * voxel_mm3
         if comps.size == 0:
             les_dice, les_hd = 0.0, float(penalty)
         elif full_image is not None and n_gt == 1 and comps.size == n_pred:
             les_dice, les_hd = float(full_image[0]), float(full_image[1])
         else:
-            les_dice = dice_from_counts(int(les_inter[lesion]), int(les_pred[lesion]),
-                                        int(les_voxels[lesion]))
+            les_dice = dice_from_counts(int(les_inter[lesion]), int(les_pred[lesion]), int(les_voxels[lesion]))
             les_hd = hd[lesion]
             if np.isnan(les_hd):  # not answered by the whole-image distances alone
                 ccs = np.flatnonzero(lesion_of_cc == lesion)
                 if p_groups is None:
                     p_groups = _groups(ps_lab, n_pred)
-                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, (g_order, g_starts), p_groups,
-                                      n_cc, n_pred)
-        records.append(LesionRecord(lesion, "gt", volume, les_dice, float(les_hd),
-                                    tuple(comps.tolist()), volume > params.volume_threshold_mm3))
+                les_hd = _lesion_hd95(ccs, comps, whole, gs, ps, (g_order, g_starts), p_groups, n_cc, n_pred)
+        records.append(
+            LesionRecord(
+                lesion,
+                "gt",
+                volume,
+                les_dice,
+                float(les_hd),
+                tuple(comps.tolist()),
+                volume > params.volume_threshold_mm3,
+            )
+        )
     fp_ids = np.flatnonzero(~matched_any[1:]) + 1
     for c in fp_ids.tolist():
-        records.append(LesionRecord(c, "fp", float(pred_sizes[c]) * voxel_mm3, 0.0,
-                                    float(penalty), (), True))
+        records.append(LesionRecord(c, "fp", float(pred_sizes[c]) * voxel_mm3, 0.0, float(penalty), (), True))
 
     kept = [r for r in records if r.kind == "gt" and r.counted]
     tp = sum(1 for r in kept if r.matched)
@@ -395,12 +417,12 @@ def _form_lesions(gt_cc, gt_mask, n_cc, pred_lab, pred_mask, n_pred, g_lo, g_hi,
         lo3, hi3, zlo3, zhi3, olo3 = box_lo, box_hi, zlo, zhi, olo
     else:  # a 2-D case is one plane of a 3-D one (18-nbhd within a plane = 8-nbhd)
         vol = lambda a: a[..., None]  # noqa: E731
-        plane = (lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1))  # noqa: E731
+        plane = lambda a, v: np.concatenate([a, np.full((len(a), 1), v, np.int64)], axis=1)  # noqa: E731
         lo3, hi3, zlo3, zhi3 = plane(box_lo, 0), plane(box_hi, 1), plane(zlo, 0), plane(zhi, 1)
         olo3 = np.append(olo, 0)
     counts, piece_first, pairs, group = link_components(
-        vol(gt_cc), vol(gt_mask), lo3, hi3, d, vol(pred_lab), vol(pred_mask), n_pred,
-        zlo3, zhi3, vol(owner), olo3)
+        vol(gt_cc), vol(gt_mask), lo3, hi3, d, vol(pred_lab), vol(pred_mask), n_pred, zlo3, zhi3, vol(owner), olo3
+    )
     cc_counts[1:] = counts
     key = np.ravel_multi_index(tuple(piece_first[:, :ndim].T), tuple(int(x) for x in frame))
     group_first = np.full(n_cc, np.iinfo(np.int64).max)
@@ -493,5 +515,6 @@ def _lesion_hd95(ccs, comps, whole, gs, ps, g_groups, p_groups, n_cc, n_pred) ->
     d_gp, near_gp, d_pg, near_pg = whole
     dist_g = _reused_distances(gs, g_sel, d_gp, near_gp, p_lut, ps, p_sel)
     dist_p = _reused_distances(ps, p_sel, d_pg, near_pg, g_lut, gs, g_sel)
-    return max(_weighted_percentile(dist_g, gs.weights[g_sel], 95.0),
-               _weighted_percentile(dist_p, ps.weights[p_sel], 95.0))
+    return max(
+        _weighted_percentile(dist_g, gs.weights[g_sel], 95.0), _weighted_percentile(dist_p, ps.weights[p_sel], 95.0)
+    )

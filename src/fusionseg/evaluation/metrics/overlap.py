@@ -98,11 +98,9 @@ def union_bounding_box(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.nda
     return bounding_box((a != 0) | (b != 0))
 
 
-def box_slices(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int],
-               margin: int = 0) -> tuple[slice, ...]:
+def box_slices(lo: np.ndarray, hi: np.ndarray, shape: Sequence[int], margin: int = 0) -> tuple[slice, ...]:
     """Slices of the box ``[lo - margin, hi + margin]`` clipped to ``shape``."""
-    return tuple(slice(max(int(a) - margin, 0), min(int(b) + margin + 1, n))
-                 for a, b, n in zip(lo, hi, shape))
+    return tuple(slice(max(int(a) - margin, 0), min(int(b) + margin + 1, n)) for a, b, n in zip(lo, hi, shape))
 
 
 # --------------------------------------------------------------------------- metrics
@@ -117,8 +115,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
         ValueError: shape mismatch.
     """
     pred, gt = as_mask_pair(pred, gt)
-    return dice_from_counts(int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)),
-                            int(np.count_nonzero(gt)))
+    return dice_from_counts(int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)), int(np.count_nonzero(gt)))
 
 
 def dice_from_counts(intersection: int, n_pred: int, n_gt: int) -> float:
@@ -127,8 +124,7 @@ def dice_from_counts(intersection: int, n_pred: int, n_gt: int) -> float:
     return 1.0 if total == 0 else 2.0 * intersection / total
 
 
-def sensitivity_specificity_from_counts(intersection: int, n_pred: int, n_gt: int,
-                                        n_total: int) -> tuple[float, float]:
+def sensitivity_specificity_from_counts(intersection: int, n_pred: int, n_gt: int, n_total: int) -> tuple[float, float]:
     """Voxel sensitivity TP/(TP+FN) and specificity TN/(TN+FP) from counts.
 
     Conventions (those of the BraTS 2023 legacy code, which takes them from GaNDLF):
@@ -160,5 +156,5 @@ def sensitivity_specificity(pred: np.ndarray, gt: np.ndarray) -> tuple[float, fl
     """
     pred, gt = as_mask_pair(pred, gt)
     return sensitivity_specificity_from_counts(
-        int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)),
-        int(np.count_nonzero(gt)), int(pred.size))
+        int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)), int(np.count_nonzero(gt)), int(pred.size)
+    )

@@ -181,10 +181,12 @@ def _first_inside_corner(ndim: int) -> np.ndarray:
     return table
 
 
-def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
-                     mask: np.ndarray | None = None,
-                     extents: tuple[np.ndarray, np.ndarray] | None = None
-                     ) -> tuple[Surface, np.ndarray]:
+def labelled_surface(
+    labels: np.ndarray,
+    spacing: Spacing | None = None,
+    mask: np.ndarray | None = None,
+    extents: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Surface, np.ndarray]:
     """:func:`mask_surface` of ``labels != 0`` with the label of each element.
 
     ``labels`` holds connected components (26-connectivity in 3-D, 8 in 2-D): every
@@ -210,8 +212,7 @@ def labelled_surface(labels: np.ndarray, spacing: Spacing | None = None,
         as_int = np.ascontiguousarray(mask).view(np.uint8)
         if extents is None:
             extents = row_extents(as_int)
-        index, codes, element_labels = kernels.labelled_surface_elements_3d(
-            as_int, labels, *extents)
+        index, codes, element_labels = kernels.labelled_surface_elements_3d(as_int, labels, *extents)
         return Surface(index, spacing, _code_to_measure(spacing)[codes]), element_labels
     index, codes = _surface_elements(mask)
     surface = Surface(index, spacing, _code_to_measure(spacing)[codes])
@@ -236,8 +237,9 @@ def boundary_voxels(mask: np.ndarray, spacing: Spacing | None = None) -> Surface
     interior = padded[inner].copy()
     for axis in range(mask.ndim):
         for shift in (0, 2):
-            window = tuple(slice(shift, shift + n - 2) if a == axis else slice(1, -1)
-                           for a, n in enumerate(padded.shape))
+            window = tuple(
+                slice(shift, shift + n - 2) if a == axis else slice(1, -1) for a, n in enumerate(padded.shape)
+            )
             interior &= padded[window]
     edges = padded[inner] & ~interior
     index = np.stack(np.nonzero(edges), axis=1).astype(np.int64) + lo
@@ -281,7 +283,7 @@ def _near_offsets(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Element strides of a C-ordered array of ``shape``."""
-    return tuple(int(np.prod(shape[k + 1:])) for k in range(len(shape)))
+    return tuple(int(np.prod(shape[k + 1 :])) for k in range(len(shape)))
 
 
 def _column_extreme(index: np.ndarray, reduce) -> np.ndarray:
@@ -303,8 +305,9 @@ def directed_distances(source: Surface, target: Surface) -> np.ndarray:
     return nearest_distances(source, target)[0]
 
 
-def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
+def nearest_distances(
+    source: Surface, target: Surface, target_labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`directed_distances` with where each distance comes from.
 
     Args:
@@ -335,10 +338,16 @@ def nearest_distances(source: Surface, target: Surface, target_labels: np.ndarra
             target_flat, labels = target_flat[order], labels[order]
     dist = np.full(n, np.inf)
     nearest = None if target_labels is None else np.zeros(n, dtype=np.int64)
-    remaining = kernels.grid_nearest(int(np.prod(shape)), (source.index - lo) @ strides,
-                                     offsets @ strides, lengths,
-                                     target_flat, labels, dist,
-                                     np.zeros(0, np.int64) if nearest is None else nearest)
+    remaining = kernels.grid_nearest(
+        int(np.prod(shape)),
+        (source.index - lo) @ strides,
+        offsets @ strides,
+        lengths,
+        target_flat,
+        labels,
+        dist,
+        np.zeros(0, np.int64) if nearest is None else nearest,
+    )
     if remaining.size:
         far, which = _kd_nearest(source.index[remaining], target)
         dist[remaining] = far
@@ -354,9 +363,9 @@ def _kd_nearest(index: np.ndarray, target: Surface) -> tuple[np.ndarray, np.ndar
     (cheaper than building the tree)."""
     points = np.ascontiguousarray(target.index, dtype=np.int64)
     queries = np.zeros((index.shape[0], 3))
-    queries[:, :index.shape[1]] = index
+    queries[:, : index.shape[1]] = index
     spacing = np.zeros(3)
-    spacing[:index.shape[1]] = target.spacing
+    spacing[: index.shape[1]] = target.spacing
     dist = np.empty(index.shape[0])
     which = np.empty(index.shape[0], dtype=np.int64)
     if index.shape[0] < _BRUTE_QUERIES:
@@ -371,14 +380,21 @@ def _weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: fl
     ``percent`` %: the one-group case of ``kernels.grouped_weighted_percentile``, which
     lesion-wise HD95 uses for many lesions at once (same values)."""
     group = np.zeros(distances.shape[0], dtype=np.int64)
-    return float(kernels.grouped_weighted_percentile(
-        np.ascontiguousarray(distances, dtype=np.float64),
-        np.ascontiguousarray(weights, dtype=np.float64), group, 1, percent)[0])
+    return float(
+        kernels.grouped_weighted_percentile(
+            np.ascontiguousarray(distances, dtype=np.float64),
+            np.ascontiguousarray(weights, dtype=np.float64),
+            group,
+            1,
+            percent,
+        )[0]
+    )
 
 
 # ------------------------------------------------------------------- metrics
-def robust_hausdorff_surfaces(pred: Surface, gt: Surface, percent: float = 95.0,
-                              penalty: float = HD95_PENALTY_MM) -> float:
+def robust_hausdorff_surfaces(
+    pred: Surface, gt: Surface, percent: float = 95.0, penalty: float = HD95_PENALTY_MM
+) -> float:
     """Robust Hausdorff distance between two precomputed surfaces (see :func:`hd95`)."""
     if pred.empty and gt.empty:
         return 0.0
@@ -389,8 +405,13 @@ def robust_hausdorff_surfaces(pred: Surface, gt: Surface, percent: float = 95.0,
     return max(gt_to_pred, pred_to_gt)
 
 
-def robust_hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
-                     percent: float = 95.0, penalty: float = HD95_PENALTY_MM) -> float:
+def robust_hausdorff(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Spacing | None = None,
+    percent: float = 95.0,
+    penalty: float = HD95_PENALTY_MM,
+) -> float:
     """Surface-area-weighted robust Hausdorff distance at ``percent`` (DeepMind
     ``compute_robust_hausdorff``); ``percent=100`` gives the Hausdorff distance.
 
@@ -406,12 +427,10 @@ def robust_hausdorff(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None =
     """
     pred, gt = as_mask_pair(pred, gt)
     spacing = check_spacing(spacing, pred.ndim)
-    return robust_hausdorff_surfaces(mask_surface(pred, spacing), mask_surface(gt, spacing),
-                                     percent, penalty)
+    return robust_hausdorff_surfaces(mask_surface(pred, spacing), mask_surface(gt, spacing), percent, penalty)
 
 
-def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
-         penalty: float = HD95_PENALTY_MM) -> float:
+def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None, penalty: float = HD95_PENALTY_MM) -> float:
     """95th-percentile Hausdorff distance in mm, BraTS 2023 / DeepMind convention.
 
     The maximum of the two directed 95th percentiles of surface-to-surface distances,
@@ -431,8 +450,9 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
     return robust_hausdorff(pred, gt, spacing, 95.0, penalty)
 
 
-def average_surface_distance(pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None,
-                             penalty: float = HD95_PENALTY_MM) -> float:
+def average_surface_distance(
+    pred: np.ndarray, gt: np.ndarray, spacing: Spacing | None = None, penalty: float = HD95_PENALTY_MM
+) -> float:
     """Symmetric average surface distance in mm (MONAI 1.6, ``symmetric=True``).
 
     Mean of the pooled boundary-voxel distances of both directions (pred -> GT and

@@ -24,11 +24,13 @@ INFERERS: dict[int, Callable] = {}
 
 def register_inferer(spatial_dims: int) -> Callable:
     """Decorator: register an inferer for ``spatial_dims`` (one per value)."""
+
     def wrap(fn: Callable) -> Callable:
         if spatial_dims in INFERERS:
             raise ValueError(f"an inferer for spatial_dims {spatial_dims} is already registered")
         INFERERS[spatial_dims] = fn
         return fn
+
     return wrap
 
 
