@@ -45,7 +45,6 @@ from fusionseg.data.sampling import select_slices
 from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
-from fusionseg.evaluation.metrics.lesionwise import LesionWiseParams
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.inference.inferers import get_inferer
 from fusionseg.inference.postprocess import (
@@ -161,12 +160,6 @@ def run_context(cfg: ExperimentConfig) -> RunContext:
     cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
     prepared = {c.case_id: cache.load(c, dataset.scheme) for c in dataset.labelled}
     return RunContext(dataset, modalities, prepared)
-
-
-def lesion_params(cfg: ExperimentConfig) -> LesionWiseParams:
-    """The lesion-wise parameters of ``evaluation.challenge`` (a preset, or its d / tau
-    overridden in the config)."""
-    return cfg.evaluation.lesion_params()
 
 
 def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
@@ -378,7 +371,7 @@ def decide_postprocess(
             [model], context.prepared[case_id], context.modalities, scheme, divisor, mirror=cfg.inference.mirror
         )
         cases.append((*_in_scope(cfg, context.prepared[case_id], pred, gt), spacing))
-    params = lesion_params(cfg)
+    params = cfg.evaluation.lesion_params()
     setting, table = choose_postprocess(
         cases,
         scheme,
@@ -408,7 +401,7 @@ def test_fold(
     """Predict, write and evaluate every test case of ``fold``; returns (region rows,
     lesion rows, fused-image quality rows)."""
     k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
-    infer, params = get_inferer(cfg.spatial_dims), lesion_params(cfg)
+    infer, params = get_inferer(cfg.spatial_dims), cfg.evaluation.lesion_params()
     makes_fused = "fusion_image" in getattr(model, "capabilities", frozenset())
     rows, lesions, quality = [], [], []
     for case_id in fold["test"]:
@@ -456,7 +449,7 @@ def write_fold_result(
     summary = build_summary(
         per_case,
         names,
-        lesion_params(cfg),
+        cfg.evaluation.lesion_params(),
         scheme,
         "dataset folder",
         "fold predictions",

@@ -42,7 +42,6 @@ from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_datas
     FoldResult,
     RunContext,
     decide_postprocess,
-    lesion_params,
     load_dataset,
     sampled_slab,
     slab_slices,
@@ -214,7 +213,7 @@ def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult
     return build_summary(
         per_case,
         names,
-        lesion_params(cfg),
+        cfg.evaluation.lesion_params(),
         dataset.scheme,
         f"dataset folder {cfg.data.root}",
         "the run's fold predictions",
