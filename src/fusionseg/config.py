@@ -311,29 +311,6 @@ class InferenceConfig(_Strict):
         return self.tta == "mirror"
 
 
-#: Fusion settings every fusion strategy takes.
-FUSION_COMMON_KEYS = ("model", "detail", "salient", "seg_inputs", "perceptual_features", "w_s", "w_d", "gammas", "lr")
-#: Loss weightings of strategy joint, and the settings each takes.
-WEIGHTING_KEYS: dict[str, tuple[str, ...]] = {
-    "static": ("lambda_f", "lambda_s"),
-    "dynamic": ("temperature",),
-    "dwa": ("temperature",),
-    "seg_only": (),
-}
-#: Every fusion setting of any strategy.
-FUSION_KEYS = FUSION_COMMON_KEYS + ("epochs", "weighting", "lambda_f", "lambda_s", "temperature")
-
-
-def fusion_keys(strategy: str, weighting: str = "static") -> tuple[str, ...]:
-    """The fusion settings that apply under ``strategy`` (and, for joint, ``weighting``);
-    empty for early (no fusion network)."""
-    if strategy == "decoupled":
-        return FUSION_COMMON_KEYS + ("epochs",)
-    if strategy == "joint":
-        return FUSION_COMMON_KEYS + ("weighting",) + WEIGHTING_KEYS.get(weighting, ())
-    return ()
-
-
 class FusionCommon(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
     source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
@@ -408,6 +385,37 @@ class SegOnlyFusionConfig(_JointFusion):
     segmentation gradients; no fusion loss, no VGG features)."""
 
     weighting: Literal["seg_only"]
+
+
+def _own_keys(cls: type[BaseModel], base: type[BaseModel]) -> tuple[str, ...]:
+    """The settings ``cls`` adds to ``base`` (its discriminator ``weighting`` aside)."""
+    return tuple(k for k in cls.model_fields if k not in base.model_fields and k != "weighting")
+
+
+#: Fusion settings every fusion strategy takes (the fields of :class:`FusionCommon`).
+FUSION_COMMON_KEYS = tuple(k for k in FusionCommon.model_fields if k != "strategy")
+#: Loss weightings of strategy joint, and the settings each takes.
+WEIGHTING_KEYS: dict[str, tuple[str, ...]] = {
+    "static": _own_keys(StaticFusionConfig, _JointFusion),
+    "dynamic": _own_keys(DynamicFusionConfig, _JointFusion),
+    "dwa": _own_keys(DynamicFusionConfig, _JointFusion),
+    "seg_only": _own_keys(SegOnlyFusionConfig, _JointFusion),
+}
+_DECOUPLED_KEYS = _own_keys(DecoupledFusionConfig, FusionCommon)
+#: Every fusion setting of any strategy.
+FUSION_KEYS = tuple(
+    dict.fromkeys(FUSION_COMMON_KEYS + _DECOUPLED_KEYS + ("weighting",) + sum(WEIGHTING_KEYS.values(), ()))
+)
+
+
+def fusion_keys(strategy: str, weighting: str = "static") -> tuple[str, ...]:
+    """The fusion settings that apply under ``strategy`` (and, for joint, ``weighting``);
+    empty for early (no fusion network)."""
+    if strategy == "decoupled":
+        return FUSION_COMMON_KEYS + _DECOUPLED_KEYS
+    if strategy == "joint":
+        return FUSION_COMMON_KEYS + ("weighting",) + WEIGHTING_KEYS.get(weighting, ())
+    return ()
 
 
 def _fusion_tag(value: Any) -> str | None:
