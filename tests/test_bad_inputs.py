@@ -237,6 +237,17 @@ def _pred_float(pred):
     return _first_pred(pred).name
 
 
+def _pred_nan(pred):
+    rewrite_nifti(_first_pred(pred), lambda d: np.where(d == 1, np.nan, d), dtype=np.float32)
+    return "non-finite voxel"
+
+
+def _pred_truncated(pred):
+    path = _first_pred(pred)
+    path.write_bytes(path.read_bytes()[:200])
+    return path.name
+
+
 def _pred_unmatched(pred):
     shutil.copy(_first_pred(pred), pred / "nobody.nii.gz")
     return "nobody.nii.gz"
@@ -248,6 +259,8 @@ EVAL_DATA = {
     "pred unknown label": _pred_unknown_label,
     "pred not integer labels": _pred_float,
     "pred without GT case": _pred_unmatched,
+    "pred NaN voxels": _pred_nan,
+    "pred truncated file": _pred_truncated,
 }
 
 
@@ -261,6 +274,28 @@ def test_evaluate_data_errors(kind, predictions, brats18_phantom, tmp_path):
     assert result.exit_code == 1, result.output
     assert expected in _flat(result.output) and "Traceback" not in result.output
     assert not _files(out) - {"."}, _files(out)
+
+
+def test_evaluate_checks_every_grid_before_scoring_any_case(predictions, brats18_phantom, tmp_path, monkeypatch):
+    """Shape and affine of every pair are checked from the headers first: a bad last
+    case stops the command before the first case is scored, and every bad pair is listed."""
+    import fusionseg.evaluation.folder as folder
+
+    files = sorted(predictions.glob("*.nii.gz"))
+    for path in (files[0], files[-1]):
+        img = nib.load(path)
+        affine = img.affine.copy()
+        affine[2, 3] += 5.0
+        rewrite_nifti(path, lambda d: d, affine=affine)
+    scored = []
+    monkeypatch.setattr(folder, "evaluate_case", lambda *a, **k: scored.append(a) or ([], []))
+    out = tmp_path / "ev"
+    result = runner.invoke(app, ["evaluate", str(predictions), str(brats18_phantom), "--output", str(out)])
+    text = _flat(result.output)
+    assert result.exit_code == 1, result.output
+    assert "2 case(s) cannot be used for evaluation" in text
+    assert files[0].name in text and files[-1].name in text and "affine differs" in text
+    assert scored == [] and not out.exists()
 
 
 @pytest.mark.parametrize(

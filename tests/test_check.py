@@ -81,7 +81,7 @@ def test_brats2023_label_in_brats2017_case_suggests_scheme(brats18_copy):
     path = _file(brats18_copy, C0, "seg")
     rewrite_nifti(path, lambda d: np.where(d == 4, 3, d))
     p = _only_error(_problems(brats18_copy, C0), path)
-    assert p.problem == "label values {3} not in brats2017 {0,1,2,4}."
+    assert p.problem == "segmentation label values {3} not in brats2017 {0,1,2,4}."
     assert "if this is BraTS 2023+ data use --scheme brats2023" in p.fix
     assert "convert the labels" in p.fix
 
@@ -190,9 +190,11 @@ def test_command_clean_dataset_exit_0(brats18_phantom):
     assert "4/4 cases passed" in result.output
 
 
-def test_command_unreadable_folder_exit_2(tmp_path):
-    result = runner.invoke(app, [str(tmp_path)])
-    assert result.exit_code == 2
+def test_command_unreadable_folder_is_a_data_error_exit_1(tmp_path):
+    from fusionseg.cli import app as main_app
+
+    result = CliRunner().invoke(main_app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1, result.output
     assert "no supported dataset layout" in result.output
 
 

@@ -27,6 +27,28 @@ def test_help_of_every_command(command):
     assert "Usage" in result.output and len(result.output) > 200
 
 
+COMMANDS = [["data", "check"], ["train"], ["compare"], ["predict"], ["evaluate"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_same_flags_for_the_same_things(command):
+    """Progress bars and quiet output have one flag each on every command; outputs are
+    chosen with --output-dir wherever they are an option."""
+    text = runner.invoke(app, command + ["--help"], env={"COLUMNS": "200"}).output
+    assert "--progress" in text and "--no-progress" in text
+    assert "--quiet" in text and "-q" in text
+    if command not in (["data", "check"], ["predict"]):  # predict: OUTPUT is an argument
+        assert "--output-dir" in text
+
+
+def test_quiet_data_check_prints_problems_but_no_table(brats18_phantom):
+    loud = runner.invoke(app, ["data", "check", str(brats18_phantom), "--no-progress"])
+    quiet = runner.invoke(app, ["data", "check", str(brats18_phantom), "--quiet"])
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "spacing (mm)" in loud.output and "spacing (mm)" not in quiet.output
+    assert "4/4 cases passed" in quiet.output
+
+
 def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=6)
     cfg = tiny_config("tiny", data, tmp_path, evaluation={"overlays": 1, "metrics": ["dice", "hd95"]})

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from fusionseg.cli_options import ProgressOption, QuietOption
 from fusionseg.errors import FusionsegError, exit_code
 
 console = Console()
@@ -171,7 +172,8 @@ def train(
     ] = None,
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     cpus: CpusOption = None,
@@ -212,12 +214,13 @@ def train(
 
     result = run_experiment(
         cfg,
-        progress=progress,
+        progress=progress and not quiet,
         overwrite=overwrite,
         resume_with_changes=resume_with_changes,
         executor=build_executor(executor, address, cpus, gpus),
     )
-    console.print(terminal_table(result.per_case, result.summary), markup=False)
+    if not quiet:
+        console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
 
@@ -261,7 +264,8 @@ def compare(
     set_: SetOption = None,
     overwrite: OverwriteOption = False,
     resume_with_changes: ResumeChangesOption = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     cpus: CpusOption = None,
@@ -300,12 +304,13 @@ def compare(
     out = run_comparison(
         study,
         output_dir,
-        progress=progress,
+        progress=progress and not quiet,
         overwrite=overwrite,
         resume_with_changes=resume_with_changes,
         executor=build_executor(executor, address, cpus, gpus),
     )
-    console.print(out["table"], markup=False)
+    if not quiet:
+        console.print(out["table"], markup=False)
     console.print(f"comparison folder: {out['dir']}")
 
 
@@ -315,7 +320,8 @@ def demo(
     output_dir: Annotated[Path, typer.Option(help="Folder for the phantom data and the run.")] = Path("fusionseg-demo"),
     cases: Annotated[int, typer.Option(help="Number of synthetic cases.")] = 10,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 6,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
 ):
     """A complete run on synthetic data, in a few minutes on 2 CPU cores.
 
@@ -327,8 +333,9 @@ def demo(
     """
     from fusionseg.experiments.demo import run_demo
 
-    result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress)
-    console.print(terminal_table(result.per_case, result.summary), markup=False)
+    result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress and not quiet)
+    if not quiet:
+        console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
 
 

@@ -25,7 +25,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 import numpy as np
 import typer
@@ -34,27 +34,20 @@ from rich.table import Table
 from rich.text import Text
 
 from fusionseg.constants import LABEL_SCHEMES, LabelScheme
+from fusionseg.cli_options import ProgressOption, QuietOption
 from fusionseg.data.cases import LAYOUTS, Case, Dataset, ImageRef, discover
 from fusionseg.data.duplicates import combine_digests, duplicate_groups, volume_digest
 from fusionseg.data.io import affines_close, atomic_path, load_nifti, read_array, voxel_spacing
+from fusionseg.data.problems import (
+    Problem,
+    affine_problem,
+    fmt_set,
+    label_problems,
+    nonfinite_problem,
+    shape_problem,
+)
 from fusionseg.errors import DataError
 from fusionseg.progress import make_progress
-
-Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: which case and file, what is wrong, how to fix it."""
-
-    case_id: str
-    file: str
-    problem: str
-    fix: str
-    severity: Severity = "error"
-
-    def __str__(self) -> str:
-        return f"[{self.severity}] {self.case_id}: {self.file}: {self.problem} Fix: {self.fix}"
 
 
 @dataclass
@@ -223,20 +216,6 @@ def _read_channels(img, path: Path, channels: list[int | None]) -> list[np.ndarr
     return out
 
 
-def _first_index(mask: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(mask)[0]), mask.shape))
-
-
-def _unique(seg: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (bincount for small integer ranges: fast)."""
-    if seg.dtype.kind in "iub" and seg.size:
-        lo, hi = int(seg.min()), int(seg.max())
-        if hi - lo < 65536:
-            counts = np.bincount((seg.ravel().astype(np.int64) - lo))
-            return np.flatnonzero(counts) + lo
-    return np.unique(seg)
-
-
 def _suggest_scheme(present: set[int], current: LabelScheme) -> str:
     fitting = [s for s in LABEL_SCHEMES.values() if s.name != current.name and present <= set(s.values)]
     hints = []
@@ -257,8 +236,11 @@ def _suggest_scheme(present: set[int], current: LabelScheme) -> str:
     return "; ".join([*hints, convert]) + "."
 
 
-def _fmt_set(values) -> str:
-    return "{" + ",".join(str(v) for v in sorted(values)) + "}"
+#: How to repair an image or seg whose shape differs from the rest of its case.
+SHAPE_FIX = (
+    "resample or re-export it onto the case's common grid "
+    "(all modalities and the seg must be co-registered, same shape)."
+)
 
 
 def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> CaseResult:
@@ -290,46 +272,24 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
     reference = max(same_shape, key=lambda v: sum(affines_close(v.affine, o.affine, affine_tol) for o in same_shape))
     result.shape, result.spacing = tuple(ref_shape), reference.spacing
     for v in loaded:
-        if v.data.shape != ref_shape:
-            others = [o.name for o in loaded if o.data.shape == ref_shape]
-            add(
-                Problem(
-                    cid,
-                    v.ref,
-                    f"{v.name} shape {v.data.shape} differs from {ref_shape} of {', '.join(others)}.",
-                    "resample or re-export it onto the case's common grid "
-                    "(all modalities and the seg must be co-registered, same shape).",
-                )
+        others = ", ".join(o.name for o in loaded if o.data.shape == ref_shape)
+        problem = shape_problem(cid, v.name, v.ref, v.data.shape, ref_shape, others, SHAPE_FIX)
+        if problem is None:
+            fix = (
+                "resample it onto the reference grid; if the voxels are already aligned, "
+                f"copy the header (affine) from {reference.ref}."
             )
-        elif not affines_close(v.affine, reference.affine, affine_tol):
-            diff = float(np.abs(v.affine - reference.affine).max())
-            add(
-                Problem(
-                    cid,
-                    v.ref,
-                    f"{v.name} affine differs from {reference.name}'s by up to "
-                    f"{diff:.4g} mm (tolerance {affine_tol:g}).",
-                    "resample it onto the reference grid; if the voxels are already aligned, "
-                    f"copy the header (affine) from {reference.ref}.",
-                )
-            )
+            problem = affine_problem(cid, v.name, v.ref, v.affine, reference.affine, reference.name, fix, affine_tol)
+        if problem is not None:
+            add(problem)
 
     invalid: set[str] = set()  # non-finite or empty: already an error
     for v in loaded:
-        if v.data.dtype.kind == "f":
-            bad = ~np.isfinite(v.data)
-            n_bad = int(bad.sum())
-            if n_bad:
-                invalid.add(v.name)
-                add(
-                    Problem(
-                        cid,
-                        v.ref,
-                        f"{v.name} has {n_bad} non-finite voxel(s) (NaN/inf), first at index {_first_index(bad)}.",
-                        "replace NaN/inf (e.g. with the background value 0) and save the file again.",
-                    )
-                )
-                continue
+        bad = nonfinite_problem(cid, v.name, v.ref, v.data)
+        if bad is not None:
+            invalid.add(v.name)
+            add(bad)
+            continue
         if v.name == "seg":
             continue
         lo, hi = (float(v.data.min()), float(v.data.max())) if v.data.size else (0.0, 0.0)
@@ -348,40 +308,11 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
     _hash_images(case, dataset, loaded, invalid, result)
 
     seg = next((v for v in loaded if v.name == "seg"), None)
-    if seg is not None and not (seg.data.dtype.kind == "f" and not np.isfinite(seg.data).all()):
-        data = seg.data
-        if data.dtype.kind == "f" and not np.array_equal(data, np.round(data)):
-            add(
-                Problem(
-                    cid,
-                    seg.ref,
-                    "segmentation holds non-integer values.",
-                    "save the label map with integer labels (nearest-neighbour resampling).",
-                )
-            )
-        else:
-            values = [int(x) for x in _unique(data)]
-            result.label_values = values
-            unknown = sorted(set(values) - set(scheme.values))
-            if unknown:
-                add(
-                    Problem(
-                        cid,
-                        seg.ref,
-                        f"label values {_fmt_set(unknown)} not in {scheme.name} {_fmt_set(scheme.values)}.",
-                        _suggest_scheme(set(values), scheme),
-                    )
-                )
-            elif values == [0]:
-                add(
-                    Problem(
-                        cid,
-                        seg.ref,
-                        "segmentation is empty (no foreground label).",
-                        "nothing to do if the case has no tumour; otherwise check the file.",
-                        "warning",
-                    )
-                )
+    if seg is not None and "seg" not in invalid:
+        problems, result.label_values = label_problems(
+            cid, "segmentation", seg.ref, seg.data, scheme, lambda values: _suggest_scheme(values, scheme)
+        )
+        result.problems.extend(problems)
     return result
 
 
@@ -539,22 +470,11 @@ def _report_duplicates(dataset: Dataset, report: CheckReport) -> None:
 _STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red"}
 
 
-def print_report(report: CheckReport, console: Console) -> None:
-    """The per-case table, every problem with file and fix, and the summary line."""
-    table = Table(title=f"{report.root}", show_lines=False)
-    for column in ("case", "status", "shape", "spacing (mm)", "labels"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("problems", overflow="fold", min_width=12)
-    for c in report.cases:
-        table.add_row(
-            c.case_id,
-            Text(c.status, style=_STATUS_STYLE[c.status]),
-            "x".join(map(str, c.shape)) if c.shape else "-",
-            "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-",
-            _fmt_set(c.label_values) if c.label_values is not None else "-",
-            Text("; ".join(p.problem for p in c.problems) or "-"),
-        )
-    console.print(table)
+def print_report(report: CheckReport, console: Console, table: bool = True) -> None:
+    """The per-case table (with ``table``), every problem with file and fix, and the
+    summary line."""
+    if table:
+        _print_case_table(report, console)
     problems = report.all_problems
     if problems:
         console.print(Text("Problems:", style="bold"))
@@ -565,6 +485,23 @@ def print_report(report: CheckReport, console: Console) -> None:
             )
             console.print(Text(f"    fix: {p.fix}"), soft_wrap=True)
     console.print(Text(report.summary(), style="bold green" if report.ok else "bold red"), soft_wrap=True)
+
+
+def _print_case_table(report: CheckReport, console: Console) -> None:
+    table = Table(title=f"{report.root}", show_lines=False)
+    for column in ("case", "status", "shape", "spacing (mm)", "labels"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("problems", overflow="fold", min_width=12)
+    for c in report.cases:
+        table.add_row(
+            c.case_id,
+            Text(c.status, style=_STATUS_STYLE[c.status]),
+            "x".join(map(str, c.shape)) if c.shape else "-",
+            "x".join(f"{s:g}" for s in c.spacing) if c.spacing else "-",
+            fmt_set(c.label_values) if c.label_values is not None else "-",
+            Text("; ".join(p.problem for p in c.problems) or "-"),
+        )
+    console.print(table)
 
 
 _FORMAT_HELP = (
@@ -592,6 +529,8 @@ def check_command(
         Optional[Path],
         typer.Option("--json-out", "--json", help="Also write the report as JSON to this file.", dir_okay=False),
     ] = None,
+    quiet: QuietOption = False,
+    progress: ProgressOption = True,
 ) -> None:
     """Check a dataset before training: every case's files present and readable,
     shapes and affines consistent, values finite, images not empty, labels within the
@@ -599,20 +538,17 @@ def check_command(
     Prints a table per case and every problem with its file and fix.
 
     Exit code 0 when every case passes (warnings allowed), 1 when any case has an
-    error, 2 when the folder cannot be read as a dataset.
+    error or the folder cannot be read as a dataset (a data error, as on every
+    command), 2 for an unknown --format or --scheme.
     """
     console = Console(highlight=False)
-    try:
-        dataset = discover(directory, format=format, scheme=scheme)
-    except DataError as exc:
-        console.print(Text(f"error: {exc}", style="bold red"), soft_wrap=True)
-        raise typer.Exit(2) from None
+    dataset = discover(directory, format=format, scheme=scheme)  # DataError: exit 1 (fusionseg.cli)
     console.print(Text(f"dataset: {dataset.root}", style="bold"), soft_wrap=True)
     console.print(
         Text(f"format: {dataset.format}   label scheme: {dataset.scheme.name} ({dataset.scheme.description})"),
         soft_wrap=True,
     )
-    regions = ", ".join(f"{r}={_fmt_set(v)}" for r, v in dataset.scheme.regions.items())
+    regions = ", ".join(f"{r}={fmt_set(v)}" for r, v in dataset.scheme.regions.items())
     console.print(
         Text(
             f"modalities: {', '.join(dataset.modalities)}   regions: {regions}   "
@@ -620,8 +556,8 @@ def check_command(
         ),
         soft_wrap=True,
     )
-    report = check_dataset(dataset, progress=console.is_terminal)
-    print_report(report, console)
+    report = check_dataset(dataset, progress=progress and not quiet and console.is_terminal)
+    print_report(report, console, table=not quiet)
     if json_out is not None:
         with atomic_path(json_out) as tmp:
             tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -4,6 +4,9 @@ helpers (spacing, axial axis) and atomic writes."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -135,11 +138,72 @@ def current_umask() -> int:
     return mask
 
 
+#: This host in temporary names (its first label, characters other than letters,
+#: digits and "_" replaced): ``.<final name>.~<host>-<pid>.<random>``.
+_HOST = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname().split(".")[0]) or "host"
+_TEMP_NAME = re.compile(r"^\..*\.~(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.")
+_swept: set[str] = set()
+
+
+def temp_prefix(name: str) -> str:
+    """Prefix of a temporary file or folder written beside ``name``: hidden (every
+    reader skips dot files) and tagged with this host and process, so that
+    :func:`sweep_stale_temps` can tell a dead writer's leftovers from a live one's."""
+    return f".{name}.~{_HOST}-{os.getpid()}."
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporaries (:func:`temp_prefix`) that processes of this host left
+    in ``folder`` when they were killed mid-write (kill -9, out of memory, power).
+
+    Runs once per folder and process (the first atomic write there). Temporaries of
+    running processes, and of other hosts (a shared file system), are kept.
+
+    Returns:
+        The paths deleted.
+    """
+    folder = Path(folder)
+    key = os.path.abspath(folder)
+    if key in _swept:
+        return []
+    _swept.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m is None or m["host"] != _HOST or _process_alive(int(m["pid"])):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def atomic_path(final: Path):
     """Context manager yielding a temporary path beside ``final``; renamed onto
     ``final`` only if the block succeeds, removed otherwise (no half-written files).
     The file gets the permissions a plain ``open`` would give (0666 less the umask),
-    so collaborators can read results where the umask allows it."""
+    so collaborators can read results where the umask allows it. A writer killed
+    mid-write leaves its hidden temporary behind; the next write into the folder
+    deletes it (:func:`sweep_stale_temps`)."""
     return _AtomicPath(Path(final))
 
 
@@ -149,8 +213,9 @@ class _AtomicPath:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_temps(self.final.parent)
         suffix = "".join(self.final.suffixes) or ".tmp"
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=suffix, dir=self.final.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(self.final.name), suffix=suffix, dir=self.final.parent)
         os.close(fd)
         self.tmp = Path(tmp)
         return self.tmp

@@ -28,7 +28,16 @@ import numpy as np
 from fusionseg.config import PreprocessConfig
 from fusionseg.constants import CT, PET, LabelScheme
 from fusionseg.data.cases import Case
-from fusionseg.data.io import axial_axis, current_umask, load_nifti, read_all_channels, read_array, voxel_spacing
+from fusionseg.data.io import (
+    axial_axis,
+    current_umask,
+    load_nifti,
+    read_all_channels,
+    read_array,
+    sweep_stale_temps,
+    temp_prefix,
+    voxel_spacing,
+)
 from fusionseg.errors import DataError
 
 #: Cache format; 2: arrays stored with the axial axis first (one contiguous read per
@@ -272,7 +281,8 @@ class PreprocessCache:
 
     def _write(self, folder: Path, p: PreparedCase, fingerprint: dict, scheme: LabelScheme) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        sweep_stale_temps(folder.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(folder.name), dir=folder.parent))
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
         try:
             # axial axis first on disk: a 2-D training slice is then one contiguous read
@@ -323,7 +333,7 @@ class PreprocessCache:
             ):
                 shutil.rmtree(tmp, ignore_errors=True)  # the same entry, published by another writer
                 return
-            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale.", dir=folder.parent))
+            stale = Path(tempfile.mkdtemp(prefix=temp_prefix(f"{folder.name}.stale"), dir=folder.parent))
             try:
                 os.replace(folder, stale / "old")
             except OSError:

@@ -12,11 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from fusionseg.data.cases import Case, Dataset
-from fusionseg.data.check import Problem, check_case
-from fusionseg.errors import DataError
-
-#: How many problems an error message lists before "... and N more".
-MAX_LISTED = 8
+from fusionseg.data.check import check_case
+from fusionseg.data.problems import MAX_LISTED, Problem, raise_problems
 
 
 def validate_cases(
@@ -48,15 +45,10 @@ def validate_cases(
     if console is not None:
         for w in warnings[:MAX_LISTED]:
             console.print(f"[yellow]warning:[/] {escape(f'{w.case_id}: {w.file}: {w.problem}')}", highlight=False)
-    if errors:
-        lines = [f"  - {p.case_id}: {p.file}: {p.problem} Fix: {p.fix}" for p in errors[:MAX_LISTED]]
-        more = len(errors) - MAX_LISTED
-        if more > 0:
-            lines.append(f"  ... and {more} more")
-        n_cases = len({p.case_id for p in errors})
-        raise DataError(
-            f"{n_cases} case(s) cannot be used for {what}:\n" + "\n".join(lines),
-            dataset.root,
-            f"repair or remove those cases (`fusionseg data check {dataset.root}` lists every problem), {fix}.",
-        )
+    raise_problems(
+        errors,
+        dataset.root,
+        what,
+        f"repair or remove those cases (`fusionseg data check {dataset.root}` lists every problem), {fix}.",
+    )
     return warnings

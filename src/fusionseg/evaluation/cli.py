@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from fusionseg.cli_options import ProgressOption, QuietOption
 from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES
 from fusionseg.data.io import ensure_writable
 from fusionseg.errors import ConfigError
@@ -59,10 +60,11 @@ def evaluate_command(
     output: Annotated[
         Path | None,
         typer.Option(
+            "--output-dir",
             "--output",
             "-o",
             help="Folder for metrics_per_case.csv, metrics_per_lesion.csv and summary.json "
-            "(default: <PRED_DIR>/evaluation).",
+            "(default: <PRED_DIR>/evaluation). --output is the same option.",
         ),
     ] = None,
     metrics: Annotated[
@@ -89,8 +91,8 @@ def evaluate_command(
             "inferred from the GT label values (4 -> brats2017, 3 -> brats2023, only 0/1 -> petct).",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary table.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars (as on every command).")] = True,
+    quiet: QuietOption = False,
+    progress: ProgressOption = True,
 ) -> None:
     """Evaluate predictions with the BraTS 2023 metrics (whole-image and lesion-wise).
 
@@ -144,6 +146,7 @@ def evaluate_command(
     except (ValueError, KeyError) as exc:  # an option value the evaluation cannot use
         raise ConfigError(str(exc.args[0] if exc.args else exc)) from exc
     if quiet:
+        console.print(f"results in {out_dir}")
         return
     conv = summary["conventions"]
     table = Table(

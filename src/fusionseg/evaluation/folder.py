@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fusionseg.constants import HD95_PENALTY_MM, LABEL_SCHEMES, LabelScheme, describe_labels, get_label_scheme
+from fusionseg.data.problems import Problem, affine_problem, label_problems, raise_problems, shape_problem
 from fusionseg.errors import DataError
 from fusionseg.evaluation.aggregate import BOOTSTRAP_SEED, N_BOOTSTRAP, summarize
 from fusionseg.evaluation.evaluate import as_label_map, evaluate_case, present_values, resolve_metrics
@@ -42,14 +43,9 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {_case_id(p): p for p in files}
 
 
-#: Largest difference (mm) between a prediction's and its GT's affine entries that
-#: still counts as the same grid (as ``fusionseg data check``).
-AFFINE_TOLERANCE_MM = 1e-3
-
-
-def _read_labels(path: Path, with_affine: bool = False):
-    """(labels, spacing) of a label map, plus its affine with ``with_affine``."""
-    from fusionseg.data.io import load_nifti, voxel_spacing
+def _decode(path: Path) -> tuple[np.ndarray, object]:
+    """(voxel data in the file's dtype, trailing singleton axes dropped; the image)."""
+    from fusionseg.data.io import load_nifti
 
     img = load_nifti(path)
     try:
@@ -58,14 +54,18 @@ def _read_labels(path: Path, with_affine: bool = False):
         raise DataError(
             f"cannot decode voxel data ({exc}).", path, "the file is truncated or corrupt: re-export it."
         ) from exc
-    if data.ndim > 3:
-        data = np.squeeze(data)
+    return data.reshape(_grid_shape(data.shape)), img
+
+
+def _read_labels(path: Path):
+    """(labels, spacing) of a label map (integer dtype)."""
+    from fusionseg.data.io import voxel_spacing
+
+    data, img = _decode(path)
     try:
         data = as_label_map(data, "label map")
     except ValueError as exc:
         raise DataError(str(exc), path, "write integer label maps.") from exc
-    if with_affine:
-        return data, voxel_spacing(img)[: data.ndim], np.asarray(img.affine, dtype=np.float64)
     return data, voxel_spacing(img)[: data.ndim]
 
 
@@ -174,36 +174,81 @@ def _match(pred_dir: Path, gt_files: dict[str, Path]) -> tuple[list[tuple[str, P
     return [(c, preds[c], gt_files[c]) for c in sorted(preds)], unpredicted
 
 
-def _evaluate_files(
-    case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme, metrics: list[str], params: LesionWiseParams
-) -> tuple[str, list[dict], list[dict]]:
-    """Worker: load one pair and evaluate it (module level so processes can pickle it)."""
-    gt, spacing, gt_affine = _read_labels(gt_path, with_affine=True)
-    pred, _, pred_affine = _read_labels(pred_path, with_affine=True)
-    if pred.shape != gt.shape:
-        raise DataError(
-            f"prediction shape {pred.shape} differs from the GT shape {gt.shape} ({gt_path}).",
-            pred_path,
+#: How to repair a label map whose values are outside the label scheme.
+_UNKNOWN_LABELS_FIX = (
+    "check the label convention: --scheme names the ground truth's; predictions written by "
+    "`fusionseg predict --labels dataset` use the GT dataset's."
+)
+
+
+def check_pairs(pairs: Sequence[tuple[str, Path, Path]], pred_dir: Path) -> None:
+    """The grid checks of ``fusionseg data check`` for every (case, prediction, GT)
+    pair, from the headers only (no voxel data decoded), before any case is scored:
+    each file readable, the prediction's shape and affine those of its GT.
+
+    Raises:
+        DataError: listing every failing pair (file, problem, fix).
+    """
+    from fusionseg.data.io import load_nifti
+
+    errors: list[Problem] = []
+    for case_id, pred_path, gt_path in pairs:
+        try:
+            gt_img, pred_img = load_nifti(gt_path), load_nifti(pred_path)
+        except DataError as exc:
+            errors.append(Problem(case_id, str(exc.file), exc.message, exc.fix or "re-export the file."))
+            continue
+        gt_shape = _grid_shape(gt_img.shape)
+        problem = shape_problem(
+            case_id,
+            "prediction",
+            str(pred_path),
+            _grid_shape(pred_img.shape),
+            gt_shape,
+            f"the ground truth ({gt_path})",
             "predict on the full, uncropped GT grid.",
-        )
-    offset = float(np.max(np.abs(pred_affine - gt_affine)))
-    if offset > AFFINE_TOLERANCE_MM:
-        raise DataError(
-            f"prediction affine differs from the GT's ({gt_path}) by up to {offset:.3g} mm: "
-            "the two grids are not aligned, so overlap and distances would be wrong.",
-            pred_path,
+        ) or affine_problem(
+            case_id,
+            "prediction",
+            str(pred_path),
+            pred_img.affine,
+            gt_img.affine,
+            f"the ground truth ({gt_path})",
             "write predictions on the GT's grid with its affine (fusionseg predict copies the "
             "input image's header), or resample them onto it.",
         )
+        if problem is not None:
+            errors.append(problem)
+    raise_problems(errors, pred_dir, "evaluation", "repair or re-predict those cases; nothing was scored.")
+
+
+def _grid_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in shape)
+    return shape[:3] if len(shape) > 3 and all(n == 1 for n in shape[3:]) else shape
+
+
+def _evaluate_files(
+    case_id: str, pred_path: Path, gt_path: Path, scheme: LabelScheme, metrics: list[str], params: LesionWiseParams
+) -> tuple[str, list[dict], list[dict]]:
+    """Worker: load one pair (grids checked by :func:`check_pairs`), check both label
+    maps as ``fusionseg data check`` does, and evaluate it (module level so processes
+    can pickle it)."""
+    from fusionseg.data.io import voxel_spacing
+
+    (gt_raw, gt_img), (pred_raw, _) = _decode(gt_path), _decode(pred_path)
+    errors: list[Problem] = []
+    for name, path, raw in (("ground truth", gt_path, gt_raw), ("prediction", pred_path, pred_raw)):
+        problems, _ = label_problems(
+            case_id, name, str(path), raw, scheme, lambda _: _UNKNOWN_LABELS_FIX, empty_is_warning=False
+        )
+        errors += problems
+    raise_problems(errors, pred_path.parent, "evaluation", "repair or re-predict that case; nothing was written.")
+    gt, pred = as_label_map(gt_raw, "ground truth"), as_label_map(pred_raw, "prediction")
+    spacing = voxel_spacing(gt_img)[: gt.ndim]
     try:
         rows, lesions = evaluate_case(pred, gt, spacing, scheme, metrics, params)
     except ValueError as exc:
-        raise DataError(
-            f"{exc} (GT: {gt_path})",
-            pred_path,
-            "check the label convention: --scheme for the GT; predictions written by "
-            "`fusionseg predict --labels dataset` use the GT dataset's.",
-        ) from exc
+        raise DataError(f"{exc} (GT: {gt_path})", pred_path, _UNKNOWN_LABELS_FIX) from exc
     for r in rows:
         r["case"] = case_id
     for r in lesions:
@@ -246,9 +291,13 @@ def evaluate_folder(
         each came from).
     Raises:
         DataError: missing folders, a prediction without a GT case (names the files;
-            GT cases without a prediction are skipped and listed in the summary), shape mismatch,
-            labels outside the scheme, predictions recorded in another label convention than
-            the GT's, an unknown scheme name, unreadable files.
+            GT cases without a prediction are skipped and listed in the summary); a
+            prediction whose shape or affine differs from its GT's (every pair is checked
+            from the headers before any case is scored, :func:`check_pairs`); NaN,
+            non-integer or out-of-scheme labels in either map (the label checks of
+            ``fusionseg data check``, :func:`fusionseg.data.problems.label_problems`);
+            predictions recorded in another label convention than the GT's; an unknown
+            scheme name; unreadable files. Nothing is written when one is raised.
         ValueError: unknown metric or challenge.
     """
     pred_dir, gt = Path(pred_dir), Path(gt)
@@ -257,6 +306,7 @@ def evaluate_folder(
     _, pred_source = _prediction_scheme(pred_dir, scheme_obj, gt_source)
     names = resolve_metrics(metrics, scheme_obj)
     pairs, unpredicted = _match(pred_dir, gt_files)
+    check_pairs(pairs, pred_dir)
     workers = max(1, int(workers))
 
     results: dict[str, tuple[list[dict], list[dict]]] = {}

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from fusionseg.cli_options import ProgressOption, QuietOption
 from rich.console import Console
 from rich.text import Text
 
@@ -34,7 +36,7 @@ from fusionseg.errors import DataError, FusionsegError, OutputError
 if TYPE_CHECKING:
     from fusionseg.constants import LabelScheme
     from fusionseg.data.cases import Case, Dataset
-    from fusionseg.data.check import Problem
+    from fusionseg.data.problems import Problem
 
 
 class LabelConvention(str, Enum):
@@ -280,7 +282,8 @@ def predict_command(
             help="Test-time mirroring: average the 4 in-plane flips of each slice (4x slower). Default: as the run predicted its test cases (config inference.tta).",
         ),
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
 ):
     """Predict label maps for new cases.
 
@@ -315,7 +318,7 @@ def predict_command(
         batch_size=batch_size,
         postprocess=postprocess,
         tta=tta,
-        progress=progress,
+        progress=progress and not quiet,
         err=Console(stderr=True, highlight=False),
     )
 
