@@ -96,20 +96,47 @@ class SamplingConfig(_Strict):
     ``augment`` (training samples only): random flips of both in-plane axes (p = 0.5
     each) and per-channel intensity scaling by 1 + U(-0.1, 0.1) and shift by
     U(-0.1, 0.1) (p = 0.5 each; MONAI transforms), seeded per sample and epoch.
+
+    3-D (``spatial_dims: 3``, :mod:`fusionseg.data.samplers.patches3d`): ``mode: patch``
+    with a 3-D ``patch_size``; each epoch draws ``patches_per_case`` patches from every
+    training case, centred on tumour with ``tumour_probability`` (MONAI's
+    RandCropByPosNegLabeld; images smaller than the patch are zero-padded);
+    ``augment`` flips all three axes and scales / shifts intensities. Validation runs
+    on whole cases (``val_mode`` and ``central_k`` do not apply).
     """
 
     mode: Literal["central", "tumour", "all", "patch"] = "tumour"
     augment: bool = False
     central_k: int = Field(10, ge=1)
-    patch_size: tuple[int, int] | None = None
+    patch_size: tuple[int, int] | tuple[int, int, int] | None = None
     tumour_probability: float = Field(0.5, ge=0, le=1)
     val_mode: Literal["central", "tumour", "all"] = "tumour"
+    patches_per_case: int | None = Field(None, ge=1, description="3-D only: patches per training case and epoch (4)")
 
     @model_validator(mode="after")
     def _patch_needs_size(self) -> SamplingConfig:
         if self.mode == "patch" and self.patch_size is None:
             raise ValueError("sampling.mode 'patch' needs sampling.patch_size, e.g. [128, 128]")
         return self
+
+    def check_dims(self, spatial_dims: int) -> list[str]:
+        """Problems of these settings under ``spatial_dims`` (empty: they apply)."""
+        problems = []
+        if spatial_dims == 2:
+            if self.patch_size is not None and len(self.patch_size) != 2:
+                problems.append(f"sampling.patch_size {list(self.patch_size)}: spatial_dims 2 takes [H, W]")
+            if self.patches_per_case is not None:
+                problems.append("sampling.patches_per_case applies to spatial_dims 3 only")
+            return problems
+        if self.mode != "patch" or self.patch_size is None or len(self.patch_size) != 3:
+            problems.append(
+                "spatial_dims 3 trains on 3-D patches: set sampling.mode: patch and sampling.patch_size: [X, Y, Z]"
+            )
+        defaults = SamplingConfig()
+        for key in ("val_mode", "central_k"):
+            if getattr(self, key) != getattr(defaults, key):
+                problems.append(f"sampling.{key} does not apply to spatial_dims 3 (validation uses whole cases)")
+        return problems
 
 
 class ModelConfig(_Strict):
@@ -305,10 +332,25 @@ class InferenceConfig(_Strict):
     """
 
     tta: Literal["none", "mirror"] = "none"
+    overlap: float | None = Field(None, ge=0, lt=1, description="3-D only: sliding-window overlap (0.5)")
+    sw_batch_size: int | None = Field(None, ge=1, description="3-D only: windows per forward pass (4)")
+    blend: Literal["gaussian", "constant"] | None = Field(
+        None, description="3-D only: how overlapping windows are averaged (gaussian)"
+    )
 
     @property
     def mirror(self) -> bool:
         return self.tta == "mirror"
+
+    def check_dims(self, spatial_dims: int) -> list[str]:
+        """Problems of these settings under ``spatial_dims`` (empty: they apply)."""
+        if spatial_dims == 3:
+            return []
+        return [
+            f"inference.{key} applies to spatial_dims 3 only (sliding-window inference)"
+            for key in ("overlap", "sw_batch_size", "blend")
+            if getattr(self, key) is not None
+        ]
 
 
 class FusionCommon(_Strict):
@@ -535,7 +577,7 @@ class ExperimentConfig(_Strict):
 
     name: str
     strategy: Literal["early", "decoupled", "joint"] = "early"
-    spatial_dims: Literal[2] = 2
+    spatial_dims: Literal[2, 3] = 2
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -565,6 +607,11 @@ class ExperimentConfig(_Strict):
         fusion_strategy = None if self.fusion is None else self.fusion.strategy
         if fusion_strategy != (None if self.strategy == "early" else self.strategy):
             raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: {self.strategy}")
+        problems = self.sampling.check_dims(self.spatial_dims) + self.inference.check_dims(self.spatial_dims)
+        if self.spatial_dims == 3 and self.strategy != "early":
+            problems.append(f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early")
+        if problems:
+            raise ValueError("\n".join(problems))
         check_component_names(self)
         return self
 

@@ -46,7 +46,7 @@ from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
-from fusionseg.inference.inferers import get_inferer
+from fusionseg.inference.inferers import InferOptions, get_inferer
 from fusionseg.inference.postprocess import (
     Postprocess,
     candidate_settings,
@@ -364,12 +364,10 @@ def decide_postprocess(
             "postprocess.method: validation needs validation cases; set "
             "split.val_fraction > 0 or use postprocess.method: fixed"
         )
-    infer, cases = get_inferer(cfg.spatial_dims), []
+    infer, cases, options = get_inferer(cfg.spatial_dims), [], InferOptions.from_config(cfg)
     for case_id in fold["val"]:
         gt, spacing = _ground_truth(context.dataset.case(case_id))
-        pred = infer(
-            [model], context.prepared[case_id], context.modalities, scheme, divisor, mirror=cfg.inference.mirror
-        )
+        pred = infer([model], context.prepared[case_id], context.modalities, scheme, divisor, options)
         cases.append((*_in_scope(cfg, context.prepared[case_id], pred, gt), spacing))
     params = cfg.evaluation.lesion_params()
     setting, table = choose_postprocess(
@@ -402,12 +400,13 @@ def test_fold(
     lesion rows, fused-image quality rows)."""
     k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
     infer, params = get_inferer(cfg.spatial_dims), cfg.evaluation.lesion_params()
+    options = InferOptions.from_config(cfg)
     makes_fused = "fusion_image" in getattr(model, "capabilities", frozenset())
     rows, lesions, quality = [], [], []
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
         gt, spacing = _ground_truth(case)
-        pred = post(infer([model], prepared, modalities, scheme, divisor, mirror=cfg.inference.mirror), spacing, scheme)
+        pred = post(infer([model], prepared, modalities, scheme, divisor, options), spacing, scheme)
         save_label_map(
             pred, case.images[modalities[0]].path, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True
         )

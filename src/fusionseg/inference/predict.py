@@ -12,7 +12,7 @@ the input's exact affine and header (only the data type changes to an integer ty
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +27,7 @@ from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import round_up
 from fusionseg.errors import DataError, FusionsegError
+from fusionseg.inference.options import InferOptions
 from fusionseg.inference.postprocess import Postprocess, combine_settings
 
 
@@ -182,6 +183,8 @@ class Predictor:
     device: str = "cpu"
     postprocess: Postprocess = field(default_factory=Postprocess)
     mirror: bool = False  # test-time mirroring
+    spatial_dims: int = 2
+    options: InferOptions = field(default_factory=InferOptions)  # as the run predicted (window, overlap, ...)
 
     def predict_case(self, case: Case, batch_size: int = 16, labels: LabelScheme | None = None) -> np.ndarray:
         """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
@@ -189,7 +192,7 @@ class Predictor:
 
         Args:
             case: the case; needs the model's :attr:`modalities` (not a segmentation).
-            batch_size: slices per forward pass.
+            batch_size: slices per forward pass (2-D models).
             labels: label convention of the result (e.g. the dataset's scheme); None =
                 the model's :attr:`scheme`. Labels map by name (:func:`label_mapping`).
         Returns:
@@ -212,9 +215,11 @@ class Predictor:
             self.preprocess,
             self.modalities,
         )
-        raw = predict_prepared(
-            self.models, prepared, self.modalities, self.scheme, self.divisor, batch_size, self.device, self.mirror
-        )
+        from fusionseg.inference.inferers import get_inferer
+
+        # the run's own inferer and options (train's test predictions are made the same way)
+        options = replace(self.options, mirror=self.mirror, batch_size=batch_size, device=self.device)
+        raw = get_inferer(self.spatial_dims)(self.models, prepared, self.modalities, self.scheme, self.divisor, options)
         if not self.postprocess.is_identity:
             raw = self.postprocess(raw, prepared.spacing, self.scheme)
         return raw if mapping is None else remap_labels(raw, mapping)
@@ -325,6 +330,7 @@ def load_predictor(
     paths = find_checkpoints(Path(source), fold)
     models, metas = zip(*(model_from_checkpoint(p, device) for p in paths))
     first = metas[0]
+    cfg = validate_saved_config(first["experiment"], source=str(paths[0]))
     for p, m in zip(paths, metas):
         if m["modalities"] != first["modalities"] or m["scheme"] != first["scheme"]:
             raise FusionsegError(f"{p}: checkpoints disagree on modalities or label scheme.")
@@ -342,6 +348,8 @@ def load_predictor(
         if postprocess
         else Postprocess(),
         mirror=_run_mirrors(paths[0]) if tta is None else bool(tta),
+        spatial_dims=cfg.spatial_dims,
+        options=InferOptions.from_config(cfg),
     )
 
 

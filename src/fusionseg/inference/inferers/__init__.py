@@ -5,12 +5,14 @@ An inferer is registered for one ``spatial_dims`` of the config (2: slice by sli
 imported with it, so a new inferer (e.g. MONAI's sliding-window inference for 3-D) is
 one new file here that calls :func:`register_inferer`.
 
-An inferer is a callable ``(models, case, modalities, scheme, divisor, mirror) ->
+An inferer is a callable ``(models, case, modalities, scheme, divisor, options) ->
 labels``: ``models`` a sequence of networks in eval mode whose class probabilities are
 averaged, ``case`` a :class:`~fusionseg.data.preprocess.PreparedCase`, ``modalities``
 the input channels in order, ``divisor`` the size multiple the network needs,
-``mirror`` test-time mirroring; returns the (X, Y, Z) int64 class-index map on the
-case's original grid.
+``options`` an :class:`~fusionseg.inference.options.InferOptions` (test-time mirroring, batch, device, window);
+returns the (X, Y, Z) label map in the scheme's raw values on the case's original
+grid. ``fusionseg train`` (validation and test cases) and ``fusionseg predict`` call
+the same inferer with the same options, so both give the same voxels.
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from typing import Callable
+
+from fusionseg.inference.options import InferOptions
+
+__all__ = ["InferOptions", "register_inferer", "get_inferer"]
+
 
 INFERERS: dict[int, Callable] = {}
 

@@ -5,10 +5,12 @@ probabilities averaged over models, argmax, un-cropped to the original grid
 
 from __future__ import annotations
 
-from fusionseg.inference.inferers import register_inferer
+from fusionseg.inference.inferers import InferOptions, register_inferer
 from fusionseg.inference.predict import predict_prepared
 
 
 @register_inferer(2)
-def slicewise(models, case, modalities, scheme, divisor: int, mirror: bool = False):
-    return predict_prepared(models, case, modalities, scheme, divisor, mirror=mirror)
+def slicewise(models, case, modalities, scheme, divisor: int, options: InferOptions = InferOptions()):
+    return predict_prepared(
+        models, case, modalities, scheme, divisor, options.batch_size, options.device, mirror=options.mirror
+    )

@@ -1,0 +1,89 @@
+"""The 3-D inferer (``spatial_dims: 3``): MONAI's ``sliding_window_inference`` over
+the case's preprocessed volume (windows of the training patch size, ``overlap``,
+Gaussian or constant blending, ``sw_batch_size`` windows per pass; a volume smaller
+than a window is zero-padded and cropped back), softmax class probabilities averaged
+over models, argmax, label values of the scheme, un-cropped to the original grid.
+
+With test-time mirroring each window is predicted in the 8 flips of its three axes
+and the flipped-back probabilities averaged (nnU-Net's mirroring, Isensee et al.
+2021), before the windows are blended.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusionseg.constants import LabelScheme
+from fusionseg.data.preprocess import PreparedCase
+from fusionseg.inference.inferers import InferOptions, register_inferer
+
+#: The flips of a (B, C, X, Y, Z) batch averaged by 3-D test-time mirroring.
+MIRRORS_3D: tuple[tuple[int, ...], ...] = tuple(
+    tuple(d for d, on in zip((2, 3, 4), flags) if on) for flags in itertools.product((False, True), repeat=3)
+)
+
+
+def window_predictor(model: nn.Module, mirror: bool):
+    """``(B, C, x, y, z) -> (B, K, x, y, z)`` softmax probabilities of ``model``
+    (with ``mirror``: the mean over :data:`MIRRORS_3D`)."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        if not mirror:
+            return torch.softmax(model(x).float(), dim=1)
+        total = None
+        for dims in MIRRORS_3D:
+            p = torch.softmax(model(x.flip(dims) if dims else x).float(), dim=1)
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total + p
+        return total / len(MIRRORS_3D)
+
+    return predict
+
+
+@torch.no_grad()
+def volume_probabilities(models: Sequence[nn.Module], image: np.ndarray, options: InferOptions) -> torch.Tensor:
+    """Class probabilities (K, X, Y, Z) float32 of a (C, X, Y, Z) volume, averaged
+    over ``models``.
+
+    Raises:
+        ValueError: ``options.roi_size`` is not set.
+    """
+    from monai.inferers import sliding_window_inference
+
+    if options.roi_size is None:
+        raise ValueError("3-D inference needs a window size (options.roi_size, the training patch size)")
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(options.device)
+    total = None
+    for model in models:
+        p = sliding_window_inference(
+            x,
+            roi_size=tuple(options.roi_size),
+            sw_batch_size=options.sw_batch_size,
+            predictor=window_predictor(model, options.mirror),
+            overlap=options.overlap,
+            mode=options.blend,
+        )
+        p = torch.as_tensor(p)[0].float()
+        total = p if total is None else total + p
+    return total / len(models)
+
+
+@register_inferer(3)
+def sliding_window(
+    models: Sequence[nn.Module],
+    case: PreparedCase,
+    modalities: Sequence[str],
+    scheme: LabelScheme,
+    divisor: int,
+    options: InferOptions = InferOptions(),
+) -> np.ndarray:
+    """Raw label map (original grid, scheme values) of a preprocessed case."""
+    probs = volume_probabilities(models, case.select(list(modalities)), options)
+    classes = probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
+    raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
+    return case.uncrop(raw)
