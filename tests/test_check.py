@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import typer
@@ -218,3 +219,40 @@ def test_real_data_passes_check(name, n_cases, scheme):
     assert result.exit_code == 0, result.output
     assert f"label scheme: {scheme}" in result.output
     assert f"{n_cases}/{n_cases} cases passed" in result.output
+
+
+# -- PET/CT ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def petct_copy(phantom_dataset, tmp_path) -> Path:
+    return Path(shutil.copytree(phantom_dataset("autopet", n_cases=2), tmp_path / "petct"))
+
+
+def _petct_case(root: Path) -> Path:
+    return sorted(p for p in root.iterdir() if p.is_dir())[0]
+
+
+@pytest.mark.parametrize("damage", ["shape", "affine"])
+def test_ct_off_the_pet_grid_says_resample_ct_onto_pet(petct_copy, damage):
+    case = _petct_case(petct_copy)
+    ct = case / "CTres.nii.gz"
+    if damage == "shape":
+        rewrite_nifti(ct, lambda d: d[:, :, :-2])
+    else:
+        affine = nib.load(ct).affine.copy()
+        affine[0, 3] += 4.0
+        rewrite_nifti(ct, lambda d: d, affine=affine)
+    problems = check_case(discover(petct_copy).case(case.name), discover(petct_copy))
+    errors = [p for p in problems if p.severity == "error"]
+    assert len(errors) == 1 and errors[0].file.endswith("CTres.nii.gz"), problems
+    assert "resample the CT onto the PET grid" in errors[0].fix
+    assert ("shape" if damage == "shape" else "affine differs from pet") in errors[0].problem
+
+
+def test_pet_in_bq_per_ml_is_a_warning_naming_the_file(petct_copy):
+    case = _petct_case(petct_copy)
+    rewrite_nifti(case / "SUV.nii.gz", lambda d: d * 5000.0)
+    problems = check_case(discover(petct_copy).case(case.name), discover(petct_copy))
+    assert [p.severity for p in problems] == ["warning"], problems
+    assert problems[0].file.endswith("SUV.nii.gz") and "Bq/ml" in problems[0].problem

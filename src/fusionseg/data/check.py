@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fusionseg.constants import LABEL_SCHEMES, LabelScheme
+from fusionseg.constants import LABEL_SCHEMES, PET, LabelScheme
 from fusionseg.cli_options import ProgressOption, QuietOption
 from fusionseg.data.cases import LAYOUTS, Case, Dataset, ImageRef, discover
 from fusionseg.data.duplicates import combine_digests, duplicate_groups, volume_digest
@@ -243,6 +243,16 @@ SHAPE_FIX = (
 )
 
 
+#: How to repair a CT (or any image) off the PET grid of a PET/CT case.
+CT_ONTO_PET_FIX = (
+    "resample the CT onto the PET grid (trilinear, outside filled with -1024 HU), as autoPET's CTres.nii.gz; "
+    "every image and the SEG of a PET/CT case must share the PET's shape and affine."
+)
+
+#: Largest PET value taken for SUV; above it a warning says the image looks like Bq/ml.
+SUV_PLAUSIBLE_MAX = 100.0
+
+
 def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> CaseResult:
     result = CaseResult(case.case_id)
     add = result.problems.append
@@ -265,21 +275,38 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
         return result
 
     # Shapes: the most common shape is the reference; odd files are named.
+    # Reference grid: PET's in a PET/CT case (CT is resampled onto it, as autoPET's
+    # CTres); otherwise the most common shape and the affine most files agree with
+    # (first one on ties).
+    pet = next((v for v in loaded if v.name == PET), None)
     shapes = Counter(v.data.shape for v in loaded)
-    ref_shape = shapes.most_common(1)[0][0]
+    ref_shape = pet.data.shape if pet is not None else shapes.most_common(1)[0][0]
     same_shape = [v for v in loaded if v.data.shape == ref_shape]
-    # Reference grid: the affine most files agree with (first one on ties).
-    reference = max(same_shape, key=lambda v: sum(affines_close(v.affine, o.affine, affine_tol) for o in same_shape))
+    reference = pet or max(
+        same_shape, key=lambda v: sum(affines_close(v.affine, o.affine, affine_tol) for o in same_shape)
+    )
     result.shape, result.spacing = tuple(ref_shape), reference.spacing
     for v in loaded:
         others = ", ".join(o.name for o in loaded if o.data.shape == ref_shape)
-        problem = shape_problem(cid, v.name, v.ref, v.data.shape, ref_shape, others, SHAPE_FIX)
+        onto_pet = v.name != PET and pet is not None  # PET/CT: the PET grid is the reference
+        problem = shape_problem(
+            cid, v.name, v.ref, v.data.shape, ref_shape, others, CT_ONTO_PET_FIX if onto_pet else SHAPE_FIX
+        )
         if problem is None:
             fix = (
                 "resample it onto the reference grid; if the voxels are already aligned, "
                 f"copy the header (affine) from {reference.ref}."
             )
-            problem = affine_problem(cid, v.name, v.ref, v.affine, reference.affine, reference.name, fix, affine_tol)
+            problem = affine_problem(
+                cid,
+                v.name,
+                v.ref,
+                v.affine,
+                reference.affine,
+                reference.name,
+                CT_ONTO_PET_FIX if onto_pet else fix,
+                affine_tol,
+            )
         if problem is not None:
             add(problem)
 
@@ -293,6 +320,18 @@ def _inspect_case(case: Case, dataset: Dataset, affine_tol: float = 1e-3) -> Cas
         if v.name == "seg":
             continue
         lo, hi = (float(v.data.min()), float(v.data.max())) if v.data.size else (0.0, 0.0)
+        if v.name == PET and hi > SUV_PLAUSIBLE_MAX:
+            add(
+                Problem(
+                    cid,
+                    v.ref,
+                    f"pet values reach {hi:.4g}: this looks like activity concentration (Bq/ml), not SUV "
+                    f"(tumour SUV rarely exceeds {SUV_PLAUSIBLE_MAX:g}).",
+                    "convert the PET to SUV (body weight: activity x weight / injected dose, decay-corrected) "
+                    "as autoPET's SUV.nii.gz; preprocessing clips SUV to preprocess.suv_range.",
+                    "warning",
+                )
+            )
         if lo == hi:
             invalid.add(v.name)
             what = "all zero" if hi == 0 else f"constant ({lo:g})"
