@@ -197,3 +197,81 @@ def test_train_predict_evaluate_3d_petct(phantom_dataset, tmp_path):
     ours = pd.read_csv(ev / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
     runs = pd.read_csv(run / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
     assert np.allclose(ours["dice"], runs.loc[ours.index, "dice"], atol=1e-12)
+
+
+# -- PET rules (strategy: threshold) ---------------------------------------------------
+
+
+def test_threshold_rules_on_known_values():
+    from fusionseg.config import ThresholdConfig
+    from fusionseg.inference.rules import threshold_mask
+
+    suv = np.array([[[0.0, 2.4, 2.5, 4.0, 10.0]]])
+    assert threshold_mask(suv, ThresholdConfig(rule="suv", value=2.5)).tolist() == [[[0, 0, 1, 1, 1]]]
+    assert threshold_mask(suv, ThresholdConfig(rule="suvmax_fraction", value=0.4)).tolist() == [[[0, 0, 0, 1, 1]]]
+    assert not threshold_mask(np.zeros((2, 2, 2)), ThresholdConfig(rule="suvmax_fraction", value=0.4)).any()
+    with pytest.raises(ValueError, match="fraction of SUVmax"):
+        ThresholdConfig(rule="suvmax_fraction", value=40)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"threshold": None}, "needs a threshold section"),
+        ({"model": {"name": "monai_unet"}}, "model does not apply under strategy: threshold"),
+        ({"data": {"modalities": ["ct"]}}, "reads the PET"),
+        ({"postprocess": {"method": "validation"}}, "needs a model"),
+        ({"strategy": "early"}, "threshold applies to strategy: threshold only"),
+    ],
+)
+def test_threshold_config_rules(change, expected, tmp_path):
+    raw = {"name": "t", "data": {"root": str(tmp_path), "modalities": ["pet", "ct"]}, "strategy": "threshold"}
+    raw["threshold"] = {"rule": "suv", "value": 2.5}
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) and value else value
+    raw = {k: v for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError, match=expected):
+        validate_config(raw)
+
+
+def test_threshold_run_scores_the_rule_like_a_model(phantom_dataset, tmp_path):
+    """A threshold row trains nothing, writes predictions with the PET's header and
+    per-case metrics that fusionseg evaluate reproduces; predict says there is no model."""
+    from fusionseg.inference.rules import threshold_mask
+
+    data = phantom_dataset("autopet", n_cases=4)
+    cfg = {
+        "name": "suv25",
+        "strategy": "threshold",
+        "threshold": {"rule": "suv", "value": 2.5},
+        "data": {"root": str(data), "modalities": ["pet", "ct"], "cache_dir": str(tmp_path / "cache")},
+        "split": {"kind": "kfold", "folds": 2},
+        "evaluation": {"overlays": 0, "metrics": ["dice", "fpv_ml", "fnv_ml"]},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    result, run = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0, result.output
+    fit = json.loads((run / "fold_0" / "fit.json").read_text())
+    assert fit["rule"] == {"rule": "suv", "value": 2.5} and fit["stages"] == [] and fit["checkpoint"] is None
+    for case in sorted(p.name for p in data.iterdir() if p.is_dir()):
+        pred = nib.load(run / "predictions" / f"{case}.nii.gz")
+        suv = nib.load(data / case / "SUV.nii.gz")
+        assert np.array_equal(np.asanyarray(pred.dataobj), threshold_mask(suv.get_fdata(), _rule()))
+        assert np.array_equal(pred.affine, suv.affine)
+    ev = tmp_path / "ev"
+    out = CliRunner().invoke(
+        app, ["evaluate", str(run / "predictions"), str(data), "--output-dir", str(ev), "--no-progress"]
+    )
+    assert out.exit_code == 0, out.output
+    ours = pd.read_csv(ev / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
+    runs = pd.read_csv(run / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
+    for metric in ("dice", "fpv_ml", "fnv_ml"):
+        assert np.allclose(ours[metric], runs.loc[ours.index, metric], atol=1e-12)
+    refused = CliRunner().invoke(app, ["predict", str(run), str(data), str(tmp_path / "p"), "--no-progress"])
+    assert refused.exit_code == 2 and "no trained model" in " ".join(refused.output.split())
+
+
+def _rule():
+    from fusionseg.config import ThresholdConfig
+
+    return ThresholdConfig(rule="suv", value=2.5)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from fusionseg.constants import MRI_MODALITIES, canonical_modality
+from fusionseg.constants import MRI_MODALITIES, PET, canonical_modality
 from fusionseg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -353,6 +353,34 @@ class InferenceConfig(_Strict):
         ]
 
 
+class ThresholdConfig(_Strict):
+    """A PET segmentation rule that clinicians use, with no training (``strategy:
+    threshold``; :mod:`fusionseg.inference.rules`), as a floor for learned PET/CT
+    models. Applied to the case's SUV image as read from disk (not clipped to
+    ``preprocess.suv_range``).
+
+    ``rule``: ``suv`` (tumour where SUV >= ``value``; 2.5 is the usual absolute
+    threshold) or ``suvmax_fraction`` (tumour where SUV >= ``value`` x the case's
+    SUVmax; 0.4 is the common 40 % isocontour, Erdi et al., Cancer 80(S12), 1997).
+    """
+
+    rule: Literal["suv", "suvmax_fraction"]
+    value: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _fraction_below_one(self) -> ThresholdConfig:
+        if self.rule == "suvmax_fraction" and self.value > 1:
+            raise ValueError(f"threshold.value {self.value:g}: a fraction of SUVmax is in (0, 1], e.g. 0.4")
+        return self
+
+    def label(self) -> str:
+        return f"SUV >= {self.value:g}" if self.rule == "suv" else f"SUV >= {self.value:.0%} of SUVmax"
+
+
+#: Sections that a threshold rule does not use (no network, no training).
+RULE_FREE_SECTIONS = ("model", "loss", "sampling", "train", "inference")
+
+
 class FusionCommon(_Strict):
     """Image-level fusion (S0 B and C; METHODS.md §2-3): an LRRNet fuses the detail
     source (I_d, default T1CE) and the salient source (I_s, default FLAIR) into one
@@ -535,18 +563,18 @@ def _check_fusion_section(value: Any, strategy: str) -> Any:
     is unknown or does not apply."""
     if isinstance(value, BaseModel):
         value = value.model_dump()
-    if strategy == "early":
+    if strategy in ("early", "threshold"):
         if value is None:
             return None
         unknown = [k for k in value if k not in FUSION_KEYS] if isinstance(value, dict) else []
         if unknown:
             raise ValueError(
                 "; ".join(f"fusion.{k}: unknown key" for k in unknown)
-                + " (and no fusion section applies under strategy: early)"
+                + f" (and no fusion section applies under strategy: {strategy})"
             )
         raise ValueError(
-            "fusion does not apply under strategy: early (a fusion section is for strategy "
-            "decoupled or joint; early has no fusion network)"
+            f"fusion does not apply under strategy: {strategy} (a fusion section is for strategy "
+            f"decoupled or joint; {strategy} has no fusion network)"
         )
     if value is None:
         value = {}
@@ -576,8 +604,9 @@ class ExperimentConfig(_Strict):
     """
 
     name: str
-    strategy: Literal["early", "decoupled", "joint"] = "early"
+    strategy: Literal["early", "decoupled", "joint", "threshold"] = "early"
     spatial_dims: Literal[2, 3] = 2
+    threshold: ThresholdConfig | None = None
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -605,8 +634,13 @@ class ExperimentConfig(_Strict):
         """Every component name (and option name) is checked against its registry at
         load, so a typo fails before any work, listing the valid choices."""
         fusion_strategy = None if self.fusion is None else self.fusion.strategy
-        if fusion_strategy != (None if self.strategy == "early" else self.strategy):
+        if fusion_strategy != (None if self.strategy in ("early", "threshold") else self.strategy):
             raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: {self.strategy}")
+        if self.strategy == "threshold" or self.threshold is not None:
+            problems = self._rule_problems()
+            if problems:
+                raise ValueError("\n".join(problems))
+            return self
         problems = self.sampling.check_dims(self.spatial_dims) + self.inference.check_dims(self.spatial_dims)
         if self.spatial_dims == 3 and self.strategy != "early":
             problems.append(f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early")
@@ -614,6 +648,26 @@ class ExperimentConfig(_Strict):
             raise ValueError("\n".join(problems))
         check_component_names(self)
         return self
+
+    def _rule_problems(self) -> list[str]:
+        """What does not fit ``strategy: threshold`` (a PET rule without a network)."""
+        if self.strategy != "threshold":
+            return [f"threshold applies to strategy: threshold only (this is strategy: {self.strategy})"]
+        if self.threshold is None:
+            return ["strategy: threshold needs a threshold section, e.g. {rule: suv, value: 2.5}"]
+        problems = []
+        if PET not in self.data.modalities:
+            problems.append(f"strategy: threshold reads the PET (SUV) image: data.modalities {self.data.modalities}")
+        defaults = ExperimentConfig.model_fields
+        for key in RULE_FREE_SECTIONS:
+            default = defaults[key].get_default(call_default_factory=True)
+            if getattr(self, key) != default:
+                problems.append(f"{key} does not apply under strategy: threshold (a rule: no network, no training)")
+        if self.spatial_dims != 2:
+            problems.append("spatial_dims does not apply under strategy: threshold (the rule reads the whole volume)")
+        if self.postprocess.method == "validation":
+            problems.append("postprocess.method: validation needs a model; use none or fixed under strategy: threshold")
+        return problems
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
@@ -720,9 +774,10 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
     """A copy of the raw config mapping ``raw`` without the fusion settings that do not
     apply to its strategy (and weighting): the whole ``fusion`` section under early,
     ``epochs`` under joint, the weighting keys under decoupled and those of the other
-    weightings under joint. Settings in ``written`` (the part of ``raw`` its author
-    wrote for this config) are kept, so validation reports them; unknown keys are kept
-    (typos stay errors).
+    weightings under joint; under ``threshold`` (a rule) the network, training and
+    inference sections and ``spatial_dims``, and the ``threshold`` section elsewhere.
+    Settings in ``written`` (the part of ``raw`` its author wrote for this config) are
+    kept, so validation reports them; unknown keys are kept (typos stay errors).
 
     Used for settings shared by several configs (a study's base, protocol and
     ``--set``, each applying to the runs it fits; the run entry is ``written``) and for
@@ -731,6 +786,13 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
     out = dict(raw)
     fusion = raw.get("fusion")
     strategy = raw.get("strategy", "early")
+    if strategy == "threshold":  # a rule: the network, training and fusion settings do not apply
+        for key in (*RULE_FREE_SECTIONS, "spatial_dims", "fusion"):
+            if key not in (written or {}):
+                out.pop(key, None)
+        return out
+    if strategy != "threshold" and "threshold" in out and "threshold" not in (written or {}):
+        del out["threshold"]
     if not isinstance(fusion, dict) or strategy not in ("early", "decoupled", "joint"):
         return out
     weighting = fusion.get("weighting", "static")

@@ -38,6 +38,7 @@ from rich.console import Console
 
 from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig, validate_config
 from fusionseg.data.cases import Case, Dataset, discover
+from fusionseg.constants import PET
 from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
 from fusionseg.data.samplers import get_sampler
@@ -276,7 +277,10 @@ def _train_stages(
 
 def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progress: bool = True) -> FoldResult:
     """Train one fold, choose its post-processing, predict and evaluate its test cases,
-    write ``fold_<k>/``; see the module docstring."""
+    write ``fold_<k>/``; see the module docstring. A rule (``strategy: threshold``)
+    has nothing to train: :func:`rule_fold`."""
+    if cfg.threshold is not None:
+        return rule_fold(cfg, fold, context)
     k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
     # torch seeds its default generator at random per process: seed before the weights
     # are initialised, or the same config trains a different network each time
@@ -309,6 +313,39 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
     return write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
+
+
+def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldResult:
+    """A fold of a PET rule (:mod:`fusionseg.inference.rules`): every test case's SUV
+    image read from its file and thresholded, post-processed as configured (none or
+    fixed), written and evaluated exactly as a trained model's predictions."""
+    from fusionseg.inference.rules import threshold_mask
+
+    start, k, scheme = time.perf_counter(), fold["fold"], context.dataset.scheme
+    post, post_info = decide_postprocess(cfg, None, fold, context, 1)  # none or fixed: no model involved
+    tumour = max(scheme.values)  # PET/CT scheme: 0 background, 1 tumour
+    rows, lesions = [], []
+    for case_id in fold["test"]:
+        case, prepared = context.dataset.case(case_id), context.prepared[case_id]
+        pet = case.images[PET].path
+        suv = read_array(load_nifti(pet), pet, channel=case.images[PET].channel)
+        gt, spacing = _ground_truth(case)
+        pred = post((threshold_mask(suv, cfg.threshold) * tumour).astype(np.uint8), spacing, scheme)
+        save_label_map(pred, pet, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+        region_rows, case_lesions = evaluate_case(
+            *_in_scope(cfg, prepared, pred, gt),
+            spacing,
+            scheme,
+            metrics=cfg.evaluation.metrics,
+            challenge=cfg.evaluation.lesion_params(),
+        )
+        rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
+        lesions += [{"case": case_id, "fold": k, **r} for r in case_lesions]
+    with atomic_path(fold_dir(cfg, k) / "fit.json") as tmp:
+        record = {"fold": k, "rule": cfg.threshold.model_dump(mode="json"), "stages": [], "checkpoint": None}
+        tmp.write_text(json.dumps({**record, "postprocess": post_info}, indent=1))
+    seconds = round(time.perf_counter() - start, 1)
+    return write_fold_result(cfg, fold, scheme, rows, lesions, [], post, seconds)
 
 
 def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:

@@ -289,7 +289,13 @@ def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
     found = []
     for record in sorted(source.glob(pattern)):
         try:
-            found.append(source / json.loads(record.read_text())["checkpoint"])
+            data = json.loads(record.read_text())
+            if data.get("rule") is not None:
+                raise FusionsegError(
+                    f"{record}: this run applied a rule ({data['rule']}) and has no trained model to predict "
+                    "with. Run the same config with `fusionseg train` on the new cases' folder instead."
+                )
+            found.append(source / data["checkpoint"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FusionsegError(
                 f"{record}: cannot read the fold's checkpoint name ({exc!r}). "
