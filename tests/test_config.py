@@ -54,3 +54,29 @@ def test_a_fusion_section_under_early_fusion_is_an_error():
     with pytest.raises(ConfigError, match="fusion does not apply under strategy: early"):
         validate_config({"name": "x", "data": {"root": "somewhere"}, "fusion": {"model": {"name": "lrnet"}}})
     assert validate_config({"name": "x", "data": {"root": "somewhere"}}).fusion is None
+
+
+def test_every_shipped_config_loads_under_every_protocol():
+    """configs/*.yaml: experiment configs validate; studies validate under each protocol,
+    and the real-data rows name only cases that exist (where ../shared/data is here)."""
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+    from fusionseg.experiments.compare import load_study
+
+    repo = Path(__file__).resolve().parents[1]
+    checked = 0
+    for path in sorted((repo / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        if "study" not in raw:
+            load_config(path)
+            checked += 1
+            continue
+        for protocol in raw.get("protocols") or [None]:
+            for cfg in load_study(path, protocol).configs:
+                checked += 1
+                root = SHARED_DATA / cfg.data.root.name
+                if cfg.data.cases and root.is_dir() and str(cfg.data.root).startswith("../shared/data"):
+                    missing = [c for c in cfg.data.cases if not (root / c).is_dir()]
+                    assert not missing, (path.name, protocol, missing)
+    assert checked >= 20
