@@ -158,9 +158,19 @@ class MetricSpec:
 
 _SPECS = [
     MetricSpec("dice", RegionPair.dice, "whole-image Dice (both empty -> 1)"),
-    MetricSpec("hd95", RegionPair.hd95, "whole-image HD95 in mm, BraTS/DeepMind (one empty -> 374)"),
-    MetricSpec("lesion_dice", lambda r: r.lesions().dice, "BraTS 2023 lesion-wise Dice", True),
-    MetricSpec("lesion_hd95", lambda r: r.lesions().hd95, "BraTS 2023 lesion-wise HD95 in mm", True),
+    MetricSpec("hd95", RegionPair.hd95, "whole-image HD95 in mm, BraTS/DeepMind (both empty -> 0, one empty -> 374)"),
+    MetricSpec(
+        "lesion_dice",
+        lambda r: r.lesions().dice,
+        "BraTS 2023 lesion-wise Dice (no GT and no predicted lesion -> 1)",
+        True,
+    ),
+    MetricSpec(
+        "lesion_hd95",
+        lambda r: r.lesions().hd95,
+        "BraTS 2023 lesion-wise HD95 in mm (no GT and no predicted lesion -> 0; each unmatched lesion 374)",
+        True,
+    ),
     MetricSpec("tp", lambda r: r.lesions().tp, "true-positive GT lesions (volume > tau)", True),
     MetricSpec("fn", lambda r: r.lesions().fn, "missed GT lesions (volume > tau)", True),
     MetricSpec("fp", lambda r: r.lesions().fp, "predicted components matching no GT lesion", True),
@@ -169,18 +179,20 @@ _SPECS = [
     MetricSpec(
         "asd",
         lambda r: average_surface_distance(r.pred, r.gt, r.spacing),
-        "symmetric average surface distance in mm (MONAI)",
+        "symmetric average surface distance in mm (MONAI; both empty -> 0, one empty -> 374)",
     ),
     MetricSpec(
         "fpv_ml",
         lambda r: false_positive_volume(r.pred, r.gt, r.spacing),
-        "false-positive volume in mL (autoPET)",
+        "false-positive volume in mL, predicted 18-connected components touching no"
+        " GT voxel (autoPET; empty prediction -> 0, empty GT -> all predicted volume)",
         single_class_only=True,
     ),
     MetricSpec(
         "fnv_ml",
         lambda r: false_negative_volume(r.pred, r.gt, r.spacing),
-        "false-negative volume in mL (autoPET)",
+        "false-negative volume in mL, GT 18-connected components touching no"
+        " predicted voxel (autoPET; empty GT -> 0, empty prediction -> all GT volume)",
         single_class_only=True,
     ),
 ]

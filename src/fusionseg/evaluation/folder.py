@@ -359,7 +359,9 @@ def conventions(
         "hd95": "surface-area weighted, max of the two directed 95th percentiles (BraTS 2023 / DeepMind)",
         "asd": "symmetric, pooled boundary distances of both directions (MONAI)",
         "empty_masks": "Dice 1 / HD95 0 / ASD 0 when both empty; HD95 and ASD 374 when one is empty; "
-        "lesion-wise 0/0 -> Dice 1, HD95 0",
+        "lesion-wise 0/0 -> Dice 1, HD95 0; FPV 0 when the prediction is empty and FNV 0 when the GT is empty "
+        "(else the whole predicted / GT volume); Dice of an empty-GT case counts as 1 or 0 (autoPET instead "
+        "leaves GT-empty cases out of its mean Dice)",
         "connectivity": "26 (lesion-wise), 18 (fpv/fnv); GT dilation with the 18-neighbourhood",
         "spacing_source": "GT NIfTI header (pixdim)",
         "label_scheme": scheme.name,

@@ -55,7 +55,7 @@ from fusionseg.experiments.claims import Claim, claims_frame, claims_markdown, e
 from fusionseg.data.io import ensure_writable
 from fusionseg.experiments.identity import check_run_folder
 from fusionseg.experiments.figures import example_figure, lambda_figure, paired_figure
-from fusionseg.experiments.report import comparison_table, table_frame
+from fusionseg.experiments.report import comparison_table, metric_notes, table_frame
 from fusionseg.experiments.executors import LocalExecutor
 from fusionseg.experiments.runner import duplicate_case_groups, gather_run, load_dataset, plan_run, prepare_all
 
@@ -343,9 +343,10 @@ def _write_tables(study: Study, runs: dict, all_regions: list[str], out: Path, l
         regions = table.get("regions", all_regions)
         text, t = comparison_table(runs, study.reference, table["metrics"], regions)
         tests += [{"table": table["name"], **x} for x in t]
-        lines += [f"## {table.get('title', table['name'])}", "", text, ""]
+        notes = metric_notes(table["metrics"])
+        lines += [f"## {table.get('title', table['name'])}", "", text, "", notes, ""]
         with atomic_path(out / f"{table['name']}.md") as tmp:
-            tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n")
+            tmp.write_text(f"# {table.get('title', table['name'])}\n\n{text}\n\n{notes}\n")
         frame = table_frame(runs, study.reference, table["metrics"], regions)
         with atomic_path(out / f"{table['name']}.csv") as tmp:
             frame.to_csv(tmp, index=False)

@@ -24,7 +24,21 @@ METRIC_TITLES = {
     "lesion_dice": "LW Dice",
     "lesion_hd95": "LW HD95 (mm)",
     "asd": "ASD (mm)",
+    "fpv_ml": "FPV (mL)",
+    "fnv_ml": "FNV (mL)",
 }
+
+
+def metric_notes(metrics: Sequence[str]) -> str:
+    """One Markdown line defining each of ``metrics`` with its empty-mask rule (the
+    descriptions of :data:`fusionseg.evaluation.evaluate.METRICS`), written under every
+    table so that a table read alone says what an empty GT or prediction scored."""
+    from fusionseg.evaluation.evaluate import METRICS
+
+    known = [m for m in metrics if m in METRICS]
+    if not known:
+        return ""
+    return "Metrics, over cases (mean ± sd): " + "; ".join(f"{m}: {METRICS[m].description}" for m in known) + "."
 
 
 def mean_sd(values: pd.Series, digits: int) -> str:

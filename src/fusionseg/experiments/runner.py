@@ -46,7 +46,7 @@ from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_datas
     sampled_slab,
     slab_slices,
 )
-from fusionseg.experiments.report import comparison_table, write_overlays
+from fusionseg.experiments.report import comparison_table, metric_notes, write_overlays
 from fusionseg.inference.postprocess import Postprocess
 from fusionseg.progress import make_progress
 from fusionseg.strategies.registry import describe_strategy
@@ -255,14 +255,14 @@ def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResu
         summary["fusion_quality"] = _fusion_quality_summary(frame.to_dict("records"))
     write_results(run_dir, per_case, per_lesion, summary)
     scheme = plan.context.dataset.scheme
-    table, _ = comparison_table(
-        {cfg.name: per_case}, None, ("dice", "hd95", "lesion_dice", "lesion_hd95"), scheme.region_names
-    )
+    metrics = cfg.evaluation.metrics or ("dice", "hd95", "lesion_dice", "lesion_hd95")
+    table, _ = comparison_table({cfg.name: per_case}, None, metrics, scheme.region_names)
     with atomic_path(run_dir / "results.md") as tmp:
         tmp.write_text(
             f"# {cfg.name}\n\n{table}\n\nMean ± sd over {summary['n_cases']} test cases; "
             f"wall time {wall / 60:.1f} min (this invocation; all folds together: "
-            f"{summary['fold_seconds_total'] / 60:.1f} min over every invocation).\n"
+            f"{summary['fold_seconds_total'] / 60:.1f} min over every invocation).\n\n"
+            f"{metric_notes(metrics)}\n"
         )
     if cfg.evaluation.overlays:
         write_overlays(
