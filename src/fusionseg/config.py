@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PositiveFloat,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -68,7 +69,10 @@ class PreprocessConfig(_Strict):
 
     MRI modalities: clip at the ``clip_percentile`` of brain voxels, then z-score over
     brain voxels (background stays 0). PET (SUV): clip to ``suv_range`` and scale to
-    [0, 1]. CT (HU): clip to ``hu_window`` and scale to [0, 1].
+    [0, 1]. CT (HU): clip to ``hu_window`` and scale to [0, 1]. With ``target_spacing``
+    the cropped, normalised case is resampled to that voxel size (nnU-Net's target
+    spacing; intensities trilinear, labels nearest) and every prediction's class
+    probabilities are resampled back onto the cropped source grid before the arg-max.
     """
 
     crop: Literal["foreground", "none"] = "foreground"
@@ -76,10 +80,17 @@ class PreprocessConfig(_Strict):
     clip_percentile: float = Field(99.5, gt=50, le=100)
     suv_range: tuple[float, float] = (0.0, 15.0)
     hu_window: tuple[float, float] = (-100.0, 250.0)
+    target_spacing: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None,
+        description="voxel size in mm per array axis after resampling (trilinear images, nearest labels); "
+        "predictions are resampled back onto the input grid. None: keep each case's own grid",
+    )
 
     def key(self) -> str:
-        """Short hash identifying this preprocessing (the cache key)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Short hash identifying this preprocessing (the cache key; a config without
+        ``target_spacing`` keeps the key it had before that setting existed)."""
+        exclude = {"target_spacing"} if self.target_spacing is None else set()
+        payload = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -644,6 +655,12 @@ class ExperimentConfig(_Strict):
         problems = self.sampling.check_dims(self.spatial_dims) + self.inference.check_dims(self.spatial_dims)
         if self.spatial_dims == 3 and self.strategy != "early":
             problems.append(f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early")
+        central = "central" in (self.sampling.mode, self.sampling.val_mode)
+        if self.preprocess.target_spacing is not None and (self.evaluation.scope == "sampled_slices" or central):
+            problems.append(
+                "preprocess.target_spacing with central slices (sampling mode central or evaluation.scope: "
+                "sampled_slices): slice numbers are those of the source grid; drop target_spacing or sample otherwise"
+            )
         if problems:
             raise ValueError("\n".join(problems))
         check_component_names(self)

@@ -1,7 +1,8 @@
 """Preprocessing computed once per (case, preprocessing config) and cached.
 
 Steps (DESIGN.md): load every modality and the label map, crop to the foreground
-(brain) bounding box, normalise each modality by its kind, and store arrays as
+(brain) bounding box, normalise each modality by its kind, optionally resample to
+``target_spacing`` (:meth:`PreparedCase.to_box` takes predictions back), and store arrays as
 ``.npy`` (read back with ``np.load(mmap_mode="r")``). The cache folder is keyed by
 the hash of :class:`~fusionseg.config.PreprocessConfig` and each case records a
 fingerprint of its source files (path, size, mtime): a re-run reads the cache,
@@ -90,10 +91,56 @@ class PreparedCase:
         return self.image[idx]
 
     def uncrop(self, volume: np.ndarray, fill=0) -> np.ndarray:
-        """Place a cropped (X', Y', Z') array back into the original grid."""
+        """Place a cropped (X', Y', Z') array (on the crop window's source grid, see
+        :meth:`to_box`) back into the original grid."""
         out = np.full(self.original_shape, fill, dtype=volume.dtype)
         out[tuple(slice(a, b) for a, b in self.bbox)] = volume
         return out
+
+    @property
+    def box_shape(self) -> tuple[int, int, int]:
+        """(X', Y', Z') of the crop window on the source grid."""
+        return tuple(int(b - a) for a, b in self.bbox)
+
+    @property
+    def resampled(self) -> bool:
+        """True when ``image`` is on a resampled grid (``preprocess.target_spacing``)."""
+        return tuple(self.image.shape[1:]) != self.box_shape
+
+    def to_box(self, probabilities):
+        """(K, *working grid) class probabilities (numpy or torch) -> (K, X', Y', Z') on
+        the crop window's source grid, trilinear (unchanged when not resampled)."""
+        if not self.resampled:
+            return probabilities
+        return resize(probabilities, self.box_shape, "trilinear")
+
+    def crop(self, volume: np.ndarray) -> np.ndarray:
+        """An original-grid (X, Y, Z) label map on this case's working grid: cropped
+        to ``bbox`` and, when resampled, nearest-neighbour resized to ``image``."""
+        box = volume[tuple(slice(a, b) for a, b in self.bbox)]
+        return resize(box[None], self.image.shape[1:], "nearest-exact")[0] if self.resampled else box
+
+
+def resampled_shape(shape, spacing, target) -> tuple[int, ...]:
+    """Grid size that covers ``shape`` voxels of ``spacing`` mm at ``target`` mm."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resize(volume, shape, mode: str):
+    """(C, *spatial) array (numpy or torch, returned as the same kind and dtype) resized
+    to (C, *shape) by ``torch.nn.functional.interpolate`` (``trilinear`` for
+    intensities and probabilities, ``nearest-exact`` for labels; align_corners False:
+    voxel centres map by the physical extent)."""
+    import torch
+    import torch.nn.functional as F
+
+    is_numpy = isinstance(volume, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(volume)) if is_numpy else volume
+    if not t.dtype.is_floating_point and not mode.startswith("nearest"):
+        raise ValueError(f"resize: an integer array ({t.dtype}) takes a nearest mode, not {mode!r}")
+    kwargs = {"align_corners": False} if mode in ("linear", "bilinear", "trilinear") else {}
+    out = F.interpolate(t[None].float(), size=tuple(int(s) for s in shape), mode=mode, **kwargs)[0].to(t.dtype)
+    return out.numpy() if is_numpy else out
 
 
 def foreground_bbox(mask: np.ndarray, margin: int = 0) -> tuple[tuple[int, int], ...]:
@@ -215,11 +262,16 @@ def prepare_case_arrays(
     window = tuple(slice(a, b) for a, b in bbox)
     brain_c = brain[window]
     image = np.stack([normalise(stack[i][window], m, brain_c, cfg) for i, m in enumerate(modalities)])
+    label = None if label is None else np.ascontiguousarray(label[window]).astype(np.uint8)
+    if cfg.target_spacing is not None:
+        grid = resampled_shape(image.shape[1:], spacing, cfg.target_spacing)
+        image = resize(image, grid, "trilinear")
+        label = None if label is None else resize(label[None], grid, "nearest-exact")[0]
     return PreparedCase(
         case_id=case.case_id,
         modalities=modalities,
         image=image.astype(np.float32),
-        label=None if label is None else np.ascontiguousarray(label[window]).astype(np.uint8),
+        label=label,
         bbox=bbox,
         original_shape=tuple(int(s) for s in shape),
         affine=affine,

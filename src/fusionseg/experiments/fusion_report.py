@@ -74,8 +74,7 @@ def save_example(
         z = int(allowed[np.argmax(per_slice[allowed])])
     else:
         z = int(np.argmax(per_slice))
-    window = tuple(slice(a, b) for a, b in case.bbox)
-    pred = scheme.to_classes(prediction[window])
+    pred = scheme.to_classes(case.crop(prediction))
     data = {
         "slice": z + case.bbox[case.axial_axis][0],
         "modalities": np.array(list(modalities)),

@@ -156,8 +156,7 @@ def write_overlays(
     for case_id in picks:
         p = prepared[case_id]
         pred_full, _ = load_volume(Path(run_dir) / "predictions" / f"{case_id}.nii.gz", dtype=np.int64)
-        window = tuple(slice(a, b) for a, b in p.bbox)
-        pred = dataset.scheme.to_classes(pred_full[window])
+        pred = dataset.scheme.to_classes(p.crop(pred_full))
         gt = np.asarray(p.label)
         axis = p.axial_axis
         other = tuple(a for a in range(3) if a != axis)
@@ -174,7 +173,8 @@ def write_overlays(
         _overlay(
             axes[-1], base, axial_slice(pred, axis, z), f"prediction (Dice {dice:.2f})", dataset.scheme.num_classes
         )
-        fig.suptitle(f"{case_id}, axial slice {z + p.bbox[axis][0]}", fontsize=10)
+        where = f"resampled-grid slice {z}" if p.resampled else f"axial slice {z + p.bbox[axis][0]}"
+        fig.suptitle(f"{case_id}, {where}", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{case_id}.png"
         with atomic_path(path) as tmp:

@@ -104,7 +104,7 @@ def predict_prepared(
     probs = predict_probabilities(
         models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror
     )
-    classes = probs.argmax(axis=0).astype(np.uint8)
+    classes = case.to_box(probs).argmax(axis=0).astype(np.uint8)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
 

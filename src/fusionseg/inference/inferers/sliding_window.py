@@ -2,7 +2,9 @@
 the case's preprocessed volume (windows of the training patch size, ``overlap``,
 Gaussian or constant blending, ``sw_batch_size`` windows per pass; a volume smaller
 than a window is zero-padded and cropped back), softmax class probabilities averaged
-over models, argmax, label values of the scheme, un-cropped to the original grid.
+over models, resampled back onto the source grid when the case was resampled
+(``preprocess.target_spacing``), argmax, label values of the scheme, un-cropped to
+the original grid.
 
 With test-time mirroring each window is predicted in the 8 flips of its three axes
 and the flipped-back probabilities averaged (nnU-Net's mirroring, Isensee et al.
@@ -83,7 +85,7 @@ def sliding_window(
     options: InferOptions = InferOptions(),
 ) -> np.ndarray:
     """Raw label map (original grid, scheme values) of a preprocessed case."""
-    probs = volume_probabilities(models, case.select(list(modalities)), options)
+    probs = case.to_box(volume_probabilities(models, case.select(list(modalities)), options))
     classes = probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
