@@ -119,3 +119,13 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
         for n in ("A", "B", "C-dynamic")
     }
     assert len(tests) == 1
+
+
+def test_one_case_has_no_spread():
+    """A cell over one case says n = 1 instead of a made-up sd of 0."""
+    import pandas as pd
+
+    from fusionseg.experiments.report import mean_sd
+
+    assert mean_sd(pd.Series([0.5]), 3) == "0.500 (n = 1)"
+    assert mean_sd(pd.Series([0.4, 0.6]), 2) == "0.50 ± 0.14"

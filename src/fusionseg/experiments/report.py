@@ -42,8 +42,11 @@ def metric_notes(metrics: Sequence[str]) -> str:
 
 
 def mean_sd(values: pd.Series, digits: int) -> str:
+    """``mean ± sd`` (ddof 1) over cases; one case has no spread: ``mean (n = 1)``."""
     v = values.astype(float)
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+    if len(v) < 2:
+        return f"{v.mean():.{digits}f} (n = {len(v)})"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
 
 
 def paired_p(reference: pd.DataFrame, other: pd.DataFrame, metric: str, region: str) -> float | None:
