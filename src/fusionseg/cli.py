@@ -180,6 +180,15 @@ def train(
     gpus: GpusOption = 0.0,
     devices: DevicesOption = None,
     distributed: DistributedOption = None,
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final",
+            help="Train the final model for new data: every labelled case but a validation share "
+            "(split.val_fraction, for early stopping and post-processing); no test cases, so no test "
+            "metrics (cross-validate first). The run folder is <name>-final.",
+        ),
+    ] = False,
 ):
     """Train and cross-validate one experiment config.
 
@@ -205,7 +214,11 @@ def train(
     overrides = list(set_ or []) + _device_overrides(devices, distributed)
     if vgg_weights is not None:
         overrides.append(f"fusion.perceptual_features={vgg_weights}")
+    if final:
+        overrides.append("split.kind=all")
     cfg = load_config(config, overrides)  # a bad config fails here, before the heavy imports
+    if final:
+        cfg = _final_config(cfg)
     from fusionseg.experiments.runner import run_experiment
 
     if output_dir is not None:
@@ -219,9 +232,30 @@ def train(
         resume_with_changes=resume_with_changes,
         executor=build_executor(executor, address, cpus, gpus),
     )
-    if not quiet:
+    if result.per_case.empty:
+        console.print(
+            f"final model: no test cases, so no test metrics (the cross-validation run has them). "
+            f"Predict new cases with: fusionseg predict {result.run_dir} DATA OUTPUT"
+        )
+    elif not quiet:
         console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
+
+
+def _final_config(cfg):
+    """``cfg`` for ``train --final``: split.kind all, run named ``<name>-final``.
+
+    Raises:
+        ConfigError: the config reuses a split file or picks folds (a final model has
+            one split of its own).
+    """
+    from fusionseg.errors import ConfigError
+
+    if cfg.split.file is not None or cfg.split.run_folds not in (None, [0]):
+        raise ConfigError(
+            "--final makes its own split (every case but a validation share): drop split.file / run_folds"
+        )
+    return cfg.model_copy(update={"name": f"{cfg.name}-final"})
 
 
 @app.command()
@@ -334,9 +368,30 @@ def demo(
     from fusionseg.experiments.demo import run_demo
 
     result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress and not quiet)
-    if not quiet:
+    if result.per_case.empty:
+        console.print(
+            f"final model: no test cases, so no test metrics (the cross-validation run has them). "
+            f"Predict new cases with: fusionseg predict {result.run_dir} DATA OUTPUT"
+        )
+    elif not quiet:
         console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
+
+
+def _final_config(cfg):
+    """``cfg`` for ``train --final``: split.kind all, run named ``<name>-final``.
+
+    Raises:
+        ConfigError: the config reuses a split file or picks folds (a final model has
+            one split of its own).
+    """
+    from fusionseg.errors import ConfigError
+
+    if cfg.split.file is not None or cfg.split.run_folds not in (None, [0]):
+        raise ConfigError(
+            "--final makes its own split (every case but a validation share): drop split.file / run_folds"
+        )
+    return cfg.model_copy(update={"name": f"{cfg.name}-final"})
 
 
 def terminal_table(per_case, summary: dict) -> str:

@@ -198,9 +198,12 @@ class SplitConfig(_Strict):
     """How labelled cases are split. ``kfold``: each fold's test set is one of
     ``folds`` disjoint parts; of the remaining cases ``val_fraction`` (at least one
     case) is held out for early stopping. ``holdout``: one split with
-    ``test_fraction`` test cases. A saved split file is reused when given."""
+    ``test_fraction`` test cases. ``all``: the final model for new data (``fusionseg
+    train --final``): one fold that trains on every labelled case but the
+    ``val_fraction`` kept for early stopping and post-processing, with no test cases
+    (so no test metrics). A saved split file is reused when given."""
 
-    kind: Literal["kfold", "holdout"] = "kfold"
+    kind: Literal["kfold", "holdout", "all"] = "kfold"
     folds: int = Field(5, ge=2)
     run_folds: list[int] | None = Field(None, description="run only these folds")
     val_fraction: float = Field(0.1, gt=0, lt=1)

@@ -77,7 +77,9 @@ def make_splits(case_ids: Sequence[str], cfg: SplitConfig, groups: Iterable[Iter
     parts; from each fold's remaining cases ``val_fraction`` (at least one) are the
     validation cases used for early stopping. holdout: ``test_fraction`` (at least one)
     of the shuffled cases are the test cases, the next ``val_fraction`` (at least one)
-    the validation cases, the rest the training cases.
+    the validation cases, the rest the training cases. all (the final model): the
+    first ``val_fraction`` (at least one) of the shuffled cases are validation cases,
+    the rest training cases, no test cases.
 
     ``groups`` (e.g. cases with identical image data,
     :func:`fusionseg.data.duplicates.duplicate_groups`) are kept together: in every
@@ -131,6 +133,12 @@ def make_splits(case_ids: Sequence[str], cfg: SplitConfig, groups: Iterable[Iter
             n_val = max(1, int(round(cfg.val_fraction * sum(map(len, rest)))))
             val, train = _take(rest, n_val)
             folds.append({"fold": k, "train": _flat(train), "val": _flat(val), "test": _flat(test)})
+    elif cfg.kind == "all":
+        if n_units < 2:
+            raise ConfigError(f"{n} labelled cases{together} are too few for a final model (train and validation)")
+        n_val = max(1, int(round(cfg.val_fraction * n)))
+        val, train = _take(order, n_val)
+        folds.append({"fold": 0, "train": _flat(train), "val": _flat(val), "test": []})
     else:
         if n < 3 or n_units < 3:
             raise ConfigError(f"{n} labelled cases{together} are too few for a train/val/test split")

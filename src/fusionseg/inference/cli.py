@@ -18,6 +18,7 @@ code 2) for bad usage (unknown case id, existing outputs without ``--overwrite``
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from enum import Enum
@@ -403,6 +404,7 @@ def _predict(
             model_scheme=predictor.scheme.name,
             dataset_scheme=dataset.scheme.name,
         )
+    start = time.perf_counter()
     with make_progress(disable=not progress) as bar:
         task = bar.add_task("predict", total=len(todo), info="")
         for case in todo:
@@ -411,3 +413,19 @@ def _predict(
             )
             bar.update(task, advance=1, info=case.case_id)
     console.print(Text(f"{len(todo)} label map(s) written to {output} ({target.name} labels)"), soft_wrap=True)
+    console.print(Text(cost_line((time.perf_counter() - start) / len(todo), predictor)), soft_wrap=True)
+
+
+def cost_line(seconds_per_case: float, predictor) -> str:
+    """What a case cost (read, preprocess, predict, write) and, for an ensemble or
+    with mirroring, the cheaper path: one model (--fold K) and no flips (--no-tta);
+    its cost is estimated as the forward passes' share (one per model and flip)."""
+    n_models = len(predictor.models)
+    flips = (4 if predictor.spatial_dims == 2 else 8) if predictor.mirror else 1
+    line = f"{seconds_per_case:.1f} s per case ({n_models} model(s) x {flips} mirroring pass(es))"
+    if n_models * flips > 1:
+        line += (
+            f"; cheaper: --fold 0 --no-tta runs 1 model x 1 pass, about "
+            f"{seconds_per_case / (n_models * flips):.1f} s per case plus reading and writing"
+        )
+    return line
