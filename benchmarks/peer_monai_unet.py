@@ -1,0 +1,191 @@
+"""A plain MONAI 2-D U-Net script, as a user would write it in an afternoon, trained and
+tested on exactly the cross-validation folds of a finished fusionseg run, side by side.
+
+The peer (issue 13): MONAI ``UNet`` (2-D, channels 32-64-128-256, strides 2, 2 residual
+units, batch norm), ``DiceCELoss`` (softmax, one-hot), Adam lr 1e-3, batch 16, 20
+epochs over every axial slice with tumour of each fold's training and validation
+cases (no early stopping, no augmentation), per-volume z-score of each modality over
+its non-zero voxels, centre crop 192 x 192 in-plane. Test cases are predicted slice by
+slice on the same crop (voxels outside it are background), labels mapped back to the
+dataset's values. Only the scoring is fusionseg's (:func:`fusionseg.evaluation.evaluate.
+evaluate_case`, BraTS 2023 GLI lesion-wise settings), so both sides are scored by one
+function on the same GT.
+
+Output (``--out``, default benchmarks/results/peer_monai_unet.{json,md}): per region
+(WT, TC, ET) and metric (Dice, HD95, lesion-wise Dice) fusionseg's and the peer's mean
+± sd over the same test cases, the paired Wilcoxon p, both wall times and machine info;
+the peer's per-case rows as CSV.
+
+    python benchmarks/peer_monai_unet.py runs/baseline_brats18_cpu [--data DIR] [--epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from fusionseg.data.cases import discover
+from fusionseg.evaluation.evaluate import evaluate_case
+from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.report import mean_sd, paired_p
+
+ROOT = Path(__file__).resolve().parents[1]
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+METRICS = ("dice", "hd95", "lesion_dice")
+CROP = 192
+
+
+def load_case(case) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...]]:
+    """(4, X, Y, Z) per-volume z-scored float32, raw label map or None, spacing (mm)."""
+    vols = []
+    for m in MODALITIES:
+        img = nib.load(case.images[m].path)
+        v = np.asarray(img.dataobj, dtype=np.float32)
+        brain = v != 0
+        if brain.any():
+            v = np.where(brain, (v - v[brain].mean()) / (v[brain].std() + 1e-8), 0).astype(np.float32)
+        vols.append(v)
+    seg = None if case.label is None else np.asarray(nib.load(case.label).dataobj).astype(np.int64)
+    return np.stack(vols), seg, tuple(float(s) for s in img.header.get_zooms()[:3])
+
+
+def crop_window(shape: tuple[int, int]) -> tuple[slice, slice]:
+    """Centre crop of CROP x CROP in-plane (the whole axis when it is shorter)."""
+    out = []
+    for n in shape:
+        start = max(0, (n - CROP) // 2)
+        out.append(slice(start, start + min(CROP, n)))
+    return tuple(out)
+
+
+def training_slices(cases, scheme) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every axial slice (last axis) with tumour: images (N, 4, h, w), classes (N, 1, h, w)."""
+    xs, ys = [], []
+    for case in cases:
+        image, seg, _ = load_case(case)
+        wx, wy = crop_window(image.shape[1:3])
+        classes = scheme.to_classes(seg)
+        for z in np.flatnonzero(classes.any(axis=(0, 1))):
+            xs.append(image[:, wx, wy, z])
+            ys.append(classes[wx, wy, z][None])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+
+def train_peer(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> torch.nn.Module:
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(seed)
+    model = UNet(2, 4, 4, channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2, norm="batch")
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(16):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_peer(model, case, scheme) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    image, seg, spacing = load_case(case)
+    wx, wy = crop_window(image.shape[1:3])
+    classes = np.zeros(image.shape[1:], dtype=np.uint8)
+    stack = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image[:, wx, wy, :], 3, 0)))  # (Z, 4, h, w)
+    h, w = stack.shape[2:]
+    ph, pw = -(-h // 8) * 8, -(-w // 8) * 8  # the UNet needs multiples of 8
+    for start in range(0, len(stack), 16):
+        chunk = torch.nn.functional.pad(stack[start : start + 16], (0, pw - w, 0, ph - h))
+        out = model(chunk).argmax(dim=1)[:, :h, :w].numpy().astype(np.uint8)  # (b, h, w)
+        classes[wx, wy, start : start + len(out)] = np.moveaxis(out, 0, 2)
+    return scheme.from_classes(classes), seg, spacing
+
+
+def side_by_side(ours: pd.DataFrame, peer: pd.DataFrame, regions) -> tuple[str, list[dict]]:
+    lines = ["| region | metric | fusionseg | peer (MONAI script) | paired p | n |", "|---|---|---|---|---|---|"]
+    rows = []
+    for r in regions:
+        for m in METRICS:
+            a, b = ours.loc[ours["region"] == r, m], peer.loc[peer["region"] == r, m]
+            p = paired_p(ours, peer, m, r)
+            digits = 3 if "dice" in m else 2
+            ps = "–" if p is None else f"{p:.2g}"
+            lines.append(f"| {r} | {m} | {mean_sd(a, digits)} | {mean_sd(b, digits)} | {ps} | {len(b)} |")
+            rows.append({"region": r, "metric": m, "ours": float(a.mean()), "peer": float(b.mean()), "p_wilcoxon": p})
+    return "\n".join(lines), rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a finished fusionseg run folder (its splits.json and metrics are used)")
+    ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run config's data.root)")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peer_monai_unet")
+    args = ap.parse_args(argv)
+    import yaml
+
+    config = yaml.safe_load((args.run / "config.yaml").read_text())
+    data = args.data or Path(config["data"]["root"])
+    if not data.is_dir():
+        print(f"skipped: real data not found at {data} (pass --data)")
+        return 0
+    torch.set_num_threads(args.threads)
+    ds = discover(data)
+    splits = json.loads((args.run / "splits.json").read_text())
+    ours = pd.read_csv(args.run / "metrics_per_case.csv")
+    ours_summary = json.loads((args.run / "summary.json").read_text())
+    start, rows = time.perf_counter(), []
+    for fold in splits["folds"]:
+        t0 = time.perf_counter()
+        x, y = training_slices([ds.case(c) for c in fold["train"] + fold["val"]], ds.scheme)
+        model = train_peer(x, y, args.epochs, args.seed)
+        for case_id in fold["test"]:
+            pred, gt, spacing = predict_peer(model, ds.case(case_id), ds.scheme)
+            region_rows, _ = evaluate_case(pred, gt, spacing, ds.scheme, metrics=list(METRICS), challenge="GLI")
+            rows += [{"case": case_id, "fold": fold["fold"], **r} for r in region_rows]
+        print(f"fold {fold['fold']}: {len(x)} training slices, {time.perf_counter() - t0:.0f} s", flush=True)
+    peer_wall = time.perf_counter() - start
+    peer = pd.DataFrame(rows)
+    ours = ours[ours["case"].isin(peer["case"])]
+    table, records = side_by_side(ours, peer, ds.scheme.region_names)
+    ours_wall = ours_summary.get("fold_seconds_total") or ours_summary.get("wall_seconds")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    peer.to_csv(args.out.with_suffix(".csv"), index=False)
+    text = (
+        f"# fusionseg vs a plain MONAI script on the folds of {args.run}\n\n{table}\n\n"
+        f"Wall time: fusionseg {ours_wall / 60:.1f} min (all folds, from its summary.json), "
+        f"peer {peer_wall / 60:.1f} min ({args.epochs} epochs, {args.threads} threads).\n"
+    )
+    args.out.with_suffix(".md").write_text(text)
+    payload = {
+        "benchmark": "peer_monai_unet",
+        "run": str(args.run),
+        "data": str(data),
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "rows": records,
+        "ours_wall_seconds": ours_wall,
+        "peer_wall_seconds": round(peer_wall, 1),
+        "machine": environment_info(),
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
