@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import importlib.util
+from pathlib import Path
 
 import pytest
 import yaml
@@ -76,3 +77,24 @@ def test_ray_executor_gives_the_local_executors_bytes(phantom_dataset, tmp_path)
             for name in ("metrics_per_case.csv", "metrics_per_lesion.csv"):
                 a, b = (r["dir"] / row / f"fold_{fold}" / name for r in (local, remote))
                 assert filecmp.cmp(a, b, shallow=False), (row, fold, name)
+
+
+def test_cpus_leave_pet_rule_jobs_valid():
+    """--cpus sets train.threads of network jobs only: a rule job (strategy:
+    threshold) takes no train settings, and a study-wide post-processing chosen on
+    validation predictions is dropped for it (it has no model to predict them)."""
+    from fusionseg.config import validate_config
+    from fusionseg.experiments.compare import load_study
+
+    study = load_study(
+        Path(__file__).resolve().parents[1] / "configs" / "petct_baselines.yaml",
+        "cpu",
+        ["postprocess.method=validation"],
+    )
+    for cfg in study.configs:
+        job = with_threads(FoldJob(cfg.model_dump(mode="json"), fold=0, cache_key="k"), 1)
+        again = validate_config(job.config)
+        if cfg.strategy == "threshold":
+            assert again.postprocess.method == "none" and job.config["train"] == cfg.model_dump(mode="json")["train"]
+        else:
+            assert again.train.threads == 1 and again.postprocess.method == "validation"

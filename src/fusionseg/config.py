@@ -795,7 +795,8 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
     apply to its strategy (and weighting): the whole ``fusion`` section under early,
     ``epochs`` under joint, the weighting keys under decoupled and those of the other
     weightings under joint; under ``threshold`` (a rule) the network, training and
-    inference sections and ``spatial_dims``, and the ``threshold`` section elsewhere.
+    inference sections, ``spatial_dims`` and a post-processing chosen on validation
+    predictions (``method: validation``), and the ``threshold`` section elsewhere.
     Settings in ``written`` (the part of ``raw`` its author wrote for this config) are
     kept, so validation reports them; unknown keys are kept (typos stay errors).
 
@@ -810,6 +811,9 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
         for key in (*RULE_FREE_SECTIONS, "spatial_dims", "fusion"):
             if key not in (written or {}):
                 out.pop(key, None)
+        post = out.get("postprocess")
+        if isinstance(post, dict) and post.get("method") == "validation" and "postprocess" not in (written or {}):
+            out.pop("postprocess")  # chosen on validation predictions of a model: a rule has none
         return out
     if strategy != "threshold" and "threshold" in out and "threshold" not in (written or {}):
         del out["threshold"]

@@ -23,8 +23,10 @@ from fusionseg.experiments.jobs import FoldJob, FoldResult, RunContext, run_fold
 
 
 def with_threads(job: FoldJob, cpus: int | None) -> FoldJob:
-    """``job`` with ``train.threads = cpus`` (unchanged when ``cpus`` is None)."""
-    if cpus is None:
+    """``job`` with ``train.threads = cpus`` (unchanged when ``cpus`` is None, and for a
+    PET rule, ``strategy: threshold``, which runs no network and takes no train
+    settings)."""
+    if cpus is None or job.config.get("strategy") == "threshold":
         return job
     config = {**job.config, "train": {**job.config["train"], "threads": int(cpus)}}
     return FoldJob(config, job.fold, job.cache_key)
