@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -97,6 +98,7 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
     assert "LW Dice ET" in (folder / "table1.md").read_text()
     assert "(p " in (folder / "table1.md").read_text()
     assert "both empty -> 1" in (folder / "table1.md").read_text()  # the empty-mask rules travel with the table
+    assert re.search(r"Mean ± sd over \d+(-\d+)? test cases", (folder / "comparison.md").read_text())
     assert (folder / "examples.png").exists() and (folder / "fusion_quality.md").exists()
     quality = (folder / "fusion_quality.md").read_text()
     assert "| B |" in quality and "| C-dynamic |" in quality and "| A |" not in quality

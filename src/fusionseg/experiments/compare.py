@@ -299,12 +299,15 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
         lines += ["## Fused-image quality (test cases, mean ± sd over cases)", "", quality, ""]
         with atomic_path(out / "fusion_quality.md") as tmp:
             tmp.write_text(quality + "\n")
-    n_cases = {s["n_cases"] for s in summaries.values()}
+    n_cases = sorted({s["n_cases"] for s in summaries.values()})
+    n_text = str(n_cases[0]) if len(n_cases) == 1 else f"{n_cases[0]}-{n_cases[-1]}"
     wall = max(s["wall_seconds"] for s in summaries.values())  # all rows ran in one dispatch
+    folds_total = sum(s.get("fold_seconds_total", 0.0) for s in summaries.values())
     lines += [
-        f"Mean ± sd over {sorted(n_cases)} test cases; p = paired Wilcoxon signed-rank test "
+        f"Mean ± sd over {n_text} test cases; p = paired Wilcoxon signed-rank test "
         f"against **{study.reference}** over cases. Splits: `{split_path}`. "
-        f"Total wall time {wall / 60:.1f} min."
+        f"Wall time {wall / 60:.1f} min (this invocation; every fold of every row over every "
+        f"invocation: {folds_total / 60:.1f} min of job time)."
     ]
     if study.claims:
         claims = evaluate_claims(study.claims, runs)
