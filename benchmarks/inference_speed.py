@@ -18,8 +18,8 @@ Settings:
 - ``3d-petct``: configs/petct_baselines.yaml (cpu protocol) on STS PET/CT cases;
 - ``3d-brats``: configs/brats_3d.yaml (cpu-smoke protocol network and window) on BraTS
   cases, four modalities.
-Each timing is the best of ``--repeats`` (the least disturbed); the label maps are
-compared voxel for voxel. Results with machine info go to
+Each timing is the best of ``--repeats`` (the least disturbed), the two paths
+alternating which runs first; the label maps are compared voxel for voxel. Results with machine info go to
 benchmarks/results/inference_speed.json.
 
     python benchmarks/inference_speed.py [--settings 2d,3d-petct,3d-brats] [--cases 2]
@@ -93,16 +93,19 @@ def bare_3d(model, case, modalities, options: InferOptions) -> np.ndarray:
     return torch.as_tensor(probs)[0].argmax(dim=0).numpy()
 
 
-def best_time(fn, repeats: int):
-    """Best wall time of ``repeats`` calls after one untimed warm-up call (first-call
-    allocations and MONAI imports are not the path's cost), all times, the output."""
-    fn()
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), times, out
+def interleaved_times(ours, bare, repeats: int):
+    """Wall times of ``repeats`` calls of each of two functions, alternating which goes
+    first (so neither profits from running second), after one untimed warm-up call of
+    each (first-call allocations and MONAI imports are not the path's cost). Returns
+    (ours times, bare times, ours output, bare output)."""
+    out_ours, out_bare = ours(), bare()
+    times: dict[str, list[float]] = {"ours": [], "bare": []}
+    for r in range(repeats):
+        for name, fn in (("ours", ours), ("bare", bare)) if r % 2 == 0 else (("bare", bare), ("ours", ours)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times["ours"], times["bare"], out_ours, out_bare
 
 
 def run_setting(name: str, n_cases: int, repeats: int, cache_dir: Path) -> dict:
@@ -120,14 +123,13 @@ def run_setting(name: str, n_cases: int, repeats: int, cache_dir: Path) -> dict:
     rows = []
     for case in list(ds.labelled)[:n_cases]:
         prepared = cache.load(case, ds.scheme)
-        ours_s, ours_all, ours = best_time(
-            lambda: infer([model], prepared, cfg.data.modalities, ds.scheme, divisor, options), repeats
-        )
+        ours_fn = lambda: infer([model], prepared, cfg.data.modalities, ds.scheme, divisor, options)  # noqa: E731
         if cfg.spatial_dims == 2:
             bare_fn = lambda: bare_2d(model, prepared, cfg.data.modalities, divisor, options.batch_size)  # noqa: E731
         else:
             bare_fn = lambda: bare_3d(model, prepared, cfg.data.modalities, options)  # noqa: E731
-        bare_s, bare_all, classes = best_time(bare_fn, repeats)
+        ours_all, bare_all, ours, classes = interleaved_times(ours_fn, bare_fn, repeats)
+        ours_s, bare_s = min(ours_all), min(bare_all)
         bare = prepared.uncrop(ds.scheme.from_classes(classes.astype(np.uint8), dtype=ours.dtype))
         rows.append(
             {

@@ -72,7 +72,7 @@ def volume_probabilities(models: Sequence[nn.Module], image: np.ndarray, options
         )
         p = torch.as_tensor(p)[0].float()
         total = p if total is None else total + p
-    return total / len(models)
+    return total if len(models) == 1 else total / len(models)
 
 
 @register_inferer(3)
