@@ -240,7 +240,8 @@ def test_threshold_config_rules(change, expected, tmp_path):
 
 def test_threshold_run_scores_the_rule_like_a_model(phantom_dataset, tmp_path):
     """A threshold row trains nothing, writes predictions with the PET's header and
-    per-case metrics that fusionseg evaluate reproduces; predict says there is no model."""
+    per-case metrics that fusionseg evaluate reproduces; fusionseg predict on the run
+    applies the rule to cases and writes what the folds wrote."""
     from fusionseg.inference.rules import threshold_mask
 
     data = phantom_dataset("autopet", n_cases=4)
@@ -271,8 +272,15 @@ def test_threshold_run_scores_the_rule_like_a_model(phantom_dataset, tmp_path):
     runs = pd.read_csv(run / "metrics_per_case.csv").set_index(["case", "region"]).sort_index()
     for metric in ("dice", "fpv_ml", "fnv_ml"):
         assert np.allclose(ours[metric], runs.loc[ours.index, metric], atol=1e-12)
-    refused = CliRunner().invoke(app, ["predict", str(run), str(data), str(tmp_path / "p"), "--no-progress"])
-    assert refused.exit_code == 2 and "no trained model" in " ".join(refused.output.split())
+    # predict on the rule run applies the rule to new cases, as the folds did
+    out = tmp_path / "p"
+    result = CliRunner().invoke(app, ["predict", str(run), str(data), str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "rule: SUV >= 2.5 (no network" in " ".join(result.output.split())
+    for case in sorted(p.name for p in data.iterdir() if p.is_dir()):
+        mine, theirs = nib.load(out / f"{case}.nii.gz"), nib.load(run / "predictions" / f"{case}.nii.gz")
+        assert np.array_equal(np.asanyarray(mine.dataobj), np.asanyarray(theirs.dataobj)), case
+        assert np.array_equal(mine.affine, theirs.affine)
 
 
 def _rule():

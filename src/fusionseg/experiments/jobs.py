@@ -319,19 +319,16 @@ def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldRes
     """A fold of a PET rule (:mod:`fusionseg.inference.rules`): every test case's SUV
     image read from its file and thresholded, post-processed as configured (none or
     fixed), written and evaluated exactly as a trained model's predictions."""
-    from fusionseg.inference.rules import threshold_mask
+    from fusionseg.inference.rules import rule_labels
 
     start, k, scheme = time.perf_counter(), fold["fold"], context.dataset.scheme
     post, post_info = decide_postprocess(cfg, None, fold, context, 1)  # none or fixed: no model involved
-    tumour = max(scheme.values)  # PET/CT scheme: 0 background, 1 tumour
     rows, lesions = [], []
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
-        pet = case.images[PET].path
-        suv = read_array(load_nifti(pet), pet, channel=case.images[PET].channel)
         gt, spacing = _ground_truth(case)
-        pred = post((threshold_mask(suv, cfg.threshold) * tumour).astype(np.uint8), spacing, scheme)
-        save_label_map(pred, pet, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
+        pred = post(rule_labels(case, cfg.threshold, scheme), spacing, scheme)
+        save_label_map(pred, case.images[PET].path, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
         region_rows, case_lesions = evaluate_case(
             *_in_scope(cfg, prepared, pred, gt),
             spacing,

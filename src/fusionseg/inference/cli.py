@@ -381,8 +381,8 @@ def _predict(
     skipped = f", {len(existing)} skipped (output exists)" if skip_existing and existing else ""
     console.print(
         Text(
-            f"{len(todo)} case(s) to predict{skipped}, model(s): {len(predictor.models)} "
-            f"({', '.join(str(p) for p in predictor.sources)}), modalities {', '.join(predictor.modalities)}, "
+            f"{len(todo)} case(s) to predict{skipped}, {_what_predicts(predictor)}, "
+            f"modalities {', '.join(predictor.modalities)}, "
             f"post-processing: {predictor.postprocess.label()}, "
             f"test-time mirroring: {'on' if predictor.mirror else 'off'}"
         ),
@@ -416,10 +416,21 @@ def _predict(
     console.print(Text(cost_line((time.perf_counter() - start) / len(todo), predictor)), soft_wrap=True)
 
 
+def _what_predicts(predictor) -> str:
+    """The networks (count and checkpoint files) or the PET rule of a predictor."""
+    if not predictor.models:
+        rule = predictor.rule
+        cut = f"SUV >= {rule['value']}" if rule["rule"] == "suv" else f"SUV >= {rule['value']:.0%} of SUVmax"
+        return f"rule: {cut} (no network; {predictor.sources[0].parent.parent})"
+    return f"model(s): {len(predictor.models)} ({', '.join(str(p) for p in predictor.sources)})"
+
+
 def cost_line(seconds_per_case: float, predictor) -> str:
     """What a case cost (read, preprocess, predict, write) and, for an ensemble or
     with mirroring, the cheaper path: one model (--fold K) and no flips (--no-tta);
     its cost is estimated as the forward passes' share (one per model and flip)."""
+    if not predictor.models:
+        return f"{seconds_per_case:.1f} s per case (a threshold rule, no network)"
     n_models = len(predictor.models)
     flips = (4 if predictor.spatial_dims == 2 else 8) if predictor.mirror else 1
     line = f"{seconds_per_case:.1f} s per case ({n_models} model(s) x {flips} mirroring pass(es))"

@@ -243,6 +243,58 @@ class Predictor:
         return save_label_map(result, case.images[self.modalities[0]].path, out, overwrite=overwrite)
 
 
+@dataclass
+class RulePredictor:
+    """A PET rule run (``strategy: threshold``) as a predictor for new cases: each case's
+    SUV image thresholded as the run's folds did (:func:`fusionseg.inference.rules.
+    rule_labels`), with their post-processing (none or fixed), written like a model's
+    prediction. Same interface as :class:`Predictor` (no networks: ``models`` empty)."""
+
+    rule: dict
+    scheme: LabelScheme
+    sources: list[Path]
+    postprocess: Postprocess = field(default_factory=Postprocess)
+    modalities: tuple[str, ...] = ("pet",)
+    models: tuple = ()
+    mirror: bool = False
+    spatial_dims: int = 3
+
+    def predict_case(self, case: Case, batch_size: int = 16, labels: LabelScheme | None = None) -> np.ndarray:
+        """Raw label map (X, Y, Z) of ``case`` on its PET grid, in ``labels`` (None: the
+        run's scheme). Raises DataError (no or unreadable PET image)."""
+        from fusionseg.config import ThresholdConfig
+        from fusionseg.data.io import load_nifti, voxel_spacing
+        from fusionseg.inference.rules import rule_labels
+
+        raw = rule_labels(case, ThresholdConfig.model_validate(self.rule), self.scheme)
+        if not self.postprocess.is_identity:
+            raw = self.postprocess(raw, voxel_spacing(load_nifti(case.images["pet"].path)), self.scheme)
+        return raw if labels is None else remap_labels(raw, label_mapping(self.scheme, labels))
+
+    write_case = Predictor.write_case
+
+
+def _rule_predictor(source: Path, fold: int | None, postprocess: bool) -> RulePredictor | None:
+    """The :class:`RulePredictor` of a rule run folder; None for any other source."""
+    if not source.is_dir():
+        return None
+    records = sorted(source.glob(f"fold_{fold}/fit.json" if fold is not None else "fold_*/fit.json"))
+    fits = [json.loads(r.read_text()) for r in records]
+    if not fits or fits[0].get("rule") is None:
+        return None
+    summary = source / "summary.json"
+    if not summary.exists():
+        raise FusionsegError(f"{source}: the rule run has not finished (no summary.json); run fusionseg train again.")
+    scheme = scheme_from_dict(json.loads(summary.read_text())["label_scheme"])
+    settings = [Postprocess.from_dict(f.get("postprocess", {}).get("setting")) for f in fits]
+    return RulePredictor(
+        rule=fits[0]["rule"],
+        scheme=scheme,
+        sources=records,
+        postprocess=combine_settings(settings) if postprocess else Postprocess(),
+    )
+
+
 def checkpoint_meta(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, divisor: int) -> dict:
     """Metadata saved in ``best.ckpt`` so the strategy can be rebuilt without the run's
     config file: the resolved experiment config, modalities, label scheme, divisor."""
@@ -292,8 +344,8 @@ def find_checkpoints(source: Path, fold: int | None = None) -> list[Path]:
             data = json.loads(record.read_text())
             if data.get("rule") is not None:
                 raise FusionsegError(
-                    f"{record}: this run applied a rule ({data['rule']}) and has no trained model to predict "
-                    "with. Run the same config with `fusionseg train` on the new cases' folder instead."
+                    f"{record}: this run applied a rule ({data['rule']}) and has no trained model. "
+                    "Pass the run folder itself to fusionseg predict: it applies the rule to the new cases."
                 )
             found.append(source / data["checkpoint"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -332,7 +384,11 @@ def load_predictor(
     (``fit.json``) is applied; for an ensemble of folds their settings are combined
     (:func:`~fusionseg.inference.postprocess.combine_settings`). ``tta``: test-time
     mirroring on/off; None = as the fold predicted its test cases (``inference`` in
-    its ``fit.json``, from config ``inference.tta``)."""
+    its ``fit.json``, from config ``inference.tta``). A run of a PET rule gives a
+    :class:`RulePredictor`."""
+    rule = _rule_predictor(Path(source), fold, postprocess)
+    if rule is not None:
+        return rule
     paths = find_checkpoints(Path(source), fold)
     models, metas = zip(*(model_from_checkpoint(p, device) for p in paths))
     first = metas[0]

@@ -31,3 +31,22 @@ def threshold_mask(suv: np.ndarray, rule: ThresholdConfig) -> np.ndarray:
             return np.zeros(suv.shape, dtype=np.uint8)
         cut = rule.value * peak
     return (suv >= cut).astype(np.uint8)
+
+
+def rule_labels(case, rule: ThresholdConfig, scheme) -> np.ndarray:
+    """Raw label map (X, Y, Z) uint8 of a case under ``rule``: its PET (SUV) image read
+    from the file (unclipped), thresholded (:func:`threshold_mask`), tumour voxels set
+    to the scheme's tumour value (the largest; 1 for the PET/CT scheme).
+
+    Raises:
+        DataError: the case has no PET image, or it cannot be read.
+    """
+    from fusionseg.constants import PET
+    from fusionseg.data.io import load_nifti, read_array
+    from fusionseg.errors import DataError
+
+    if PET not in case.images:
+        raise DataError(f"case {case.case_id} has no PET (SUV) image.", None, "a PET rule reads the SUV file; add it.")
+    ref = case.images[PET]
+    suv = read_array(load_nifti(ref.path), ref.path, channel=ref.channel)
+    return (threshold_mask(suv, rule) * max(scheme.values)).astype(np.uint8)
