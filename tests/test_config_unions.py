@@ -99,7 +99,7 @@ COMMON = "model, detail, salient, seg_inputs, perceptual_features, w_s, w_d, gam
             "early",
             {"lr": 1e-3},
             "fusion does not apply under strategy: early (a fusion section is for strategy decoupled or "
-            "joint; early has no fusion network)",
+            "joint; early has no image-fusion network)",
         ),
         ("early", {"lamda_f": 1}, "fusion.lamda_f: unknown key (and no fusion section applies under strategy: early)"),
         (
@@ -196,7 +196,7 @@ def test_value_errors_inside_a_section_name_the_key_without_the_union_member():
 
 def test_strategy_typo_lists_the_strategies():
     assert problems(raw(strategy="erly")) == [
-        "  - strategy: Input should be 'early', 'decoupled', 'joint' or 'threshold' (got 'erly')"
+        "  - strategy: Input should be 'early', 'decoupled', 'joint', 'a2fseg' or 'threshold' (got 'erly')"
     ]
 
 
@@ -438,7 +438,7 @@ def test_every_row_of_the_s0_study_loads(protocol):
     by = {c.name: c for c in study.configs}
     assert by["A"].fusion is None
     assert isinstance(by["B"].fusion, DecoupledFusionConfig)
-    assert by["B"].fusion.epochs == (3 if protocol.startswith("cpu-small") else None)
+    assert by["B"].fusion.epochs == {"cpu-small": 3, "cpu-small-cv": 3, "executor-check": 1}.get(protocol)
     assert isinstance(by["C-dynamic"].fusion, DynamicFusionConfig)
     assert isinstance(by["C-seg-only"].fusion, SegOnlyFusionConfig)
     statics = [c for c in study.configs if c.name.startswith("C-static-")]

@@ -13,9 +13,10 @@ from fusionseg.models import registry as registry_module
 TINY_KWARGS: dict[str, dict] = {
     "unet2stage": {"channels": (4, 8), "bottleneck": 8},
     "monai_unet": {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1},
+    "a2fseg": {"base": 4, "depth": 2},
 }
 #: Models that support spatial_dims=3 (checked on a 16^3 volume).
-SUPPORTS_3D = {"unet2stage", "monai_unet"}
+SUPPORTS_3D = {"unet2stage", "monai_unet", "a2fseg"}
 
 IN_CH, N_CLS = 3, 4
 
@@ -38,7 +39,8 @@ def _forward_backward(model: torch.nn.Module, spatial_dims: int, base: int) -> N
     assert y.dtype == torch.float32
     assert torch.isfinite(y).all()
     y.square().mean().backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    # deep-supervision heads (A2FSeg) do not feed the final output: they learn from their own losses
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and ".heads." not in n]
     assert grads and all(g is not None for g in grads), "every parameter should receive a gradient"
     assert all(torch.isfinite(g).all() for g in grads)
     assert x.grad is not None and torch.isfinite(x.grad).all()

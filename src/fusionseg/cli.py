@@ -71,10 +71,12 @@ def _describe(exc: BaseException) -> str:
 def _register_optional_commands() -> None:
     from fusionseg.data.check import check_command
     from fusionseg.evaluation.cli import evaluate_command
+    from fusionseg.experiments.subsets_cli import evaluate_subsets_command
     from fusionseg.inference.cli import predict_command
 
     data_app.command("check")(friendly_errors(check_command))
     app.command("evaluate")(friendly_errors(evaluate_command))
+    app.command("evaluate-subsets")(friendly_errors(evaluate_subsets_command))
     app.command("predict")(friendly_errors(predict_command))
 
 

@@ -252,6 +252,11 @@ class EvalConfig(_Strict):
     scope: Literal["volume", "sampled_slices"] = "volume"
     metrics: list[str] | None = None
     overlays: int = Field(3, ge=0, description="cases drawn as overlay PNGs")
+    modality_subsets: Literal["all"] | list[str] | None = Field(
+        None,
+        description="also score every test case with only some modalities: all (every non-empty subset), "
+        "or a list such as [t1ce+flair, flair]; absent ones simulated as missing.simulate says",
+    )
 
     @field_validator("challenge", mode="before")
     @classmethod
@@ -367,6 +372,25 @@ class InferenceConfig(_Strict):
         ]
 
 
+class MissingConfig(_Strict):
+    """Missing MRI sequences (S1; :mod:`fusionseg.strategies.missing`).
+
+    ``simulate``: how an absent modality is shown to the network, in modality-dropout
+    training and when a model is scored on a modality subset or predicts a case that
+    lacks a sequence: ``zero`` (zeroed input channel), ``mean`` (the mean of the
+    present channels), ``drop_branch`` (branch models: the branch is skipped) or
+    ``zero_features`` (branch models: its features count as zeros). Unset: the
+    strategy's natural choice (``drop_branch`` for a2fseg, ``zero`` otherwise), written
+    into the saved config. ``dropout``: modality-dropout training, ``none``,
+    ``alternate`` (A2FSeg's schedule) or ``per_sample``. ``mask_channels``: append the
+    availability mask as input channels (strategy early).
+    """
+
+    simulate: Literal["zero", "mean", "drop_branch", "zero_features"] | None = None
+    dropout: Literal["none", "alternate", "per_sample"] = "none"
+    mask_channels: bool = False
+
+
 class ThresholdConfig(_Strict):
     """A PET segmentation rule that clinicians use, with no training (``strategy:
     threshold``; :mod:`fusionseg.inference.rules`), as a floor for learned PET/CT
@@ -393,6 +417,8 @@ class ThresholdConfig(_Strict):
 
 #: Sections that a threshold rule does not use (no network, no training).
 RULE_FREE_SECTIONS = ("model", "loss", "sampling", "train", "inference")
+#: Strategies without an image-fusion network (no ``fusion`` section).
+NO_FUSION_STRATEGIES = ("early", "a2fseg", "threshold")
 
 
 class FusionCommon(_Strict):
@@ -577,7 +603,7 @@ def _check_fusion_section(value: Any, strategy: str) -> Any:
     is unknown or does not apply."""
     if isinstance(value, BaseModel):
         value = value.model_dump()
-    if strategy in ("early", "threshold"):
+    if strategy in NO_FUSION_STRATEGIES:
         if value is None:
             return None
         unknown = [k for k in value if k not in FUSION_KEYS] if isinstance(value, dict) else []
@@ -588,7 +614,7 @@ def _check_fusion_section(value: Any, strategy: str) -> Any:
             )
         raise ValueError(
             f"fusion does not apply under strategy: {strategy} (a fusion section is for strategy "
-            f"decoupled or joint; {strategy} has no fusion network)"
+            f"decoupled or joint; {strategy} has no image-fusion network)"
         )
     if value is None:
         value = {}
@@ -618,7 +644,7 @@ class ExperimentConfig(_Strict):
     """
 
     name: str
-    strategy: Literal["early", "decoupled", "joint", "threshold"] = "early"
+    strategy: Literal["early", "decoupled", "joint", "a2fseg", "threshold"] = "early"
     spatial_dims: Literal[2, 3] = 2
     threshold: ThresholdConfig | None = None
     data: DataConfig
@@ -632,6 +658,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    missing: MissingConfig = Field(default_factory=MissingConfig)
     output_dir: Path = Path("runs")
 
     @field_validator("fusion", mode="before")
@@ -648,7 +675,7 @@ class ExperimentConfig(_Strict):
         """Every component name (and option name) is checked against its registry at
         load, so a typo fails before any work, listing the valid choices."""
         fusion_strategy = None if self.fusion is None else self.fusion.strategy
-        if fusion_strategy != (None if self.strategy in ("early", "threshold") else self.strategy):
+        if fusion_strategy != (None if self.strategy in NO_FUSION_STRATEGIES else self.strategy):
             raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: {self.strategy}")
         if self.strategy == "threshold" or self.threshold is not None:
             problems = self._rule_problems()
@@ -656,8 +683,11 @@ class ExperimentConfig(_Strict):
                 raise ValueError("\n".join(problems))
             return self
         problems = self.sampling.check_dims(self.spatial_dims) + self.inference.check_dims(self.spatial_dims)
-        if self.spatial_dims == 3 and self.strategy != "early":
-            problems.append(f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early")
+        if self.spatial_dims == 3 and self.strategy not in ("early", "a2fseg"):
+            problems.append(
+                f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early or a2fseg"
+            )
+        problems += self._missing_problems()
         central = "central" in (self.sampling.mode, self.sampling.val_mode)
         if self.preprocess.target_spacing is not None and (self.evaluation.scope == "sampled_slices" or central):
             problems.append(
@@ -668,6 +698,26 @@ class ExperimentConfig(_Strict):
             raise ValueError("\n".join(problems))
         check_component_names(self)
         return self
+
+    def _missing_problems(self) -> list[str]:
+        """What does not fit in ``missing`` and ``strategy: a2fseg``; resolves an unset
+        ``missing.simulate``."""
+        problems, m, branches = [], self.missing, self.strategy == "a2fseg"
+        if branches != (self.model.name == "a2fseg"):
+            problems.append(
+                f"model {self.model.name} under strategy {self.strategy}: strategy a2fseg takes model a2fseg "
+                "(one branch per modality) and model a2fseg needs strategy a2fseg (its deep-supervision loss)"
+            )
+        if m.simulate is None:
+            m.simulate = "drop_branch" if branches else "zero"
+        if m.simulate in ("drop_branch", "zero_features") and not branches:
+            problems.append(
+                f"missing.simulate: {m.simulate} needs a model with one branch per modality (strategy a2fseg); "
+                f"strategy {self.strategy} takes zero or mean"
+            )
+        if m.mask_channels and (self.strategy != "early" or m.simulate not in ("zero", "mean")):
+            problems.append("missing.mask_channels applies to strategy early (channel-stacking) only")
+        return problems
 
     def _rule_problems(self) -> list[str]:
         """What does not fit ``strategy: threshold`` (a PET rule without a network)."""
@@ -685,6 +735,11 @@ class ExperimentConfig(_Strict):
                 problems.append(f"{key} does not apply under strategy: threshold (a rule: no network, no training)")
         if self.spatial_dims != 2:
             problems.append("spatial_dims does not apply under strategy: threshold (the rule reads the whole volume)")
+        if self.missing != MissingConfig() or self.evaluation.modality_subsets:
+            problems.append(
+                "missing and evaluation.modality_subsets do not apply under strategy: threshold "
+                "(a rule reads the SUV image only)"
+            )
         if self.postprocess.method == "validation":
             problems.append("postprocess.method: validation needs a model; use none or fixed under strategy: threshold")
         return problems
@@ -808,7 +863,7 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
     fusion = raw.get("fusion")
     strategy = raw.get("strategy", "early")
     if strategy == "threshold":  # a rule: the network, training and fusion settings do not apply
-        for key in (*RULE_FREE_SECTIONS, "spatial_dims", "fusion"):
+        for key in (*RULE_FREE_SECTIONS, "spatial_dims", "fusion", "missing"):
             if key not in (written or {}):
                 out.pop(key, None)
         post = out.get("postprocess")
@@ -817,6 +872,9 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
         return out
     if strategy != "threshold" and "threshold" in out and "threshold" not in (written or {}):
         del out["threshold"]
+    if isinstance(fusion, dict) and strategy == "a2fseg" and "fusion" not in (written or {}):
+        del out["fusion"]  # feature-level fusion: no image-fusion network
+        return out
     if not isinstance(fusion, dict) or strategy not in ("early", "decoupled", "joint"):
         return out
     weighting = fusion.get("weighting", "static")

@@ -57,6 +57,7 @@ from fusionseg.experiments.identity import check_run_folder
 from fusionseg.experiments.figures import example_figure, lambda_figure, paired_figure
 from fusionseg.experiments.report import comparison_table, metric_notes, table_frame
 from fusionseg.experiments.executors import LocalExecutor
+from fusionseg.experiments.subsets import write_study_subsets
 from fusionseg.experiments.runner import duplicate_case_groups, gather_run, load_dataset, plan_run, prepare_all
 
 DEFAULT_TABLES = [
@@ -123,7 +124,9 @@ def load_study(
     rows: Sequence[str] | None = None,
 ) -> Study:
     """Expand a study YAML into validated experiment configs (only the runs named in
-    ``rows``, when given; see :func:`select_rows`).
+    ``rows``, when given; see :func:`select_rows`). A run's config is the base, then
+    the protocol's settings, then the run entry, then the entry's own settings for the
+    protocol (``protocols: {NAME: {...}}`` inside a run entry).
 
     Raises:
         ConfigError: unknown top-level key or protocol, duplicate run names, invalid
@@ -144,7 +147,11 @@ def load_study(
         raise ConfigError(f"{path}: every entry of runs needs a name")
     reference = raw.get("reference", raw["runs"][0]["name"])
     configs = []
-    for run in select_rows(raw["runs"], rows, reference, str(path)):
+    for entry in select_rows(raw["runs"], rows, reference, str(path)):
+        # a run's own settings per protocol (e.g. its network's size) come last
+        run = deep_merge(
+            {k: v for k, v in entry.items() if k != "protocols"}, (entry.get("protocols") or {}).get(protocol) or {}
+        )
         merged = deep_merge(base, run)
         for item in overrides or []:
             apply_override(merged, item)
@@ -316,6 +323,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
             tmp.write_text(f"# Claims of {study.name}\n\n{claims_markdown(claims)}\n")
         with atomic_path(out / "claims.csv") as tmp:
             claims_frame(claims).to_csv(tmp, index=False)
+    lines += write_study_subsets(study.reference, {c.name: c for c in study.configs}, results, out)
     figs = _figures(study, results, all_regions, out)
     lines += [""] + [f"![{p.stem}]({p.name})" for p in figs if p is not None]
     table_md = "\n".join(lines) + "\n"

@@ -110,6 +110,7 @@ class FoldResult:
     postprocess: dict
     seconds: float
     reused: bool = False
+    subsets: pd.DataFrame | None = None  # case x modality subset x region (evaluation.modality_subsets)
 
 
 @dataclass
@@ -168,7 +169,7 @@ def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, in
     inputs differ is predicted and evaluated again (without retraining)."""
     return {
         "postprocess": postprocess.model_dump(mode="json"),
-        "evaluation": evaluation.model_dump(mode="json", exclude={"overlays"}),
+        "evaluation": evaluation.model_dump(mode="json", exclude={"overlays", "modality_subsets"}),
         "inference": inference.model_dump(mode="json"),
     }
 
@@ -233,11 +234,14 @@ def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None
             f"key {job.cache_key} the cases were prepared with"
         )
     done = read_fold_result(cfg, job.fold)
-    if done is not None:
-        console.print(f"{job.label}: finished earlier, results read back")
-        return done
-    context = context or run_context(cfg)
-    return train_and_test(cfg, job.fold, context, progress)
+    if done is None:
+        return train_and_test(cfg, job.fold, context or run_context(cfg), progress)
+    console.print(f"{job.label}: finished earlier, results read back")
+    if cfg.evaluation.modality_subsets:
+        from fusionseg.experiments.subsets import fold_subsets
+
+        done.subsets = fold_subsets(cfg, job.fold, context or run_context(cfg))
+    return done
 
 
 def _train_stages(
@@ -312,7 +316,12 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
         )
     rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
-    return write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
+    result = write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
+    if cfg.evaluation.modality_subsets:
+        from fusionseg.experiments.subsets import fold_subsets
+
+        result.subsets = fold_subsets(cfg, fold, context, model, post)
+    return result
 
 
 def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldResult:

@@ -49,6 +49,7 @@ from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_datas
 from fusionseg.experiments.report import comparison_table, metric_notes, write_overlays
 from fusionseg.inference.postprocess import Postprocess
 from fusionseg.progress import make_progress
+from fusionseg.experiments.subsets import gather_subsets, write_run_subsets
 from fusionseg.strategies.registry import describe_strategy
 
 console = Console()
@@ -59,6 +60,7 @@ class RunResult:
     run_dir: Path
     per_case: pd.DataFrame
     summary: dict
+    subsets: pd.DataFrame | None = None  # case x modality subset x region, with a run column
 
 
 def _write_json(path: Path, data) -> None:
@@ -273,7 +275,10 @@ def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResu
             per_case,
             cfg.evaluation.overlays,
         )
-    return RunResult(run_dir, per_case, summary)
+    subsets = gather_subsets(results, cfg.name)
+    if subsets is not None:
+        write_run_subsets(cfg, subsets, plan.context.modalities, scheme, run_dir)
+    return RunResult(run_dir, per_case, summary, subsets)
 
 
 def run_experiment(

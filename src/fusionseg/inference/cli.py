@@ -140,12 +140,19 @@ def require_modalities(dataset: Dataset, modalities: Sequence[str]) -> None:
 
 
 def check_inputs(
-    cases: Sequence[Case], dataset: Dataset, modalities: Sequence[str], console: Console | None = None
+    cases: Sequence[Case],
+    dataset: Dataset,
+    modalities: Sequence[str],
+    console: Console | None = None,
+    absent: dict[str, list[str]] | None = None,
+    hint: str = "",
 ) -> list[Problem]:
     """Check every case as ``fusionseg data check`` does, on ``modalities`` only
     (segmentations and other modalities are not needed for prediction and not read),
     through the validation path the other commands share
     (:func:`fusionseg.data.validate.validate_cases`, which prints warnings on ``console``).
+    ``absent``: per case id, the sequences it lacks that the model may do without
+    (they are not checked); ``hint``: added to the fix.
 
     Returns:
         the warning-level problems.
@@ -159,10 +166,13 @@ def check_inputs(
     from fusionseg.data.validate import validate_cases
 
     require_modalities(dataset, modalities)
-    needed = [Case(c.case_id, {m: c.images[m] for m in modalities}, None) for c in cases]
+    absent = absent or {}
+    needed = [
+        Case(c.case_id, {m: c.images[m] for m in modalities if m not in absent.get(c.case_id, ())}, None) for c in cases
+    ]
     view = replace(dataset, cases=tuple(needed), skipped=())  # no labels: no seg checks
     return validate_cases(
-        needed, view, console, what="prediction (nothing was written)", fix="or leave them out with --case"
+        needed, view, console, what="prediction (nothing was written)", fix="or leave them out with --case" + hint
     )
 
 
@@ -376,7 +386,8 @@ def _predict(
         )
     todo = [c for c in selected if c.case_id not in existing] if skip_existing else selected
     record = _folder_convention(output, target, {c.case_id for c in todo}, err)
-    check_inputs(todo, dataset, predictor.modalities, console=err)  # warnings printed
+    absent, hint = _absent_sequences(predictor, todo, err)
+    check_inputs(todo, dataset, predictor.modalities, console=err, absent=absent, hint=hint)  # warnings printed
 
     skipped = f", {len(existing)} skipped (output exists)" if skip_existing and existing else ""
     console.print(
@@ -414,6 +425,34 @@ def _predict(
             bar.update(task, advance=1, info=case.case_id)
     console.print(Text(f"{len(todo)} label map(s) written to {output} ({target.name} labels)"), soft_wrap=True)
     console.print(Text(cost_line((time.perf_counter() - start) / len(todo), predictor)), soft_wrap=True)
+
+
+def _absent_sequences(predictor, cases: Sequence[Case], err: Console) -> tuple[dict[str, list[str]], str]:
+    """(per case id the model's sequences it lacks and may do without, each noted in
+    the log; the fix to add to the input check's message). A model that cannot do
+    without them, or a case with none of them, is left to the input check, which
+    names the missing files."""
+    absent = {c.case_id: predictor.absent(c) for c in cases}
+    lacking = [c for c in cases if absent[c.case_id]]
+    if not predictor.missing_ok:
+        hint = (
+            "; a model built for absent sequences (strategy a2fseg) or trained with modality dropout "
+            "(`--set missing.dropout=alternate`) predicts without them"
+            if lacking
+            else ""
+        )
+        return {}, hint
+    tolerated = {c.case_id: absent[c.case_id] for c in lacking if len(absent[c.case_id]) < len(predictor.modalities)}
+    for case_id, missing in tolerated.items():
+        present = [m for m in predictor.modalities if m not in missing]
+        err.print(
+            Text(
+                f"note: case {case_id} lacks {', '.join(missing)}: predicted from {', '.join(present)} "
+                f"(absent sequences simulated as {predictor.simulate}; {predictor.missing_ok})"
+            ),
+            soft_wrap=True,
+        )
+    return tolerated, ""
 
 
 def _what_predicts(predictor) -> str:

@@ -185,6 +185,31 @@ class Predictor:
     mirror: bool = False  # test-time mirroring
     spatial_dims: int = 2
     options: InferOptions = field(default_factory=InferOptions)  # as the run predicted (window, overlap, ...)
+    #: why the models may predict a case that lacks a sequence ("" = they may not):
+    #: built for it (one branch per modality) or trained with modality dropout
+    missing_ok: str = ""
+    simulate: str = "zero"  # how an absent sequence is shown to them (missing.simulate)
+
+    def absent(self, case: Case) -> list[str]:
+        """The model's modalities that ``case`` lacks (no entry, or no file)."""
+        return [m for m in self.modalities if m not in case.images or not Path(case.images[m].path).exists()]
+
+    def _prepared(self, case: Case) -> tuple[PreparedCase, list[nn.Module]]:
+        """The case preprocessed from the sequences it has (absent channels zero
+        placeholders the models never read as such) and the models to run on it."""
+        present = [m for m in self.modalities if m not in self.absent(case)]
+        prepared = prepare_case_arrays(
+            Case(case.case_id, {m: case.images[m] for m in present}, None), self.scheme, self.preprocess, tuple(present)
+        )
+        if len(present) == len(self.modalities):
+            return prepared, self.models
+        from fusionseg.strategies.missing import WithSubset
+
+        image = np.zeros((len(self.modalities), *prepared.image.shape[1:]), dtype=np.float32)
+        for i, m in enumerate(self.modalities):
+            if m in present:
+                image[i] = prepared.image[present.index(m)]
+        return replace(prepared, modalities=self.modalities, image=image), [WithSubset(x, present) for x in self.models]
 
     def predict_case(self, case: Case, batch_size: int = 16, labels: LabelScheme | None = None) -> np.ndarray:
         """Raw label map (X, Y, Z) of a case in the original grid, post-processed with
@@ -202,24 +227,15 @@ class Predictor:
             FusionsegError: ``labels`` cannot be mapped from the model's scheme.
         """
         mapping = label_mapping(self.scheme, labels) if labels is not None else None
-        missing = [m for m in self.modalities if m not in case.images]
-        if missing:
-            raise DataError(
-                f"case {case.case_id}: the model needs modalities {list(self.modalities)}, missing {missing}.",
-                None,
-                "provide those files.",
-            )
-        prepared = prepare_case_arrays(
-            Case(case.case_id, {m: case.images[m] for m in self.modalities}, None),
-            self.scheme,
-            self.preprocess,
-            self.modalities,
-        )
+        absent = self.absent(case)
+        if absent and (not self.missing_ok or len(absent) == len(self.modalities)):
+            raise DataError(missing_message(case, absent, self.modalities), None, missing_fix(self.missing_ok))
+        prepared, models = self._prepared(case)
         from fusionseg.inference.inferers import get_inferer
 
         # the run's own inferer and options (train's test predictions are made the same way)
         options = replace(self.options, mirror=self.mirror, batch_size=batch_size, device=self.device)
-        raw = get_inferer(self.spatial_dims)(self.models, prepared, self.modalities, self.scheme, self.divisor, options)
+        raw = get_inferer(self.spatial_dims)(models, prepared, self.modalities, self.scheme, self.divisor, options)
         if not self.postprocess.is_identity:
             raw = self.postprocess(raw, prepared.spacing, self.scheme)
         return raw if mapping is None else remap_labels(raw, mapping)
@@ -243,6 +259,24 @@ class Predictor:
         return save_label_map(result, case.images[self.modalities[0]].path, out, overwrite=overwrite)
 
 
+def missing_message(case: Case, absent: Sequence[str], modalities: Sequence[str]) -> str:
+    """What a case lacks, with the files looked for."""
+    files = [str(case.images[m].path) for m in absent if m in case.images]
+    where = f": file is missing ({', '.join(files)})" if files else ""
+    return f"case {case.case_id} lacks {', '.join(absent)}{where}; the model takes {', '.join(modalities)}."
+
+
+def missing_fix(missing_ok: str) -> str:
+    """How to predict a case that lacks a sequence."""
+    if missing_ok:
+        return "provide at least one of the model's sequences."
+    return (
+        "provide the file(s), leave the case out with --case, or predict with a model built for absent "
+        "sequences: strategy a2fseg, or any model trained with modality dropout "
+        "(`--set missing.dropout=alternate`)."
+    )
+
+
 @dataclass
 class RulePredictor:
     """A PET rule run (``strategy: threshold``) as a predictor for new cases: each case's
@@ -258,6 +292,12 @@ class RulePredictor:
     models: tuple = ()
     mirror: bool = False
     spatial_dims: int = 3
+    missing_ok: str = ""  # the rule needs its SUV image
+    simulate: str = ""
+
+    def absent(self, case: Case) -> list[str]:
+        """Nothing is simulated for a rule: a missing SUV file is an input error."""
+        return []
 
     def predict_case(self, case: Case, batch_size: int = 16, labels: LabelScheme | None = None) -> np.ndarray:
         """Raw label map (X, Y, Z) of ``case`` on its PET grid, in ``labels`` (None: the
@@ -412,7 +452,18 @@ def load_predictor(
         mirror=_run_mirrors(paths[0]) if tta is None else bool(tta),
         spatial_dims=cfg.spatial_dims,
         options=InferOptions.from_config(cfg),
+        missing_ok=_missing_ok(cfg, models[0]),
+        simulate=cfg.missing.simulate or "zero",
     )
+
+
+def _missing_ok(cfg: ExperimentConfig, model: nn.Module) -> str:
+    """Why the run's models may predict a case that lacks a sequence ("" if not)."""
+    if "modality_branches" in getattr(model, "capabilities", frozenset()):
+        return f"{cfg.strategy} has one branch per modality"
+    if cfg.missing.dropout != "none":
+        return f"trained with modality dropout ({cfg.missing.dropout})"
+    return ""
 
 
 def _run_mirrors(checkpoint: Path) -> bool:

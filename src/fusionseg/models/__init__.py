@@ -6,11 +6,13 @@ file.
 
 from __future__ import annotations
 
+from .a2fseg import A2FSeg
 from .lrrnet import LRRNet
 from .registry import build_model, check_model_options, get_model_builder, list_models, register_model
 from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
 
 __all__ = [
+    "A2FSeg",
     "LRRNet",
     "build_model",
     "check_model_options",

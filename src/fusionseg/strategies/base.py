@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from fusionseg.strategies.missing import ModalityDropout, mask_channels, simulate_missing
 from fusionseg.training.stage import Stage
 
 __all__ = ["Stage", "Strategy"]
@@ -36,6 +37,8 @@ class Strategy(nn.Module, ABC):
     #: What the strategy produces beyond segmentation logits, declared instead of
     #: probed: ``"fusion_image"`` (a ``fuse(image)`` method returning the fused image F;
     #: the runner then reports fused-image quality). Later: extra heads, branches.
+    #: ``"modality_branches"``: one branch per modality, so ``missing.simulate`` may be
+    #: ``drop_branch`` / ``zero_features``.
     capabilities: frozenset[str] = frozenset()
 
     def __init__(self, modalities: Sequence[str], losses: dict[str, nn.Module] | None = None):
@@ -43,11 +46,39 @@ class Strategy(nn.Module, ABC):
         self.modalities = tuple(modalities)
         self.losses = nn.ModuleDict(losses or {})
         self.stage = self.stages()[0].name
+        self.simulate, self.mask_channels = "zero", False
+        self.dropout: ModalityDropout | None = None
+
+    def configure_missing(self, simulate: str, dropout: str = "none", mask_channels: bool = False, seed: int = 0):
+        """How absent modalities reach the networks (``missing`` of the config; see
+        :mod:`fusionseg.strategies.missing`); returns self."""
+        self.simulate, self.mask_channels = simulate, bool(mask_channels)
+        self.dropout = None if dropout == "none" else ModalityDropout(dropout, len(self.modalities), seed)
+        return self
+
+    def network_input(self, image: torch.Tensor, available: torch.Tensor | None) -> torch.Tensor:
+        """The input of a channel-stacking network: absent channels (``available``
+        False) replaced as ``simulate`` says (``zero`` / ``mean``), then the mask
+        channels when configured. ``available`` None: every modality present."""
+        if available is not None and not bool(available.all()):
+            image = simulate_missing(image, available, self.simulate)
+        return mask_channels(image, available) if self.mask_channels else image
+
+    def training_available(self, batch: dict) -> torch.Tensor | None:
+        """The modalities a training batch keeps: ``batch["available"]`` thinned by
+        modality dropout; None when nothing is absent (the plain input is used)."""
+        available = batch.get("available")
+        if self.dropout is not None and available is not None:
+            available = self.dropout(available)
+        if available is None or bool(available.all()):
+            return None
+        return available
 
     # -- what the loop calls -------------------------------------------------
     @abstractmethod
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float32 modality stack -> (B, K, H, W) segmentation logits."""
+    def forward(self, image: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, *spatial) float32 modality stack -> (B, K, *spatial) segmentation
+        logits; ``available`` (B, C) bool marks present modalities (None: all)."""
 
     @abstractmethod
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -63,6 +94,12 @@ class Strategy(nn.Module, ABC):
         if name not in [s.name for s in self.stages()]:
             raise ValueError(f"{type(self).__name__} has no stage {name!r}")
         self.stage = name
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook before 0-based training ``epoch`` (after a resume too): starts that
+        epoch's modality-dropout draws."""
+        if self.dropout is not None:
+            self.dropout.start_epoch(epoch)
 
     def on_epoch_end(self, epoch: int, train_means: dict[str, float]) -> dict[str, float]:
         """Hook after each training epoch with the epoch-mean training logs; returns

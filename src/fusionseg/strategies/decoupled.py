@@ -62,14 +62,14 @@ class DecoupledFusion(Strategy):
     def required_divisor(self) -> int:
         return self.net.required_divisor
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)
+    def forward(self, image: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.network_input(image, available))
 
     def fuse(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net.fuse(image)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        image = batch["image"]
+        image = self.network_input(batch["image"], self.training_available(batch))
         if self.stage == "fusion":
             parts = self.net.fuse(image)
             loss, terms = self.losses["fusion"](parts["fused"], parts["detail"], parts["salient"])

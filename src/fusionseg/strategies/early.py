@@ -29,11 +29,13 @@ class EarlyFusion(Strategy):
     def required_divisor(self) -> int:
         return int(getattr(self.model, "required_divisor", 1))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) float32 modality stack -> (B, K, H, W) class logits."""
-        return self.model(image)
+    def forward(self, image: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, *spatial) float32 modality stack -> (B, K, *spatial) class logits;
+        absent modalities (``available`` False) as :meth:`Strategy.network_input`."""
+        return self.model(self.network_input(image, available))
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        """Segmentation loss on one batch (``image`` (B, C, H, W), ``label`` (B, H, W))."""
-        loss = self.losses["seg"](self(batch["image"]), batch["label"])
+        """Segmentation loss on one batch (``image`` (B, C, *spatial), ``label`` (B,
+        *spatial)), with the modalities that modality dropout keeps."""
+        loss = self.losses["seg"](self(batch["image"], self.training_available(batch)), batch["label"])
         return loss, {"loss_seg": float(loss.detach())}

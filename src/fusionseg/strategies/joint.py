@@ -56,8 +56,8 @@ class JointFusion(Strategy):
     def required_divisor(self) -> int:
         return self.net.required_divisor
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(image)
+    def forward(self, image: torch.Tensor, available: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.network_input(image, available))
 
     def fuse(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.net.fuse(image)
@@ -69,7 +69,7 @@ class JointFusion(Strategy):
         return self.weighting.weights(len(self.weighting.history()))
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        image = batch["image"]
+        image = self.network_input(batch["image"], self.training_available(batch))
         parts = self.net.fuse(image)
         logits = self.net.segment(image, parts["fused"], parts["mask"])
         loss_seg = self.losses["seg"](logits, batch["label"])

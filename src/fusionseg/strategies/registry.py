@@ -17,22 +17,36 @@ from fusionseg.losses.fusion import LRRNetFusionLoss, vgg16_features
 from fusionseg.losses.weighting import DynamicWeighting, StaticWeighting
 from fusionseg.models import build_model
 from fusionseg.models.fusion_seg import FusionSegNet
+from fusionseg.strategies.a2fseg import A2FSegStrategy
 from fusionseg.strategies.base import Strategy
 from fusionseg.strategies.decoupled import DecoupledFusion
 from fusionseg.strategies.early import EarlyFusion
 from fusionseg.strategies.joint import JointFusion
 
 
-def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+def _segmentation(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme, with_losses: bool):
+    """(segmentation network of ``cfg.model``, its loss or None)."""
     model = build_model(
         cfg.model.name,
-        in_channels=len(modalities),
+        in_channels=in_channels,
         num_classes=scheme.num_classes,
         spatial_dims=cfg.spatial_dims,
         **cfg.model.kwargs,
     )
     loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
+    return model, loss
+
+
+def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    # with mask channels the network also sees one 0/1 map per modality
+    channels = len(modalities) * (2 if cfg.missing.mask_channels else 1)
+    model, loss = _segmentation(cfg, channels, scheme, with_losses)
     return EarlyFusion(model, modalities, loss)
+
+
+def _a2fseg(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    model, loss = _segmentation(cfg, len(modalities), scheme, with_losses)
+    return A2FSegStrategy(model, modalities, loss)
 
 
 def _fusion_section(cfg: ExperimentConfig) -> FusionCommon:
@@ -109,7 +123,12 @@ def describe_strategy(cfg: ExperimentConfig) -> dict:
     return out
 
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"early": _early, "decoupled": _decoupled, "joint": _joint}
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "early": _early,
+    "decoupled": _decoupled,
+    "joint": _joint,
+    "a2fseg": _a2fseg,
+}
 
 
 def build_strategy(
@@ -125,4 +144,7 @@ def build_strategy(
         builder = STRATEGIES[cfg.strategy]
     except KeyError:
         raise ConfigError(f"unknown strategy {cfg.strategy!r}; choose one of {sorted(STRATEGIES)}") from None
-    return builder(cfg, modalities, scheme, with_losses)
+    m = cfg.missing
+    return builder(cfg, modalities, scheme, with_losses).configure_missing(
+        m.simulate or "zero", m.dropout, m.mask_channels, cfg.train.seed
+    )

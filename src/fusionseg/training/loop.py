@@ -171,7 +171,7 @@ def fit(
             if state.should_stop:
                 break
             epoch = state.epoch  # 0-based index of the epoch about to run
-            _start_epoch(state.optimizer, train_set, epoch, epoch_lr(run.lr, epoch, epochs, cfg.lr_schedule))
+            _start_epoch(state, train_set, epoch, epoch_lr(run.lr, epoch, epochs, cfg.lr_schedule))
             show = partial(_show_step, bar, task, epoch)
             trained = train_epoch(state.fabric, state.strategy, state.optimizer, run.train_loader, steps, epoch, show)
             row, score = validate_epoch(state.fabric, state, trained, run.val_loader, scheme, run.stage)
@@ -310,12 +310,14 @@ def _show_step(bar, task, epoch: int, mean_loss: float) -> None:
     bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {mean_loss:.4f}")
 
 
-def _start_epoch(optimizer: torch.optim.Optimizer, train_set: Dataset, epoch: int, lr: float) -> None:
-    """Set the learning rate of 0-based ``epoch``; tell the training set (if it resamples)."""
-    for group in optimizer.param_groups:
+def _start_epoch(state: FitState, train_set: Dataset, epoch: int, lr: float) -> None:
+    """Set the learning rate of 0-based ``epoch``; tell the training set (if it
+    resamples) and the strategy (``on_epoch_start``, e.g. modality-dropout draws)."""
+    for group in state.optimizer.param_groups:
         group["lr"] = lr
     if hasattr(train_set, "set_epoch"):
         train_set.set_epoch(epoch)
+    state.strategy.on_epoch_start(epoch)
 
 
 def _finish(state: FitState, checkpoint: Checkpoint, callbacks: list[Callback]) -> FitResult:
