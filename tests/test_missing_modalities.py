@@ -203,3 +203,24 @@ def test_predict_without_a_sequence_needs_a_model_built_for_it(brats18_phantom, 
 
 def test_scheme_regions_are_the_subset_tables_regions():
     assert BRATS2017.region_names == ("WT", "TC", "ET") or list(BRATS2017.region_names) == ["WT", "TC", "ET"]
+
+
+def test_slab_only_subset_prediction_gives_the_whole_volume_numbers(brats18_phantom, tmp_path, monkeypatch):
+    """Under evaluation.scope: sampled_slices a 2-D model's subset metrics come from
+    predicting the evaluated slab only; they equal those of whole-volume predictions."""
+    import fusionseg.experiments.subsets as subsets
+
+    cfg = _subset_run(tmp_path, brats18_phantom, "slab")
+    cfg["sampling"] = {"mode": "central", "central_k": 6, "val_mode": "central"}
+    cfg["evaluation"].update(scope="sampled_slices", metrics=["dice", "hd95"])
+    result, run = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0, result.output
+    fast = pd.read_csv(run / "fold_0" / "subsets" / "metrics_per_case.csv")
+    calls = []
+    monkeypatch.setattr(subsets, "evaluated_part", lambda c, prepared, post: calls.append(1) or prepared)
+    shutil.rmtree(run / "fold_0" / "subsets")
+    out = CliRunner().invoke(app, ["evaluate-subsets", str(run)])
+    assert out.exit_code == 0, out.output
+    slow = pd.read_csv(run / "fold_0" / "subsets" / "metrics_per_case.csv")
+    assert calls and len(slow) == len(fast) == fast["case"].nunique() * 15 * 3
+    pd.testing.assert_frame_equal(fast, slow)

@@ -18,6 +18,7 @@ network input changes with the subset (as the missing-modality papers evaluate).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,7 @@ from torch import nn
 from fusionseg.config import ExperimentConfig
 from fusionseg.constants import scheme_from_dict
 from fusionseg.data.io import atomic_path
+from fusionseg.data.preprocess import PreparedCase
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, SUMMARY_JSON
 from fusionseg.experiments.subset_report import parse_subsets, subset_name
@@ -64,16 +66,39 @@ def read_fold_subsets(folder: Path, inputs: dict) -> pd.DataFrame | None:
         return None
 
 
+def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postprocess) -> PreparedCase:
+    """The part of a case that must be predicted for its subset metrics: under
+    ``evaluation.scope: sampled_slices`` a 2-D model predicts each slice on its own,
+    so only the evaluated slab is predicted (the metrics are those of a whole-volume
+    prediction cut to the slab) -- unless a post-processing step or resampling would
+    see the rest of the volume."""
+    from fusionseg.experiments.jobs import slab_slices
+
+    if cfg.spatial_dims != 2 or cfg.evaluation.scope != "sampled_slices" or not post.is_identity:
+        return prepared
+    if prepared.resampled:
+        return prepared
+    slab, axis = slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k), prepared.axial_axis
+    window = [slice(None)] * 3
+    window[axis] = slice(slab.start, slab.stop)
+    bbox = list(prepared.bbox)
+    bbox[axis] = (prepared.bbox[axis][0] + slab.start, prepared.bbox[axis][0] + slab.stop)
+    label = None if prepared.label is None else prepared.label[tuple(window)]
+    image = prepared.image[(slice(None), *window)]
+    return replace(prepared, image=image, label=label, bbox=tuple(bbox))
+
+
 def _score_case(cfg: ExperimentConfig, model: nn.Module, case_id: str, subset, context, post, divisor) -> list[dict]:
     """Region rows of one test case predicted with only ``subset``."""
     from fusionseg.experiments.jobs import _ground_truth, _in_scope
 
-    scheme, modalities, prepared = context.dataset.scheme, context.modalities, context.prepared[case_id]
+    scheme, modalities = context.dataset.scheme, context.modalities
+    prepared = evaluated_part(cfg, context.prepared[case_id], post)
     gt, spacing = _ground_truth(context.dataset.case(case_id))
     infer, options = get_inferer(cfg.spatial_dims), InferOptions.from_config(cfg)
     pred = post(infer([WithSubset(model, subset)], prepared, modalities, scheme, divisor, options), spacing, scheme)
     rows, _ = evaluate_case(
-        *_in_scope(cfg, prepared, pred, gt),
+        *_in_scope(cfg, context.prepared[case_id], pred, gt),
         spacing,
         scheme,
         metrics=cfg.evaluation.metrics,
