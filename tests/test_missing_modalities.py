@@ -224,3 +224,16 @@ def test_slab_only_subset_prediction_gives_the_whole_volume_numbers(brats18_phan
     slow = pd.read_csv(run / "fold_0" / "subsets" / "metrics_per_case.csv")
     assert calls and len(slow) == len(fast) == fast["case"].nunique() * 15 * 3
     pd.testing.assert_frame_equal(fast, slow)
+
+
+def test_a2fseg_attention_report_sums_to_one_over_modalities(brats18_phantom, tmp_path):
+    model = {"name": "a2fseg", "kwargs": {"base": 4, "depth": 2}}
+    cfg = _subset_run(tmp_path, brats18_phantom, "a2f_att", strategy="a2fseg", model=model)
+    cfg["evaluation"]["modality_subsets"] = ["flair"]
+    result, run = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(run / "fold_0" / "subsets" / "attention.csv")
+    assert set(frame["modality"]) == set(MODS)
+    per_voxel_class = frame.groupby(["case", "class"])["weight"].sum()
+    assert per_voxel_class.to_numpy() == pytest.approx(1.0, abs=1e-5)
+    assert (frame["voxels"] > 0).all() and (run / "attention.md").exists() and (run / "attention.png").exists()

@@ -111,6 +111,7 @@ class FoldResult:
     seconds: float
     reused: bool = False
     subsets: pd.DataFrame | None = None  # case x modality subset x region (evaluation.modality_subsets)
+    attention: pd.DataFrame | None = None  # case x class x modality attention weight (A2FSeg, with subsets)
 
 
 @dataclass
@@ -240,7 +241,7 @@ def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None
     if cfg.evaluation.modality_subsets:
         from fusionseg.experiments.subsets import fold_subsets
 
-        done.subsets = fold_subsets(cfg, job.fold, context or run_context(cfg))
+        done.subsets, done.attention = fold_subsets(cfg, job.fold, context or run_context(cfg))
     return done
 
 
@@ -320,7 +321,7 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     if cfg.evaluation.modality_subsets:
         from fusionseg.experiments.subsets import fold_subsets
 
-        result.subsets = fold_subsets(cfg, fold, context, model, post)
+        result.subsets, result.attention = fold_subsets(cfg, fold, context, model, post)
     return result
 
 

@@ -275,9 +275,9 @@ def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResu
             per_case,
             cfg.evaluation.overlays,
         )
-    subsets = gather_subsets(results, cfg.name)
+    subsets, attention = gather_subsets(results, cfg.name), gather_subsets(results, cfg.name, "attention")
     if subsets is not None:
-        write_run_subsets(cfg, subsets, plan.context.modalities, scheme, run_dir)
+        write_run_subsets(cfg, subsets, plan.context.modalities, scheme, run_dir, attention)
     return RunResult(run_dir, per_case, summary, subsets)
 
 

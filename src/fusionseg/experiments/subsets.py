@@ -136,29 +136,47 @@ def write_fold_subsets(folder: Path, frame: pd.DataFrame, inputs: dict) -> None:
 
 def fold_subsets(
     cfg: ExperimentConfig, fold: dict, context, model: nn.Module | None = None, post: Postprocess | None = None
-) -> pd.DataFrame:
-    """The fold's subset metrics: read back, or predicted with ``model`` (None: the
-    fold's ``best.ckpt``) and ``post`` (None: the post-processing in its fit.json)."""
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The fold's subset metrics and, for a model with attention weights (A2FSeg), its
+    attention report (:mod:`fusionseg.experiments.attention`): read back, or computed
+    with ``model`` (None: the fold's ``best.ckpt``) and ``post`` (None: the
+    post-processing in its fit.json)."""
+    from fusionseg.experiments.attention import ATTENTION_CSV, fold_attention
     from fusionseg.experiments.jobs import fold_dir
-    from fusionseg.inference.predict import model_from_checkpoint
 
     folder = fold_dir(cfg, fold["fold"])
     fit = json.loads((folder / "fit.json").read_text())
     if post is None:
         post = Postprocess.from_dict(fit.get("postprocess", {}).get("setting"))
     inputs = subset_inputs(cfg, context.modalities, post)
-    done = read_fold_subsets(folder, inputs)
-    if done is not None:
-        return done
+    frame, attention_path = read_fold_subsets(folder, inputs), folder / SUBSETS_DIR / ATTENTION_CSV
+    wants = cfg.strategy == "a2fseg" and cfg.model.kwargs.get("adaptive", True)
+    attention = pd.read_csv(attention_path) if wants and frame is not None and attention_path.exists() else None
+    if frame is not None and (attention is not None or not wants):
+        return frame, attention
+    model, divisor = _fold_model(cfg, fit, model)
+    if frame is None:
+        frame = score_subsets(cfg, model, fold, context, post, divisor)
+        write_fold_subsets(folder, frame, inputs)
+    if wants:
+        attention = fold_attention(model, fold, context, divisor)
+        with atomic_path(attention_path) as tmp:
+            attention.to_csv(tmp, index=False)
+    return frame, attention
+
+
+def _fold_model(cfg: ExperimentConfig, fit: dict, model: nn.Module | None) -> tuple[nn.Module, int]:
+    """(the fold's model, in eval mode, absent modalities simulated as the config
+    says; its size divisor): ``model`` itself, or rebuilt from the fold's best.ckpt."""
+    from fusionseg.inference.predict import model_from_checkpoint
+
     if model is None:
         model, meta = model_from_checkpoint(cfg.run_dir() / fit["checkpoint"])
         divisor = int(meta["divisor"])
     else:
         divisor = model.required_divisor
     model.configure_missing(cfg.missing.simulate, "none", cfg.missing.mask_channels)
-    frame = score_subsets(cfg, model.eval(), fold, context, post, divisor)
-    write_fold_subsets(folder, frame, inputs)
-    return frame
+    return model.eval(), divisor
 
 
 def subset_conventions(cfg: ExperimentConfig, scheme) -> dict[str, str]:
@@ -186,26 +204,34 @@ def subset_conventions(cfg: ExperimentConfig, scheme) -> dict[str, str]:
     return notes
 
 
-def gather_subsets(results, run: str) -> pd.DataFrame | None:
-    """The folds' subset frames of one run as one frame with a ``run`` column (None
-    when the run scored no subsets)."""
-    frames = [r.subsets for r in sorted(results, key=lambda r: r.fold) if r.subsets is not None]
+def gather_subsets(results, run: str, key: str = "subsets") -> pd.DataFrame | None:
+    """The folds' subset frames (``key="attention"``: attention reports) of one run as
+    one frame with a ``run`` column (None when the run has none)."""
+    frames = [getattr(r, key) for r in sorted(results, key=lambda r: r.fold) if getattr(r, key) is not None]
     if not frames:
         return None
     return pd.concat(frames, ignore_index=True).assign(run=run)
 
 
-def write_run_subsets(cfg: ExperimentConfig, frame: pd.DataFrame, modalities, scheme, out: Path) -> list[Path]:
+def write_run_subsets(
+    cfg: ExperimentConfig, frame: pd.DataFrame, modalities, scheme, out: Path, attention: pd.DataFrame | None = None
+) -> list[Path]:
     """``modality_subsets.md`` / ``.csv`` / ``.png`` and ``metrics_per_case_subsets.csv``
-    of one run (or of a study, with several runs in ``frame``) in ``out``."""
+    of one run in ``out``; with ``attention``, also ``attention.csv`` / ``.md`` / ``.png``."""
+    from fusionseg.experiments.attention import ATTENTION_CSV, write_attention
     from fusionseg.experiments.subset_report import write_subset_tables
 
     with atomic_path(out / "metrics_per_case_subsets.csv") as tmp:
         frame.to_csv(tmp, index=False)
     metrics = [m for m in ("dice", "lesion_dice", "hd95") if m in frame.columns]
-    return write_subset_tables(
+    paths = write_subset_tables(
         frame, modalities, scheme.region_names, out, metrics=metrics, conventions=subset_conventions(cfg, scheme)
     )
+    if attention is not None:
+        with atomic_path(out / ATTENTION_CSV) as tmp:
+            attention.to_csv(tmp, index=False)
+        paths += write_attention(attention, out, modalities, f" of {cfg.name}")
+    return paths
 
 
 def _study_conventions(configs: dict, scheme) -> dict[str, str]:

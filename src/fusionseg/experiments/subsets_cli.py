@@ -81,8 +81,11 @@ def evaluate_subsets_command(
         raise FusionsegError(f"{run_dir}: no trained fold (fold_*/fit.json); train the run first.")
     import pandas as pd
 
-    frame = pd.concat([fold_subsets(cfg, fold, context) for fold in folds], ignore_index=True).assign(run=cfg.name)
-    paths = write_run_subsets(cfg, frame, modalities, dataset.scheme, cfg.run_dir())
+    parts = [fold_subsets(cfg, fold, context) for fold in folds]
+    frame = pd.concat([p[0] for p in parts], ignore_index=True).assign(run=cfg.name)
+    attention = [p[1] for p in parts if p[1] is not None]
+    attention = pd.concat(attention, ignore_index=True).assign(run=cfg.name) if attention else None
+    paths = write_run_subsets(cfg, frame, modalities, dataset.scheme, cfg.run_dir(), attention)
     console.print(
         Text(
             f"{frame['subset'].nunique()} modality subsets x {frame['case'].nunique()} test cases of "

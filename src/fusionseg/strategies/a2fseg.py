@@ -64,6 +64,8 @@ class A2FSegStrategy(Strategy):
     def __init__(self, model: nn.Module, modalities: Sequence[str], seg_loss: nn.Module | None = None):
         super().__init__(modalities, {"seg": seg_loss} if seg_loss is not None else None)
         self.model = model
+        if not model.adaptive:  # average fusion only: no attention weights to report
+            self.capabilities = frozenset({"modality_branches"})
 
     @property
     def required_divisor(self) -> int:
