@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from conftest import tiny_config, train_via_cli
 from fusionseg.cli import app
 from fusionseg.config import validate_config
-from fusionseg.constants import BRATS2017
 from fusionseg.errors import ConfigError
 from fusionseg.experiments.subset_report import subset_order
 from fusionseg.models import build_model
@@ -199,10 +198,6 @@ def test_predict_without_a_sequence_needs_a_model_built_for_it(brats18_phantom, 
     assert "t1ce" in out.output and "missing.dropout" in out.output and "Traceback" not in out.output
     assert "cannot be used for prediction (nothing was written)" in " ".join(out.output.split())
     assert not (tmp_path / "pred").exists() or not any((tmp_path / "pred").iterdir())
-
-
-def test_scheme_regions_are_the_subset_tables_regions():
-    assert BRATS2017.region_names == ("WT", "TC", "ET") or list(BRATS2017.region_names) == ["WT", "TC", "ET"]
 
 
 def test_slab_only_subset_prediction_gives_the_whole_volume_numbers(brats18_phantom, tmp_path, monkeypatch):
