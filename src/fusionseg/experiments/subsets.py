@@ -74,9 +74,7 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
     see the rest of the volume."""
     from fusionseg.experiments.jobs import slab_slices
 
-    if cfg.spatial_dims != 2 or cfg.evaluation.scope != "sampled_slices" or not post.is_identity:
-        return prepared
-    if prepared.resampled:
+    if cfg.spatial_dims != 2 or cfg.evaluation.scope != "sampled_slices" or not post.is_identity or prepared.resampled:
         return prepared
     slab, axis = slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k), prepared.axial_axis
     window = [slice(None)] * 3
@@ -88,23 +86,25 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
     return replace(prepared, image=image, label=label, bbox=tuple(bbox))
 
 
-def _score_case(cfg: ExperimentConfig, model: nn.Module, case_id: str, subset, context, post, divisor) -> list[dict]:
-    """Region rows of one test case predicted with only ``subset``."""
+def _score_case(cfg: ExperimentConfig, model: nn.Module, case_id: str, subsets, context, post, divisor, advance):
+    """Region rows of one test case predicted once per subset of ``subsets`` (its
+    ground truth read and its evaluated part cut once); ``advance()`` after each."""
     from fusionseg.experiments.jobs import _ground_truth, _in_scope
 
-    scheme, modalities = context.dataset.scheme, context.modalities
-    prepared = evaluated_part(cfg, context.prepared[case_id], post)
+    scheme, modalities, whole = context.dataset.scheme, context.modalities, context.prepared[case_id]
+    prepared = evaluated_part(cfg, whole, post)
     gt, spacing = _ground_truth(context.dataset.case(case_id))
     infer, options = get_inferer(cfg.spatial_dims), InferOptions.from_config(cfg)
-    pred = post(infer([WithSubset(model, subset)], prepared, modalities, scheme, divisor, options), spacing, scheme)
-    rows, _ = evaluate_case(
-        *_in_scope(cfg, context.prepared[case_id], pred, gt),
-        spacing,
-        scheme,
-        metrics=cfg.evaluation.metrics,
-        challenge=cfg.evaluation.lesion_params(),
-    )
-    return [{"case": case_id, "subset": subset_name(subset), **r} for r in rows]
+    params = cfg.evaluation.lesion_params()
+    rows = []
+    for subset in subsets:
+        pred = post(infer([WithSubset(model, subset)], prepared, modalities, scheme, divisor, options), spacing, scheme)
+        region_rows, _ = evaluate_case(
+            *_in_scope(cfg, whole, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
+        )
+        rows += [{"case": case_id, "subset": subset_name(subset), **r} for r in region_rows]
+        advance()
+    return rows
 
 
 def score_subsets(cfg: ExperimentConfig, model: nn.Module, fold: dict, context, post: Postprocess, divisor: int):
@@ -115,9 +115,7 @@ def score_subsets(cfg: ExperimentConfig, model: nn.Module, fold: dict, context, 
     with make_progress() as bar:
         task = bar.add_task(f"fold {fold['fold']} modality subsets", total=len(fold["test"]) * len(subsets), info="")
         for case_id in fold["test"]:
-            for subset in subsets:
-                rows += _score_case(cfg, model, case_id, subset, context, post, divisor)
-                bar.advance(task)
+            rows += _score_case(cfg, model, case_id, subsets, context, post, divisor, lambda: bar.advance(task))
     names = resolve_metrics(cfg.evaluation.metrics, context.dataset.scheme)
     frame = pd.DataFrame(rows, columns=["case", "subset", "region", *names])
     frame.insert(1, "fold", fold["fold"])

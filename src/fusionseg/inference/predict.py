@@ -194,10 +194,10 @@ class Predictor:
         """The model's modalities that ``case`` lacks (no entry, or no file)."""
         return [m for m in self.modalities if m not in case.images or not Path(case.images[m].path).exists()]
 
-    def _prepared(self, case: Case) -> tuple[PreparedCase, list[nn.Module]]:
-        """The case preprocessed from the sequences it has (absent channels zero
+    def _prepared(self, case: Case, absent: Sequence[str]) -> tuple[PreparedCase, list[nn.Module]]:
+        """The case preprocessed from the sequences it has (``absent`` channels zero
         placeholders the models never read as such) and the models to run on it."""
-        present = [m for m in self.modalities if m not in self.absent(case)]
+        present = [m for m in self.modalities if m not in absent]
         prepared = prepare_case_arrays(
             Case(case.case_id, {m: case.images[m] for m in present}, None), self.scheme, self.preprocess, tuple(present)
         )
@@ -230,7 +230,7 @@ class Predictor:
         absent = self.absent(case)
         if absent and (not self.missing_ok or len(absent) == len(self.modalities)):
             raise DataError(missing_message(case, absent, self.modalities), None, missing_fix(self.missing_ok))
-        prepared, models = self._prepared(case)
+        prepared, models = self._prepared(case, absent)
         from fusionseg.inference.inferers import get_inferer
 
         # the run's own inferer and options (train's test predictions are made the same way)
