@@ -77,6 +77,54 @@ def test_patches_have_the_patch_size_even_when_the_case_is_smaller():
     )
 
 
+def _monai_every_call(cfg: SamplingConfig, case: PreparedCase, modalities, seed: int, epoch: int, i: int) -> dict:
+    """The patch as MONAI gives it when it pads the case and finds the tumour /
+    background voxels on every call (the sampler before its per-case cache)."""
+    from monai.transforms import (
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    from fusionseg.data.samplers.patches3d import _Seeded
+
+    keys, p = ["image", "label"], cfg.tumour_probability
+    chain = _Seeded(
+        [
+            SpatialPadd(keys, spatial_size=cfg.patch_size),
+            RandCropByPosNegLabeld(keys, label_key="label", spatial_size=cfg.patch_size, pos=p, neg=1 - p),
+            *[RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)],
+            RandScaleIntensityd("image", factors=0.1, prob=0.5, channel_wise=True),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5, channel_wise=True),
+        ]
+    )
+    channels = [case.modalities.index(m) for m in modalities]
+    data = {"image": np.asarray(case.image)[channels], "label": case.label.astype(np.int64)[None]}
+    out = chain(data, int(np.random.default_rng((seed, epoch, i)).integers(2**31)))[0]
+    return {"image": torch.as_tensor(np.asarray(out["image"])), "label": torch.as_tensor(np.asarray(out["label"])[0])}
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30])
+def test_patches_are_those_monai_gives_when_it_indexes_the_case_on_every_call(cache_bytes):
+    cfg = SamplingConfig(mode="patch", patch_size=(24, 16, 8), tumour_probability=0.5, patches_per_case=6, augment=True)
+    cases = [_case(seed=0), _case(shape=(26, 20, 12), seed=1)]
+    ds = PatchDataset(cases, ["ct", "pet"], cfg, seed=5)
+    ds.cache_bytes = cache_bytes
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            ref = _monai_every_call(cfg, cases[i // 6], ["ct", "pet"], 5, epoch, i)
+            item = ds[i]
+            assert torch.equal(item["image"], ref["image"]) and torch.equal(item["label"], ref["label"]), (epoch, i)
+    assert len(ds._cache) == (0 if cache_bytes == 0 else 2)
+    # a patch is a copy: changing it leaves the cached case as it was
+    before = ds[0]["image"].clone()
+    ds[0]["image"].zero_()
+    assert torch.equal(ds[0]["image"], before)
+
+
 def test_patch_channels_follow_the_requested_modality_order():
     cfg = SamplingConfig(mode="patch", patch_size=(8, 8, 8), tumour_probability=1.0)
     case = _case()

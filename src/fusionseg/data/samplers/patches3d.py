@@ -9,7 +9,12 @@ voxel), optionally augmented (``sampling.augment``: ``RandFlipd`` on each axis a
 channel-wise ``RandScaleIntensityd`` / ``RandShiftIntensityd`` by +-10 %, each with
 p = 0.5). Every random choice draws from one ``RandomState`` re-seeded from (seed,
 epoch, sample index), so a patch depends only on those (not on loading order or
-worker).
+worker). The deterministic part, the padded case and the foreground / background
+voxel indices that the crop draws its centre from (MONAI's ``map_binary_to_indices``,
+passed through ``fg_indices_key`` / ``bg_indices_key``), is computed once per case and
+kept while it fits :data:`CASE_CACHE_BYTES`; the patches are the same as with MONAI
+padding and indexing on every call (tests/test_3d.py), only cheaper
+(benchmarks/train_throughput.py).
 
 Validation: every validation case whole, zero-padded at the far end of each axis to
 one size (the largest case, rounded up to the network's divisor) so that cases batch.
@@ -34,6 +39,10 @@ from fusionseg.errors import ConfigError
 
 #: Patches per training case and epoch when ``sampling.patches_per_case`` is not set.
 DEFAULT_PATCHES_PER_CASE = 4
+
+#: Bytes of padded training cases and their crop-centre indices that one
+#: :class:`PatchDataset` keeps in memory; cases beyond it are padded again on each call.
+CASE_CACHE_BYTES = 1 << 30
 
 
 def _channels(cases: Sequence[PreparedCase], modalities: Sequence[str]) -> list[list[int]]:
@@ -105,12 +114,22 @@ class PatchDataset(TorchDataset):
         self.patch_size = tuple(int(s) for s in cfg.patch_size)
         self.per_case = cfg.patches_per_case or DEFAULT_PATCHES_PER_CASE
         self.seed, self.epoch = seed, 0
+        self.cache_bytes = CASE_CACHE_BYTES
+        self._cache: dict[int, dict] = {}
+        self._cached_bytes = 0
         keys = ["image", "label"]
         p = float(cfg.tumour_probability)
+        self._pad = SpatialPadd(keys, spatial_size=self.patch_size)
         transforms = [
-            SpatialPadd(keys, spatial_size=self.patch_size),
             RandCropByPosNegLabeld(
-                keys, label_key="label", spatial_size=self.patch_size, pos=p, neg=1.0 - p, num_samples=1
+                keys,
+                label_key="label",
+                spatial_size=self.patch_size,
+                pos=p,
+                neg=1.0 - p,
+                num_samples=1,
+                fg_indices_key="fg_indices",
+                bg_indices_key="bg_indices",
             ),
         ]
         if cfg.augment:
@@ -128,19 +147,41 @@ class PatchDataset(TorchDataset):
     def __len__(self) -> int:
         return len(self.cases) * self.per_case
 
+    def padded_case(self, ci: int) -> dict:
+        """Case ``ci`` ready to crop: ``image`` float32 (C, X', Y', Z') and ``label`` uint8
+        (1, X', Y', Z') zero-padded to at least the patch size (MONAI ``SpatialPadd``),
+        and ``fg_indices`` / ``bg_indices``, its flat tumour / background voxel indices
+        (int64, MONAI ``map_binary_to_indices``). Deterministic, so kept in memory while
+        :attr:`cache_bytes` allows and computed again on each call beyond it."""
+        if ci in self._cache:
+            return self._cache[ci]
+        from monai.transforms.utils import map_binary_to_indices
+
+        case = self.cases[ci]
+        data = self._pad(
+            {
+                "image": torch.from_numpy(np.asarray(case.image, dtype=np.float32)[self.channels[ci]]),  # copy
+                "label": torch.from_numpy(np.array(case.label, dtype=np.uint8)[None]),  # copy
+            }
+        )
+        # on a bool label: MONAI's any() keeps uint8, whose ~ would make every voxel background
+        data["fg_indices"], data["bg_indices"] = map_binary_to_indices(data["label"].bool())
+        size = sum(v.numel() * v.element_size() for v in data.values())
+        if self._cached_bytes + size <= self.cache_bytes:
+            self._cache[ci] = data
+            self._cached_bytes += size
+        return data
+
     def __getitem__(self, i: int) -> dict:
         ci = i // self.per_case
-        case = self.cases[ci]
-        image = np.asarray(case.image, dtype=np.float32)[self.channels[ci]]  # (C, X, Y, Z) copy
-        label = np.asarray(case.label, dtype=np.int64)[None]
         seed = int(np.random.default_rng((self.seed, self.epoch, i)).integers(2**31))
-        out = self._transforms({"image": image, "label": label}, seed)
+        out = self._transforms(dict(self.padded_case(ci)), seed)
         out = out[0] if isinstance(out, list) else out
-        return {
-            "image": torch.as_tensor(np.asarray(out["image"], dtype=np.float32)),
-            "label": torch.as_tensor(np.asarray(out["label"], dtype=np.int64)[0]),
+        return {  # copies: a patch never shares memory with the cached case
+            "image": torch.tensor(np.asarray(out["image"]), dtype=torch.float32),
+            "label": torch.tensor(np.asarray(out["label"])[0], dtype=torch.int64),
             "available": torch.ones(len(self.modalities), dtype=torch.bool),
-            "case": case.case_id,
+            "case": self.cases[ci].case_id,
         }
 
 
