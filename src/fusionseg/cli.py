@@ -70,11 +70,14 @@ def _describe(exc: BaseException) -> str:
 
 def _register_optional_commands() -> None:
     from fusionseg.data.check import check_command
+    from fusionseg.data.kaggle_cli import convert_kaggle_h5_command, verify_kaggle_h5_command
     from fusionseg.evaluation.cli import evaluate_command
     from fusionseg.experiments.subsets_cli import evaluate_subsets_command
     from fusionseg.inference.cli import predict_command
 
     data_app.command("check")(friendly_errors(check_command))
+    data_app.command("convert-kaggle-h5")(friendly_errors(convert_kaggle_h5_command))
+    data_app.command("verify-kaggle-h5")(friendly_errors(verify_kaggle_h5_command))
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("evaluate-subsets")(friendly_errors(evaluate_subsets_command))
     app.command("predict")(friendly_errors(predict_command))
