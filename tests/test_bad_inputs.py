@@ -128,7 +128,7 @@ def test_empty_case_folder_is_named_and_ignored(brats18_copy, tmp_path):
 # -- configs and options --------------------------------------------------------------
 
 CONFIG_ERRORS = {
-    "strategy typo": ({"strategy": "erly"}, "'early', 'decoupled', 'joint', 'a2fseg' or 'threshold'"),
+    "strategy typo": ({"strategy": "erly"}, "'early', 'decoupled', 'joint', 'a2fseg', 'threshold' or 'ssl'"),
     "challenge typo": ({"evaluation": {"challenge": "GLLI"}}, "evaluation.challenge"),
     "model name typo": ({"model": {"name": "unett"}}, "unet2stage"),
     "model option typo": ({"model": {"kwargs": {"chanels": [4, 8]}}}, "chanels"),
@@ -178,7 +178,7 @@ def test_train_missing_data_root(tmp_path):
         (["--rows", "B"], "must include the reference"),
         (["--protocol", "gpu-huge"], "unknown protocol"),
         (["--set", "train.epoch=3"], "train.epoch"),
-        (["--set", "strategy=erly"], "'early', 'decoupled', 'joint', 'a2fseg' or 'threshold'"),
+        (["--set", "strategy=erly"], "'early', 'decoupled', 'joint', 'a2fseg', 'threshold' or 'ssl'"),
     ],
 )
 def test_compare_usage_errors(argv, expected, tmp_path):

@@ -31,7 +31,7 @@ def test_unknown_keys_and_bad_values_are_listed(tmp_path):
 @pytest.mark.parametrize(
     "section, expected",
     [
-        ({"strategy": "erly"}, ["strategy", "'early', 'decoupled', 'joint', 'a2fseg' or 'threshold'"]),
+        ({"strategy": "erly"}, ["strategy", "'early', 'decoupled', 'joint', 'a2fseg', 'threshold' or 'ssl'"]),
         ({"evaluation": {"challenge": "GLLI"}}, ["evaluation.challenge", "GLI", "MEN", "custom"]),
         ({"model": {"name": "unett"}}, ["model:", "unet2stage", "monai_unet"]),
         ({"model": {"kwargs": {"chanels": [4, 8]}}}, ["model:", "chanels", "channels"]),

@@ -196,7 +196,7 @@ def test_value_errors_inside_a_section_name_the_key_without_the_union_member():
 
 def test_strategy_typo_lists_the_strategies():
     assert problems(raw(strategy="erly")) == [
-        "  - strategy: Input should be 'early', 'decoupled', 'joint', 'a2fseg' or 'threshold' (got 'erly')"
+        "  - strategy: Input should be 'early', 'decoupled', 'joint', 'a2fseg', 'threshold' or 'ssl' (got 'erly')"
     ]
 
 

@@ -14,6 +14,7 @@ TINY_KWARGS: dict[str, dict] = {
     "unet2stage": {"channels": (4, 8), "bottleneck": 8},
     "monai_unet": {"channels": (4, 8, 16), "strides": (2, 2), "num_res_units": 1},
     "a2fseg": {"base": 4, "depth": 2},
+    "resnet50_unet": {"decoder_channels": (16, 8, 8, 4, 4)},  # the ResNet-50 encoder is fixed
 }
 #: Models that support spatial_dims=3 (checked on a 16^3 volume).
 SUPPORTS_3D = {"unet2stage", "monai_unet", "a2fseg"}
@@ -133,7 +134,7 @@ def test_two_stage_unet_norm_options_run(norm):
 
 
 def test_unknown_model_name_lists_valid_names():
-    with pytest.raises(KeyError, match="monai_unet, unet2stage"):
+    with pytest.raises(KeyError, match="monai_unet, resnet50_unet, unet2stage"):
         build_model("unet3stage", 4, 4)
 
 

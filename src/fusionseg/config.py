@@ -171,10 +171,13 @@ class TrainConfig(_Strict):
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["constant", "poly"] = Field(
+    lr_schedule: Literal["constant", "poly", "step"] = Field(
         "constant",
-        description="constant, or poly decay lr * (1 - epoch / epochs) ** 0.9 per epoch (nnU-Net, Isensee et al. 2021)",
+        description="constant; poly decay lr * (1 - epoch / epochs) ** 0.9 per epoch (nnU-Net, Isensee et al. 2021); "
+        "or step: lr * lr_gamma ** (epoch // lr_step_epochs) (torch StepLR; S2: x0.5 every 10 epochs)",
     )
+    lr_step_epochs: int = Field(10, ge=1, description="lr_schedule step only: epochs between two lr drops")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="lr_schedule step only: factor of each drop")
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(5, ge=1, description="epochs without validation improvement")
     min_epochs: int = Field(1, ge=1)
@@ -192,6 +195,18 @@ class TrainConfig(_Strict):
     precision: str = "32-true"
     num_workers: int = Field(0, ge=0)
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None = torch default")
+
+    @model_validator(mode="after")
+    def _step_settings_need_step(self) -> TrainConfig:
+        """A step setting away from its default under another schedule is an error
+        (compared by value: a saved config lists every setting, defaults included)."""
+        fields = type(self).model_fields
+        given = [k for k in ("lr_step_epochs", "lr_gamma") if getattr(self, k) != fields[k].default]
+        if given and self.lr_schedule != "step":
+            raise ValueError(
+                f"train.{', train.'.join(given)}: applies to lr_schedule: step only (this is {self.lr_schedule})"
+            )
+        return self
 
 
 class SplitConfig(_Strict):
@@ -391,6 +406,58 @@ class MissingConfig(_Strict):
     mask_channels: bool = False
 
 
+class SSLConfig(_Strict):
+    """Cross-modal self-supervised pretraining (S2; METHODS.md §5) under ``strategy: ssl``.
+
+    Stage ``pretext``: a network of ``model`` (``resnet50_unet``) with one input channel
+    per ``inputs`` modality and one linear output learns to predict ``target`` (MSE on
+    brain voxels, ``mask: brain``, or on the whole image, ``mask: image``) from the
+    fold's training slices (never its validation or test cases); early stopping on the
+    validation MSE. Stage ``segmentation``: the segmentation network on every
+    ``data.modalities`` channel starts from the pretext weights
+    (:func:`fusionseg.models.transfer.transfer_pretext_weights`): first-conv kernels of
+    ``inputs`` into the channels of the same names, the other input channels
+    ``other_channels`` (``random``: their fresh initialisation, S2; ``zero``; ``mean``
+    of the copied kernels), every other encoder tensor by name and shape, the decoder
+    when ``transfer_decoder``, the head never. ``epochs`` / ``lr``: the pretext stage's
+    (None = ``train.epochs`` / ``train.lr``, as S2: the same schedule for both).
+    """
+
+    inputs: list[str] = Field(default_factory=lambda: ["t1", "t1ce"], min_length=1)
+    target: str = "flair"
+    mask: Literal["brain", "image"] = "brain"
+    epochs: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    other_channels: Literal["random", "zero", "mean"] = "random"
+    transfer_decoder: bool = False
+
+    @field_validator("inputs")
+    @classmethod
+    def _canonical_inputs(cls, value: list[str]) -> list[str]:
+        return [canonical_modality(m) for m in value]
+
+    @field_validator("target")
+    @classmethod
+    def _canonical_target(cls, value: str) -> str:
+        return canonical_modality(value)
+
+    def problems(self, modalities: list[str] | None, model: str, spatial_dims: int) -> list[str]:
+        """What does not fit the experiment: names outside ``data.modalities`` (None:
+        the dataset's, checked when the strategy is built), a target among the inputs,
+        a model without an smp ResNet encoder, 3-D."""
+        known = modalities if modalities is not None else [*self.inputs, self.target]
+        out = [f"ssl.inputs: {m} is not in data.modalities {modalities}" for m in self.inputs if m not in known]
+        if self.target not in known:
+            out.append(f"ssl.target: {self.target} is not in data.modalities {modalities}")
+        if self.target in self.inputs:
+            out.append(f"ssl.target: {self.target} is also an input (ssl.inputs {self.inputs}); predict another one")
+        if model != "resnet50_unet":
+            out.append(f"strategy ssl transfers ResNet encoder weights: model must be resnet50_unet, not {model}")
+        if spatial_dims != 2:
+            out.append("strategy ssl is 2-D (S2 trains on axial slices): spatial_dims must be 2")
+        return out
+
+
 class ThresholdConfig(_Strict):
     """A PET segmentation rule that clinicians use, with no training (``strategy:
     threshold``; :mod:`fusionseg.inference.rules`), as a floor for learned PET/CT
@@ -418,7 +485,7 @@ class ThresholdConfig(_Strict):
 #: Sections that a threshold rule does not use (no network, no training).
 RULE_FREE_SECTIONS = ("model", "loss", "sampling", "train", "inference")
 #: Strategies without an image-fusion network (no ``fusion`` section).
-NO_FUSION_STRATEGIES = ("early", "a2fseg", "threshold")
+NO_FUSION_STRATEGIES = ("early", "a2fseg", "threshold", "ssl")
 
 
 class FusionCommon(_Strict):
@@ -644,9 +711,10 @@ class ExperimentConfig(_Strict):
     """
 
     name: str
-    strategy: Literal["early", "decoupled", "joint", "a2fseg", "threshold"] = "early"
+    strategy: Literal["early", "decoupled", "joint", "a2fseg", "threshold", "ssl"] = "early"
     spatial_dims: Literal[2, 3] = 2
     threshold: ThresholdConfig | None = None
+    ssl: SSLConfig | None = None
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -678,7 +746,7 @@ class ExperimentConfig(_Strict):
         if fusion_strategy != (None if self.strategy in NO_FUSION_STRATEGIES else self.strategy):
             raise ValueError(f"fusion: a section of strategy {fusion_strategy} under strategy: {self.strategy}")
         if self.strategy == "threshold" or self.threshold is not None:
-            problems = self._rule_problems()
+            problems = self._rule_problems() + self._ssl_problems()
             if problems:
                 raise ValueError("\n".join(problems))
             return self
@@ -687,7 +755,7 @@ class ExperimentConfig(_Strict):
             problems.append(
                 f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early or a2fseg"
             )
-        problems += self._missing_problems()
+        problems += self._missing_problems() + self._ssl_problems()
         central = "central" in (self.sampling.mode, self.sampling.val_mode)
         if self.preprocess.target_spacing is not None and (self.evaluation.scope == "sampled_slices" or central):
             problems.append(
@@ -718,6 +786,18 @@ class ExperimentConfig(_Strict):
         if m.mask_channels and (self.strategy != "early" or m.simulate not in ("zero", "mean")):
             problems.append("missing.mask_channels applies to strategy early (channel-stacking) only")
         return problems
+
+    def _ssl_problems(self) -> list[str]:
+        """What does not fit ``strategy: ssl``; gives it its default section when none
+        is written (written into the saved config)."""
+        if self.strategy != "ssl":
+            if self.ssl is not None:
+                return [f"ssl applies to strategy: ssl only (this is strategy: {self.strategy})"]
+            return []
+        if self.ssl is None:
+            self.ssl = SSLConfig()
+        modalities = None if self.data.modalities is None else list(self.data.modalities)
+        return self.ssl.problems(modalities, self.model.name, self.spatial_dims)
 
     def _rule_problems(self) -> list[str]:
         """What does not fit ``strategy: threshold`` (a PET rule without a network)."""

@@ -140,6 +140,15 @@ BRATS2017 = LabelScheme(
     labels={0: "background", 1: "NCR", 2: "ED", 4: "ET"},
     regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
 )
+#: BRATS2017 with each tumour class also scored as a region (S2 reports NCR/NET, ED and
+#: ET Dice / ASD per class; ET is both a class and a BraTS region). The validation Dice
+#: that early stopping watches is then the mean over all five.
+BRATS2017_CLASSES = LabelScheme(
+    name="brats2017_classes",
+    description="BraTS 2017-2021 labels (0 background, 1 NCR/NET, 2 ED, 4 ET), regions WT/TC/ET and classes NCR, ED",
+    labels={0: "background", 1: "NCR", 2: "ED", 4: "ET"},
+    regions={"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,), "NCR": (1,), "ED": (2,)},
+)
 BRATS2023 = LabelScheme(
     name="brats2023",
     description="BraTS 2023+ (GLI, MEN, MET, PED, SSA): 0 background, 1 NCR, 2 ED, 3 ET",
@@ -159,7 +168,9 @@ PETCT = LabelScheme(
     regions={"tumour": (1,)},
 )
 
-LABEL_SCHEMES: dict[str, LabelScheme] = {s.name: s for s in (BRATS2017, BRATS2023, MSD_TASK01, PETCT)}
+LABEL_SCHEMES: dict[str, LabelScheme] = {
+    s.name: s for s in (BRATS2017, BRATS2017_CLASSES, BRATS2023, MSD_TASK01, PETCT)
+}
 
 
 def get_label_scheme(name: str) -> LabelScheme:

@@ -187,6 +187,44 @@ def load_study_or_configs(
     return study
 
 
+def _quality_sections(summaries: dict[str, dict], out: Path) -> list[str]:
+    """Write fusion_quality.md / pretext_quality.md for the runs that have them; their
+    sections of comparison.md."""
+    lines = []
+    for title, name, table in (
+        ("Fused-image quality (test cases, mean ± sd over cases)", "fusion_quality.md", fusion_quality_table),
+        ("Pretext reconstruction (S2 Table 1; test cases)", "pretext_quality.md", pretext_quality_table),
+    ):
+        text = table(summaries)
+        if text:
+            lines += [f"## {title}", "", text, ""]
+            with atomic_path(out / name) as tmp:
+                tmp.write_text(text + "\n")
+    return lines
+
+
+def pretext_quality_table(summaries: dict[str, dict]) -> str | None:
+    """S2 Table 1 per run with a pretext stage: MSE, PSNR and SSIM of the predicted
+    target sequence, one column per fold (fold mean over its test cases) and the mean
+    ± sd over all test cases; None when no run has one."""
+    rows = {n: s["pretext_quality"] for n, s in summaries.items() if "pretext_quality" in s}
+    if not rows:
+        return None
+    metrics = [("pretext_mse", "MSE", 4), ("pretext_psnr", "PSNR (dB)", 2), ("pretext_ssim", "SSIM", 3)]
+    folds = sorted({f for q in rows.values() for f in q["per_fold"]}, key=int)
+    lines = [
+        "| run | metric | " + " | ".join(f"fold {f}" for f in folds) + " | mean ± sd (cases) |",
+        "|---|---|" + "---|" * (len(folds) + 1),
+    ]
+    for n, q in rows.items():
+        for key, title, digits in metrics:
+            per_fold = [f"{q['per_fold'][f][key]:.{digits}f}" if f in q["per_fold"] else "–" for f in folds]
+            total = f"{q[key]['mean']:.{digits}f} ± {q[key]['sd']:.{digits}f} (n {q[key]['n']})"
+            lines.append(f"| {n} | {title} | " + " | ".join(per_fold) + f" | {total} |")
+    conventions = next(iter(rows.values()))["conventions"]
+    return "\n".join(lines) + f"\n\n{conventions[0].upper()}{conventions[1:]}."
+
+
 def fusion_quality_table(summaries: dict[str, dict]) -> str | None:
     rows = {n: s["fusion_quality"] for n, s in summaries.items() if "fusion_quality" in s}
     if not rows:
@@ -301,11 +339,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     if study.protocol:
         lines += [f"Protocol: `{study.protocol}`.", ""]
     tests = _write_tables(study, runs, all_regions, out, lines)
-    quality = fusion_quality_table(summaries)
-    if quality:
-        lines += ["## Fused-image quality (test cases, mean ± sd over cases)", "", quality, ""]
-        with atomic_path(out / "fusion_quality.md") as tmp:
-            tmp.write_text(quality + "\n")
+    lines += _quality_sections(summaries, out)
     n_cases = sorted({s["n_cases"] for s in summaries.values()})
     n_text = str(n_cases[0]) if len(n_cases) == 1 else f"{n_cases[0]}-{n_cases[-1]}"
     wall = max(s["wall_seconds"] for s in summaries.values())  # all rows ran in one dispatch

@@ -22,7 +22,8 @@ from fusionseg.evaluation.metrics.fusion_quality import fusion_mutual_informatio
 from fusionseg.evaluation.metrics.image_quality import psnr, ssim
 
 
-def _stack(case: PreparedCase, modalities: Sequence[str], slices: Sequence[int]) -> torch.Tensor:
+def stack_slices(case: PreparedCase, modalities: Sequence[str], slices: Sequence[int]) -> torch.Tensor:
+    """(len(slices), C, H, W) float32 axial ``slices`` (cropped grid) of ``modalities``."""
     image = case.select(list(modalities))
     return torch.from_numpy(np.stack([np.array(axial_slice(image, case.axial_axis, z)) for z in slices]))
 
@@ -35,7 +36,7 @@ def fusion_quality_case(
     slices = select_slices(case, mode)
     rows = []
     for start in range(0, len(slices), batch_size):
-        parts = strategy.fuse(_stack(case, modalities, slices[start : start + batch_size]))
+        parts = strategy.fuse(stack_slices(case, modalities, slices[start : start + batch_size]))
         for f, d, s in zip(parts["fused"][:, 0].numpy(), parts["detail"][:, 0].numpy(), parts["salient"][:, 0].numpy()):
             rows.append(
                 {
@@ -83,7 +84,7 @@ def save_example(
         "prediction": axial_slice(pred, case.axial_axis, z),
     }
     if "fusion_image" in getattr(strategy, "capabilities", frozenset()):
-        parts = strategy.fuse(_stack(case, modalities, [z]))
+        parts = strategy.fuse(stack_slices(case, modalities, [z]))
         data.update(
             fused=parts["fused"][0, 0].numpy(),
             detail=parts["detail"][0, 0].numpy(),

@@ -16,7 +16,9 @@ and evaluates it. It writes only ``<run>/fold_<k>/`` and its own test cases'
   ``fusionseg evaluate`` (:func:`fusionseg.evaluation.folder.write_results`), plus a
   ``fold`` column; ``summary.json`` also records the evaluation inputs, the applied
   post-processing and the fold's seconds; ``fusion_quality.csv`` for strategies that
-  make a fused image.
+  make a fused image, ``pretext_quality.csv``, ``pretext_example.png`` and
+  ``transfer.json`` for the pretext strategy (S2: its reconstruction on the test
+  cases, and what the weight transfer copied and skipped).
 
 The job returns a :class:`FoldResult` holding the same tables in memory, so the
 gather step in the same process never reads back what was just written. A finished
@@ -47,6 +49,7 @@ from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
+from fusionseg.experiments.pretext_report import pretext_quality_case, save_pretext_figure
 from fusionseg.inference.inferers import InferOptions, get_inferer
 from fusionseg.inference.postprocess import (
     Postprocess,
@@ -75,6 +78,14 @@ LESION_COLUMNS = [
     "matched_pred_ids",
 ]
 FUSION_QUALITY_CSV = "fusion_quality.csv"
+PRETEXT_QUALITY_CSV = "pretext_quality.csv"
+#: capability -> the file of its image-quality rows
+QUALITY_CSV = {"fusion_image": FUSION_QUALITY_CSV, "pretext_image": PRETEXT_QUALITY_CSV}
+
+
+def quality_file(frame: pd.DataFrame) -> str:
+    """The file name of a fold's image-quality rows (pretext rows have pretext_* columns)."""
+    return PRETEXT_QUALITY_CSV if "pretext_mse" in frame.columns else FUSION_QUALITY_CSV
 
 
 @dataclass(frozen=True)
@@ -204,13 +215,13 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
         return None
     if not all((cfg.run_dir() / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
         return None
-    quality = folder / FUSION_QUALITY_CSV
+    quality = [folder / name for name in QUALITY_CSV.values() if (folder / name).exists()]
     return FoldResult(
         cfg.name,
         fold["fold"],
         pd.read_csv(folder / PER_CASE_CSV),
         pd.read_csv(folder / PER_LESION_CSV),
-        pd.read_csv(quality) if quality.exists() else None,
+        pd.read_csv(quality[0]) if quality else None,
         data["postprocess"],
         float(data["seconds"]),
         reused=True,
@@ -315,6 +326,9 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
                 default=str,
             )
         )
+    if getattr(model, "transfer_report", None) is not None:
+        with atomic_path(fold_dir(cfg, k) / "transfer.json") as tmp:
+            tmp.write_text(json.dumps(model.transfer_report.to_dict(), indent=1, default=str))
     rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
     result = write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
@@ -445,7 +459,11 @@ def test_fold(
     k, scheme, modalities = fold["fold"], context.dataset.scheme, context.modalities
     infer, params = get_inferer(cfg.spatial_dims), cfg.evaluation.lesion_params()
     options = InferOptions.from_config(cfg)
-    makes_fused = "fusion_image" in getattr(model, "capabilities", frozenset())
+    capabilities = getattr(model, "capabilities", frozenset())
+    makes_fused, makes_pretext = "fusion_image" in capabilities, "pretext_image" in capabilities
+    if makes_pretext and fold["test"]:
+        first = fold["test"][0]
+        save_pretext_figure(model, context.prepared[first], modalities, fold_dir(cfg, k) / "pretext_example.png")
     rows, lesions, quality = [], [], []
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
@@ -462,10 +480,9 @@ def test_fold(
         save_example(
             model, prepared, modalities, pred, scheme, cfg.run_dir() / "examples" / f"{case_id}.npz", slices=slab
         )
-        if makes_fused:
-            quality.append(
-                {"case": case_id, "fold": k, **fusion_quality_case(model, prepared, modalities, cfg.sampling.val_mode)}
-            )
+        if makes_fused or makes_pretext:
+            measure = fusion_quality_case if makes_fused else pretext_quality_case
+            quality.append({"case": case_id, "fold": k, **measure(model, prepared, modalities, cfg.sampling.val_mode)})
         region_rows, case_lesions = evaluate_case(
             *_in_scope(cfg, prepared, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
         )
@@ -504,7 +521,7 @@ def write_fold_result(
     )
     frame = pd.DataFrame(quality) if quality else None
     if frame is not None:
-        with atomic_path(folder / FUSION_QUALITY_CSV) as tmp:
+        with atomic_path(folder / quality_file(frame)) as tmp:
             frame.to_csv(tmp, index=False)
     write_results(folder, per_case, per_lesion, summary)
     return FoldResult(cfg.name, fold["fold"], per_case, per_lesion, frame, post.to_dict(), seconds)

@@ -42,6 +42,7 @@ from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_datas
     FoldResult,
     RunContext,
     decide_postprocess,
+    quality_file,
     load_dataset,
     sampled_slab,
     slab_slices,
@@ -176,18 +177,30 @@ def fold_jobs(cfg: ExperimentConfig, splits: dict) -> list[FoldJob]:
     return [FoldJob(config, fold, cfg.preprocess.key()) for fold in folds]
 
 
-def _fusion_quality_summary(quality: list[dict]) -> dict:
-    qdf = pd.DataFrame(quality)
-    out = {
-        c: {"mean": float(qdf[c].mean()), "sd": float(qdf[c].std(ddof=1)) if len(qdf) > 1 else 0.0, "n": int(len(qdf))}
-        for c in qdf.columns
-        if c not in ("case", "fold", "slices")
-    }
-    out["conventions"] = (
-        "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
-        "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) "
-        "(bits, 256 bins); Qabf"
-    )
+#: How each kind of image-quality row was measured (written with its summary).
+QUALITY_CONVENTIONS = {
+    "fusion_quality.csv": "per test case, mean over its slices of: PSNR (dB, data range 1) and SSIM (Gaussian 11, "
+    "sigma 1.5) of F vs each [0,1]-scaled source on the whole slice; MI(F,Id)+MI(F,Is) (bits, 256 bins); Qabf",
+    "pretext_quality.csv": "per test case, mean over its slices of the pretext prediction vs the true target "
+    "sequence on brain voxels (z-scored): MSE, PSNR (dB, data range max - min of the target over the slice's "
+    "brain) and SSIM (Gaussian 11, sigma 1.5, same data range) averaged over the brain's SSIM map",
+}
+
+
+def _quality_summary(frame: pd.DataFrame) -> dict:
+    """Mean / sd / n over test cases of each image-quality column, per-fold means, and
+    how they were measured."""
+    columns = [c for c in frame.columns if c not in ("case", "fold", "slices")]
+
+    def stats(df: pd.DataFrame) -> dict:
+        return {
+            c: {"mean": float(df[c].mean()), "sd": float(df[c].std(ddof=1)) if len(df) > 1 else 0.0, "n": len(df)}
+            for c in columns
+        }
+
+    out = stats(frame)
+    out["per_fold"] = {str(k): {c: v["mean"] for c, v in stats(g).items()} for k, g in frame.groupby("fold")}
+    out["conventions"] = QUALITY_CONVENTIONS[quality_file(frame)]
     return out
 
 
@@ -252,9 +265,10 @@ def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResu
     quality = [r.quality for r in results if r.quality is not None]
     if quality:
         frame = pd.concat(quality, ignore_index=True)
-        with atomic_path(run_dir / "fusion_quality.csv") as tmp:
+        name = quality_file(frame)
+        with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-        summary["fusion_quality"] = _fusion_quality_summary(frame.to_dict("records"))
+        summary[name.removesuffix(".csv")] = _quality_summary(frame)
     write_results(run_dir, per_case, per_lesion, summary)
     scheme = plan.context.dataset.scheme
     metrics = cfg.evaluation.metrics or ("dice", "hd95", "lesion_dice", "lesion_hd95")

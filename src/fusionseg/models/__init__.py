@@ -9,6 +9,7 @@ from __future__ import annotations
 from .a2fseg import A2FSeg
 from .lrrnet import LRRNet
 from .registry import build_model, check_model_options, get_model_builder, list_models, register_model
+from .resnet_unet import ResNet50UNet  # noqa: F401 - registers "resnet50_unet"
 from .unet import MonaiUNet, TwoStageUNet, check_segmentation_input
 
 __all__ = [

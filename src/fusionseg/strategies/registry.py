@@ -22,6 +22,7 @@ from fusionseg.strategies.base import Strategy
 from fusionseg.strategies.decoupled import DecoupledFusion
 from fusionseg.strategies.early import EarlyFusion
 from fusionseg.strategies.joint import JointFusion
+from fusionseg.strategies.ssl import CrossModalSSL
 
 
 def _segmentation(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme, with_losses: bool):
@@ -47,6 +48,29 @@ def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
 def _a2fseg(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
     model, loss = _segmentation(cfg, len(modalities), scheme, with_losses)
     return A2FSegStrategy(model, modalities, loss)
+
+
+def _ssl(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
+    s = cfg.ssl
+    if s is None:  # the config gives strategy ssl its default section
+        raise ConfigError("strategy ssl needs an ssl section")
+    seg_net, loss = _segmentation(cfg, len(modalities), scheme, with_losses)
+    pretext_net = build_model(
+        cfg.model.name, in_channels=len(s.inputs), num_classes=1, spatial_dims=cfg.spatial_dims, **cfg.model.kwargs
+    )
+    return CrossModalSSL(
+        pretext_net,
+        seg_net,
+        modalities,
+        s.inputs,
+        s.target,
+        mask=s.mask,
+        seg_loss=loss,
+        pretext_lr=s.lr,
+        pretext_epochs=s.epochs,
+        other_channels=s.other_channels,
+        transfer_decoder=s.transfer_decoder,
+    )
 
 
 def _fusion_section(cfg: ExperimentConfig) -> FusionCommon:
@@ -104,6 +128,8 @@ def describe_strategy(cfg: ExperimentConfig) -> dict:
     """What a result depends on beyond the model: for fusion strategies the fusion
     network, source mapping, loss weighting and the VGG-16 features used."""
     f = cfg.fusion
+    if cfg.ssl is not None:
+        return {"pretext": cfg.ssl.model_dump(mode="json")}
     if f is None:  # early
         return {}
     out = {
@@ -128,6 +154,7 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "decoupled": _decoupled,
     "joint": _joint,
     "a2fseg": _a2fseg,
+    "ssl": _ssl,
 }
 
 

@@ -109,10 +109,14 @@ def dice_from_counts(counts: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
 
 
-def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str = "constant") -> float:
+def epoch_lr(
+    base_lr: float, epoch: int, epochs: int, schedule: str = "constant", step_epochs: int = 10, gamma: float = 0.5
+) -> float:
     """Learning rate of 0-based ``epoch`` out of ``epochs``: ``constant`` -> ``base_lr``;
     ``poly`` -> ``base_lr * (1 - epoch / epochs) ** 0.9`` (nnU-Net's schedule, Isensee et
-    al. 2021, applied per epoch). A function of the epoch alone, so resuming needs no state.
+    al. 2021, applied per epoch); ``step`` -> ``base_lr * gamma ** (epoch // step_epochs)``
+    (torch ``StepLR`` stepped per epoch; S2: x0.5 every 10 epochs). A function of the
+    epoch alone, so resuming needs no state.
 
     Raises:
         ValueError: unknown schedule.
@@ -121,7 +125,9 @@ def epoch_lr(base_lr: float, epoch: int, epochs: int, schedule: str = "constant"
         return float(base_lr)
     if schedule == "poly":
         return float(base_lr) * (1.0 - epoch / max(epochs, 1)) ** 0.9
-    raise ValueError(f"unknown lr schedule {schedule!r}; choose 'constant' or 'poly'.")
+    if schedule == "step":
+        return float(base_lr) * float(gamma) ** (epoch // int(step_epochs))
+    raise ValueError(f"unknown lr schedule {schedule!r}; choose 'constant', 'poly' or 'step'.")
 
 
 def fit(
@@ -171,7 +177,8 @@ def fit(
             if state.should_stop:
                 break
             epoch = state.epoch  # 0-based index of the epoch about to run
-            _start_epoch(state, train_set, epoch, epoch_lr(run.lr, epoch, epochs, cfg.lr_schedule))
+            lr = epoch_lr(run.lr, epoch, epochs, cfg.lr_schedule, cfg.lr_step_epochs, cfg.lr_gamma)
+            _start_epoch(state, train_set, epoch, lr)
             show = partial(_show_step, bar, task, epoch)
             trained = train_epoch(state.fabric, state.strategy, state.optimizer, run.train_loader, steps, epoch, show)
             row, score = validate_epoch(state.fabric, state, trained, run.val_loader, scheme, run.stage)

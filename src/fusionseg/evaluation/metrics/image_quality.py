@@ -61,24 +61,14 @@ def psnr(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.n
     return float("inf") if err == 0 else float(10.0 * np.log10(data_range**2 / err))
 
 
-def ssim(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
-    """Structural similarity (Gaussian window, sigma 1.5, 11 taps), over ``mask`` if given.
-
-    Args:
-        image, reference: 2-D or 3-D arrays of the same shape (each side >= 7 voxels).
-        data_range: intensity range R used in the SSIM constants (K1 R)^2, (K2 R)^2.
-        mask: optional boolean mask; the SSIM map is averaged over it.
-    Returns:
-        SSIM in [-1, 1].
-    Raises:
-        ValueError: non-positive data range, shape mismatch, empty mask.
-    """
+def _structural_similarity(image: np.ndarray, reference: np.ndarray, data_range: float) -> tuple[float, np.ndarray]:
+    """scikit-image SSIM (Gaussian window, sigma 1.5, 11 taps; Wang et al. 2004): (its
+    mean over the map without the 5-voxel border, the full map)."""
     from skimage.metrics import structural_similarity
 
     if not data_range > 0:
         raise ValueError(f"data_range must be > 0, got {data_range!r}.")
-    image, reference, mask = _pair(image, reference, mask)
-    mean_ssim, ssim_map = structural_similarity(
+    return structural_similarity(
         image,
         reference,
         data_range=data_range,
@@ -87,4 +77,32 @@ def ssim(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.n
         use_sample_covariance=False,
         full=True,
     )
-    return float(ssim_map[mask].mean() if mask is not None else mean_ssim)
+
+
+def ssim_map(image: np.ndarray, reference: np.ndarray, data_range: float) -> np.ndarray:
+    """Local SSIM of every voxel, float64 of the input's shape (the map that
+    :func:`ssim` averages), e.g. for figures.
+
+    Raises:
+        ValueError: non-positive data range, shape mismatch.
+    """
+    image, reference, _ = _pair(image, reference, None)
+    return _structural_similarity(image, reference, data_range)[1]
+
+
+def ssim(image: np.ndarray, reference: np.ndarray, data_range: float, mask: np.ndarray | None = None) -> float:
+    """Structural similarity (Gaussian window, sigma 1.5, 11 taps), over ``mask`` if given.
+
+    Args:
+        image, reference: 2-D or 3-D arrays of the same shape (each side >= 7 voxels).
+        data_range: intensity range R used in the SSIM constants (K1 R)^2, (K2 R)^2.
+        mask: optional boolean mask; the SSIM map is averaged over it (without a mask:
+            scikit-image's mean, which leaves out the 5-voxel border).
+    Returns:
+        SSIM in [-1, 1].
+    Raises:
+        ValueError: non-positive data range, shape mismatch, empty mask.
+    """
+    image, reference, mask = _pair(image, reference, mask)
+    mean_ssim, full = _structural_similarity(image, reference, data_range)
+    return float(full[mask].mean() if mask is not None else mean_ssim)
