@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -142,6 +144,18 @@ def test_ssl_trains_transfers_and_reports_the_pretext_on_phantoms(brats18_phanto
     assert "conventions" in summary["pretext_quality"] and "0" in summary["pretext_quality"]["per_fold"]
     per_case = pd.read_csv(run / "metrics_per_case.csv")
     assert set(per_case["region"]) == {"WT", "TC", "ET", "NCR", "ED"} and "asd" in per_case
-    # the best checkpoint predicts without the pretext network
+    # the best checkpoint predicts without the pretext network, as the run did
     state = torch.load(fold / "segmentation" / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
     assert not any(k.startswith(PRETEXT_PREFIX) for k in state["strategy"])
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+
+    case = sorted(per_case["case"])[0]
+    out = tmp_path / "predicted"
+    result = CliRunner().invoke(
+        app, ["predict", str(run), str(brats18_phantom), str(out), "--case", case, "--fold", "0", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    ours = nib.load(next(out.rglob(f"{case}*.nii.gz"))).get_fdata()
+    assert np.array_equal(ours, nib.load(run / "predictions" / f"{case}.nii.gz").get_fdata())
