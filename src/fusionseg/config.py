@@ -164,6 +164,31 @@ class LossConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=lambda: {"class_weights": [0.5, 2.0, 5.0, 4.0]})
 
 
+class OutputConfig(_Strict):
+    """What the segmentation network's output channels mean (:mod:`fusionseg.outputs`).
+
+    ``kind``: ``classes`` (one softmax channel per class of the label scheme, arg-max;
+    the default) or ``regions`` (one sigmoid channel per nested region, BraTS WT / TC /
+    ET, painted largest first: nnU-Net's region-based training; needs ``loss.name:
+    region_dice_bce``). ``regions`` (the chain, largest first; default: found among the
+    scheme's regions) and ``threshold`` (default 0.5) apply to ``kind: regions`` only.
+    """
+
+    kind: Literal["classes", "regions"] = "classes"
+    regions: list[str] | None = Field(
+        None, min_length=1, description="kind regions only: nested regions, largest first"
+    )
+    threshold: float | None = Field(None, gt=0, lt=1, description="kind regions only: probability threshold (0.5)")
+
+    @model_validator(mode="after")
+    def _applies(self) -> OutputConfig:
+        if self.kind == "classes":
+            extra = [k for k in ("regions", "threshold") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"output.{extra[0]} applies to output.kind: regions only")
+        return self
+
+
 class TrainConfig(_Strict):
     """Optimisation schedule (S0 defaults: Adam lr 1e-3, batch 4, <= 50 epochs,
     early stopping on validation Dice with patience 5)."""
@@ -720,6 +745,7 @@ class ExperimentConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
     fusion: FusionConfig | None = Field(None, validate_default=True)
     train: TrainConfig = Field(default_factory=TrainConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -755,7 +781,7 @@ class ExperimentConfig(_Strict):
             problems.append(
                 f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early or a2fseg"
             )
-        problems += self._missing_problems() + self._ssl_problems()
+        problems += self._missing_problems() + self._ssl_problems() + self._output_problems()
         central = "central" in (self.sampling.mode, self.sampling.val_mode)
         if self.preprocess.target_spacing is not None and (self.evaluation.scope == "sampled_slices" or central):
             problems.append(
@@ -786,6 +812,15 @@ class ExperimentConfig(_Strict):
         if m.mask_channels and (self.strategy != "early" or m.simulate not in ("zero", "mean")):
             problems.append("missing.mask_channels applies to strategy early (channel-stacking) only")
         return problems
+
+    def _output_problems(self) -> list[str]:
+        """Region outputs and the region loss go together (either alone is an error)."""
+        regions, region_loss = self.output.kind == "regions", self.loss.name == "region_dice_bce"
+        if regions and not region_loss:
+            return [f"output.kind: regions needs loss.name: region_dice_bce (sigmoid per region), got {self.loss.name}"]
+        if region_loss and not regions:
+            return ["loss.name: region_dice_bce needs output.kind: regions (one sigmoid channel per region)"]
+        return []
 
     def _ssl_problems(self) -> list[str]:
         """What does not fit ``strategy: ssl``; gives it its default section when none

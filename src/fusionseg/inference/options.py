@@ -20,6 +20,9 @@ class InferOptions:
         sw_batch_size: 3-D: windows per forward pass.
         blend: 3-D: ``gaussian`` (importance weights, sigma 1/8 of the window) or
             ``constant`` averaging of overlapping windows.
+        output: what the output channels are, ``classes`` (softmax) or ``regions``
+            (sigmoid; :mod:`fusionseg.outputs`); ``regions`` / ``threshold`` of a
+            region output (None: the defaults of :func:`fusionseg.outputs.output_head`).
     """
 
     mirror: bool = False
@@ -29,6 +32,15 @@ class InferOptions:
     overlap: float = 0.5
     sw_batch_size: int = 4
     blend: str = "gaussian"
+    output: str = "classes"
+    regions: tuple[str, ...] | None = None
+    threshold: float | None = None
+
+    def head(self, scheme):
+        """The :class:`~fusionseg.outputs.OutputHead` of these options for ``scheme``."""
+        from fusionseg.outputs import output_head
+
+        return output_head(self.output, scheme, self.regions, self.threshold)
 
     @classmethod
     def from_config(cls, cfg, **changes) -> InferOptions:
@@ -36,7 +48,13 @@ class InferOptions:
         ``inference`` section and, for 3-D, ``sampling.patch_size``), with ``changes``
         (e.g. ``mirror`` from ``fusionseg predict --tta``)."""
         inf = cfg.inference
-        values = {"mirror": inf.mirror}
+        out = cfg.output
+        values = {
+            "mirror": inf.mirror,
+            "output": out.kind,
+            "regions": None if out.regions is None else tuple(out.regions),
+            "threshold": out.threshold,
+        }
         if cfg.spatial_dims == 3:
             values.update(
                 roi_size=tuple(cfg.sampling.patch_size),

@@ -29,22 +29,26 @@ from fusionseg.data.sampling import round_up
 from fusionseg.errors import DataError, FusionsegError
 from fusionseg.inference.options import InferOptions
 from fusionseg.inference.postprocess import Postprocess, combine_settings
+from fusionseg.outputs import CLASS_OUTPUT, OutputHead
 
 
 #: In-plane mirrorings of a (B, C, H, W) batch used by test-time augmentation.
 MIRRORS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
 
 
-def class_probabilities(model: nn.Module, batch: torch.Tensor, mirror: bool = False) -> torch.Tensor:
-    """Softmax of ``model(batch)``, (B, K, H, W) float32; with ``mirror``, the mean over
-    the :data:`MIRRORS` of the input, each output mirrored back (nnU-Net's test-time
+def class_probabilities(
+    model: nn.Module, batch: torch.Tensor, mirror: bool = False, head: OutputHead = CLASS_OUTPUT
+) -> torch.Tensor:
+    """Probabilities of ``model(batch)``, (B, K, H, W) float32: softmax over classes, or
+    a sigmoid per region for a region ``head``; with ``mirror``, the mean over the
+    :data:`MIRRORS` of the input, each output mirrored back (nnU-Net's test-time
     mirroring)."""
     if not mirror:
-        return torch.softmax(model(batch).float(), dim=1)
+        return head.probabilities(model(batch))
     total = None
     for dims in MIRRORS:
         x = batch.flip(dims) if dims else batch
-        p = torch.softmax(model(x).float(), dim=1)
+        p = head.probabilities(model(x))
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
     return total / len(MIRRORS)
@@ -59,8 +63,9 @@ def predict_probabilities(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     mirror: bool = False,
+    head: OutputHead = CLASS_OUTPUT,
 ) -> np.ndarray:
-    """Slice-wise class probabilities of a volume, averaged over ``models``.
+    """Slice-wise probabilities of a volume, averaged over ``models``.
 
     Args:
         models: 2-D networks (B, C, H, W) -> logits (B, K, H, W), in eval mode.
@@ -68,8 +73,9 @@ def predict_probabilities(
         axial_axis: spatial axis (0-2) to slice along.
         divisor: in-plane sizes are zero-padded to a multiple of this.
         mirror: test-time mirroring (:func:`class_probabilities`).
+        head: what the output channels are (softmax classes or sigmoid regions).
     Returns:
-        float32 (K, X, Y, Z) probabilities.
+        float32 (K, X, Y, Z) probabilities (K: classes or regions).
     """
     stack = np.moveaxis(np.asarray(image, dtype=np.float32), 1 + axial_axis, 0)  # (Z, C, H, W)
     z, c, h, w = stack.shape
@@ -80,7 +86,7 @@ def predict_probabilities(
         chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
         chunk[:, :, top : top + h, left : left + w] = torch.from_numpy(np.array(stack[start : start + batch_size]))
         chunk = chunk.to(device)
-        probs = sum(class_probabilities(m, chunk, mirror) for m in models) / len(models)
+        probs = sum(class_probabilities(m, chunk, mirror, head) for m in models) / len(models)
         probs = probs[:, :, top : top + h, left : left + w].cpu().numpy()  # (b, K, H, W)
         if out is None:
             out = np.empty((z, probs.shape[1], h, w), dtype=np.float32)
@@ -98,13 +104,15 @@ def predict_prepared(
     batch_size: int = 16,
     device: torch.device | str = "cpu",
     mirror: bool = False,
+    head: OutputHead = CLASS_OUTPUT,
 ) -> np.ndarray:
     """Raw label map (original grid, scheme values) for a preprocessed case
-    (``mirror``: test-time mirroring, see :func:`class_probabilities`)."""
+    (``mirror``: test-time mirroring, see :func:`class_probabilities`; ``head``: arg-max
+    of class probabilities or regions painted largest first)."""
     probs = predict_probabilities(
-        models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror
+        models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror, head
     )
-    classes = case.to_box(probs).argmax(axis=0).astype(np.uint8)
+    classes = head.classes(case.to_box(probs), dim=0)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
 

@@ -1,4 +1,4 @@
-"""Losses: segmentation (Dice+CE, Dice+Focal, Focal), built by name through a registry."""
+"""Losses: segmentation (Dice+CE, Dice+Focal, Focal; region Dice+BCE), built by name through a registry."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from .segmentation import (
     list_seg_losses,
     register_seg_loss,
 )
+from .regions import RegionDiceBCELoss
 
 __all__ = [
     "DiceCESegLoss",
     "DiceFocalSegLoss",
     "FocalSegLoss",
+    "RegionDiceBCELoss",
     "SegLoss",
     "build_seg_loss",
     "check_seg_loss_options",

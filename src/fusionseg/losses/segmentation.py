@@ -150,6 +150,8 @@ class SegLoss(nn.Module, ABC):
                 f"{self.name}: num_classes must be >= 2 (softmax over classes incl. background), got {num_classes}."
             )
         self.num_classes = int(num_classes)
+        #: logit channels expected (K; a region loss has one per region)
+        self.num_outputs = self.num_classes
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -163,9 +165,10 @@ class SegLoss(nn.Module, ABC):
         """Validate inputs; return the target as ``(B, 1, *S)`` long (MONAI's layout)."""
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
             raise TypeError(f"{self.name}: logits must be a floating-point tensor (B, K, *S).")
-        if logits.ndim < 3 or logits.shape[1] != self.num_classes:
+        if logits.ndim < 3 or logits.shape[1] != self.num_outputs:
             raise ValueError(
-                f"{self.name}: logits must have shape (B, K={self.num_classes}, H, W[, D]), got {tuple(logits.shape)}."
+                f"{self.name}: logits must have shape (B, K={self.num_outputs}, H, W[, D]) (one channel per "
+                f"{'class' if self.num_outputs == self.num_classes else 'region'}), got {tuple(logits.shape)}."
             )
         if target.is_floating_point() or target.dtype == torch.bool:
             raise TypeError(

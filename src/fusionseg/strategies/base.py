@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from fusionseg.outputs import CLASS_OUTPUT, OutputHead
 from fusionseg.strategies.missing import ModalityDropout, mask_channels, simulate_missing
 from fusionseg.training.stage import Stage
 
@@ -48,6 +49,9 @@ class Strategy(nn.Module, ABC):
         self.stage = self.stages()[0].name
         self.simulate, self.mask_channels = "zero", False
         self.dropout: ModalityDropout | None = None
+        #: what the segmentation logits mean (softmax classes or sigmoid regions);
+        #: set by :func:`fusionseg.strategies.build_strategy` from ``cfg.output``
+        self.head: OutputHead = CLASS_OUTPUT
 
     def configure_missing(self, simulate: str, dropout: str = "none", mask_channels: bool = False, seed: int = 0):
         """How absent modalities reach the networks (``missing`` of the config; see

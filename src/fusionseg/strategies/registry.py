@@ -12,11 +12,12 @@ from fusionseg.config import (
 )
 from fusionseg.constants import LabelScheme
 from fusionseg.errors import ConfigError
-from fusionseg.losses import build_seg_loss
+from fusionseg.losses import check_seg_loss_options
 from fusionseg.losses.fusion import LRRNetFusionLoss, vgg16_features
 from fusionseg.losses.weighting import DynamicWeighting, StaticWeighting
 from fusionseg.models import build_model
 from fusionseg.models.fusion_seg import FusionSegNet
+from fusionseg.outputs import OutputHead, output_head
 from fusionseg.strategies.a2fseg import A2FSegStrategy
 from fusionseg.strategies.base import Strategy
 from fusionseg.strategies.decoupled import DecoupledFusion
@@ -25,17 +26,34 @@ from fusionseg.strategies.joint import JointFusion
 from fusionseg.strategies.ssl import CrossModalSSL
 
 
+def head_of(cfg: ExperimentConfig, scheme: LabelScheme) -> OutputHead:
+    """The output head of ``cfg.output`` for ``scheme`` (:mod:`fusionseg.outputs`)."""
+    return output_head(cfg.output.kind, scheme, cfg.output.regions, cfg.output.threshold)
+
+
+def _seg_loss(cfg: ExperimentConfig, scheme: LabelScheme, with_losses: bool):
+    """The segmentation loss of ``cfg.loss`` (None when not ``with_losses``); a region
+    loss gets its regions' classes from the output head."""
+    if not with_losses:
+        return None
+    head = head_of(cfg, scheme)
+    extra = {"members": head.members} if head.kind == "regions" else {}
+    loss_class = check_seg_loss_options(cfg.loss.name, cfg.loss.kwargs)
+    return loss_class(num_classes=scheme.num_classes, **cfg.loss.kwargs, **extra)
+
+
+def _seg_net(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme):
+    """The segmentation network of ``cfg.model``: one output channel per class, or per
+    region under ``output.kind: regions``."""
+    outputs = head_of(cfg, scheme).channels(scheme.num_classes)
+    return build_model(
+        cfg.model.name, in_channels=in_channels, num_classes=outputs, spatial_dims=cfg.spatial_dims, **cfg.model.kwargs
+    )
+
+
 def _segmentation(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme, with_losses: bool):
     """(segmentation network of ``cfg.model``, its loss or None)."""
-    model = build_model(
-        cfg.model.name,
-        in_channels=in_channels,
-        num_classes=scheme.num_classes,
-        spatial_dims=cfg.spatial_dims,
-        **cfg.model.kwargs,
-    )
-    loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
-    return model, loss
+    return _seg_net(cfg, in_channels, scheme), _seg_loss(cfg, scheme, with_losses)
 
 
 def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
@@ -83,13 +101,7 @@ def _fusion_net(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelS
     f = _fusion_section(cfg)
     seg_inputs = f.seg_inputs or [f.detail, f.salient]
     fusion_net = build_model(f.model.name, in_channels=2, num_classes=1, spatial_dims=2, **f.model.kwargs)
-    seg_net = build_model(
-        cfg.model.name,
-        in_channels=len(seg_inputs) + 1,
-        num_classes=scheme.num_classes,
-        spatial_dims=cfg.spatial_dims,
-        **cfg.model.kwargs,
-    )
+    seg_net = _seg_net(cfg, len(seg_inputs) + 1, scheme)
     return FusionSegNet(fusion_net, seg_net, modalities, f.detail, f.salient, seg_inputs)
 
 
@@ -100,7 +112,7 @@ def _fusion_loss(cfg: ExperimentConfig) -> LRRNetFusionLoss:
 
 def _decoupled(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
     f = _fusion_section(cfg)
-    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
+    seg_loss = _seg_loss(cfg, scheme, with_losses)
     return DecoupledFusion(
         _fusion_net(cfg, modalities, scheme),
         modalities,
@@ -119,7 +131,7 @@ def _joint(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme
         weighting = DynamicWeighting(f.temperature, variant="s0" if f.weighting == "dynamic" else "dwa")
     else:  # seg_only ablation: L = L_seg, no fusion loss (and no VGG) at all
         weighting = None
-    seg_loss = build_seg_loss(cfg.loss.name, num_classes=scheme.num_classes, **cfg.loss.kwargs) if with_losses else None
+    seg_loss = _seg_loss(cfg, scheme, with_losses)
     fusion_loss = _fusion_loss(cfg) if with_losses and weighting is not None else None
     return JointFusion(_fusion_net(cfg, modalities, scheme), modalities, weighting, fusion_loss, seg_loss, lr=f.lr)
 
@@ -172,6 +184,6 @@ def build_strategy(
     except KeyError:
         raise ConfigError(f"unknown strategy {cfg.strategy!r}; choose one of {sorted(STRATEGIES)}") from None
     m = cfg.missing
-    return builder(cfg, modalities, scheme, with_losses).configure_missing(
-        m.simulate or "zero", m.dropout, m.mask_channels, cfg.train.seed
-    )
+    strategy = builder(cfg, modalities, scheme, with_losses)
+    strategy.head = head_of(cfg, scheme)
+    return strategy.configure_missing(m.simulate or "zero", m.dropout, m.mask_channels, cfg.train.seed)

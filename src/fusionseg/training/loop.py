@@ -484,7 +484,7 @@ def validate(
     network.eval()
     counts = np.zeros((len(scheme.region_names), 3), dtype=np.int64)
     for batch in loader:
-        pred = validation_logits(network, batch).argmax(dim=1)
+        pred = network.head.classes_from_logits(validation_logits(network, batch))
         counts += region_dice_counts(pred, batch["label"], scheme)
     counts = _sum_over_ranks(fabric, torch.from_numpy(counts)).numpy()
     return dice_from_counts(counts)

@@ -3,7 +3,8 @@ the case's preprocessed volume (windows of the training patch size, ``overlap``,
 Gaussian or constant blending, ``sw_batch_size`` windows per pass; a volume smaller
 than a window is zero-padded and cropped back), softmax class probabilities averaged
 over models, resampled back onto the source grid when the case was resampled
-(``preprocess.target_spacing``), argmax, label values of the scheme, un-cropped to
+(``preprocess.target_spacing``), argmax (or sigmoid regions painted largest first),
+label values of the scheme, un-cropped to
 the original grid.
 
 With test-time mirroring each window is predicted in the 8 flips of its three axes
@@ -23,6 +24,7 @@ from torch import nn
 from fusionseg.constants import LabelScheme
 from fusionseg.data.preprocess import PreparedCase
 from fusionseg.inference.inferers import InferOptions, register_inferer
+from fusionseg.outputs import CLASS_OUTPUT, OutputHead
 
 #: The flips of a (B, C, X, Y, Z) batch averaged by 3-D test-time mirroring.
 MIRRORS_3D: tuple[tuple[int, ...], ...] = tuple(
@@ -30,16 +32,17 @@ MIRRORS_3D: tuple[tuple[int, ...], ...] = tuple(
 )
 
 
-def window_predictor(model: nn.Module, mirror: bool):
-    """``(B, C, x, y, z) -> (B, K, x, y, z)`` softmax probabilities of ``model``
-    (with ``mirror``: the mean over :data:`MIRRORS_3D`)."""
+def window_predictor(model: nn.Module, mirror: bool, head: OutputHead = CLASS_OUTPUT):
+    """``(B, C, x, y, z) -> (B, K, x, y, z)`` probabilities of ``model``: softmax, or
+    a sigmoid per region for a region ``head`` (with ``mirror``: the mean over
+    :data:`MIRRORS_3D`)."""
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         if not mirror:
-            return torch.softmax(model(x).float(), dim=1)
+            return head.probabilities(model(x))
         total = None
         for dims in MIRRORS_3D:
-            p = torch.softmax(model(x.flip(dims) if dims else x).float(), dim=1)
+            p = head.probabilities(model(x.flip(dims) if dims else x))
             p = p.flip(dims) if dims else p
             total = p if total is None else total + p
         return total / len(MIRRORS_3D)
@@ -48,9 +51,11 @@ def window_predictor(model: nn.Module, mirror: bool):
 
 
 @torch.no_grad()
-def volume_probabilities(models: Sequence[nn.Module], image: np.ndarray, options: InferOptions) -> torch.Tensor:
-    """Class probabilities (K, X, Y, Z) float32 of a (C, X, Y, Z) volume, averaged
-    over ``models``.
+def volume_probabilities(
+    models: Sequence[nn.Module], image: np.ndarray, options: InferOptions, head: OutputHead = CLASS_OUTPUT
+) -> torch.Tensor:
+    """Probabilities (K, X, Y, Z) float32 of a (C, X, Y, Z) volume (K: classes, or
+    regions for a region ``head``), averaged over ``models``.
 
     Raises:
         ValueError: ``options.roi_size`` is not set.
@@ -66,7 +71,7 @@ def volume_probabilities(models: Sequence[nn.Module], image: np.ndarray, options
             x,
             roi_size=tuple(options.roi_size),
             sw_batch_size=options.sw_batch_size,
-            predictor=window_predictor(model, options.mirror),
+            predictor=window_predictor(model, options.mirror, head),
             overlap=options.overlap,
             mode=options.blend,
         )
@@ -85,7 +90,8 @@ def sliding_window(
     options: InferOptions = InferOptions(),
 ) -> np.ndarray:
     """Raw label map (original grid, scheme values) of a preprocessed case."""
-    probs = case.to_box(volume_probabilities(models, case.select(list(modalities)), options))
-    classes = probs.argmax(dim=0).cpu().numpy().astype(np.uint8)
+    head = options.head(scheme)
+    probs = case.to_box(volume_probabilities(models, case.select(list(modalities)), options, head))
+    classes = head.classes(probs, dim=0).cpu().numpy()
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)
     return case.uncrop(raw)
