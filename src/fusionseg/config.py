@@ -107,6 +107,9 @@ class SamplingConfig(_Strict):
     ``augment`` (training samples only): random flips of both in-plane axes (p = 0.5
     each) and per-channel intensity scaling by 1 + U(-0.1, 0.1) and shift by
     U(-0.1, 0.1) (p = 0.5 each; MONAI transforms), seeded per sample and epoch.
+    ``context`` (2-D, strategy early): 2.5-D input, the ``context`` neighbouring slices
+    on each side of every slice as extra channels (modality-major: T1 z-1, T1 z, T1 z+1,
+    T1ce z-1, ...; zeros beyond the volume), in training, validation and prediction.
 
     3-D (``spatial_dims: 3``, :mod:`fusionseg.data.samplers.patches3d`): ``mode: patch``
     with a 3-D ``patch_size``; each epoch draws ``patches_per_case`` patches from every
@@ -123,6 +126,7 @@ class SamplingConfig(_Strict):
     tumour_probability: float = Field(0.5, ge=0, le=1)
     val_mode: Literal["central", "tumour", "all"] = "tumour"
     patches_per_case: int | None = Field(None, ge=1, description="3-D only: patches per training case and epoch (4)")
+    context: int = Field(0, ge=0, le=8, description="2-D only: neighbouring slices per side as channels (2.5-D)")
 
     @model_validator(mode="after")
     def _patch_needs_size(self) -> SamplingConfig:
@@ -139,6 +143,8 @@ class SamplingConfig(_Strict):
             if self.patches_per_case is not None:
                 problems.append("sampling.patches_per_case applies to spatial_dims 3 only")
             return problems
+        if self.context:
+            problems.append("sampling.context (2.5-D neighbouring slices) applies to spatial_dims 2 only")
         if self.mode != "patch" or self.patch_size is None or len(self.patch_size) != 3:
             problems.append(
                 "spatial_dims 3 trains on 3-D patches: set sampling.mode: patch and sampling.patch_size: [X, Y, Z]"
@@ -781,7 +787,7 @@ class ExperimentConfig(_Strict):
             problems.append(
                 f"strategy {self.strategy}: image-level fusion is 2-D; spatial_dims 3 takes strategy early or a2fseg"
             )
-        problems += self._missing_problems() + self._ssl_problems() + self._output_problems()
+        problems += self._missing_problems() + self._ssl_problems() + self._output_problems() + self._context_problems()
         central = "central" in (self.sampling.mode, self.sampling.val_mode)
         if self.preprocess.target_spacing is not None and (self.evaluation.scope == "sampled_slices" or central):
             problems.append(
@@ -812,6 +818,17 @@ class ExperimentConfig(_Strict):
         if m.mask_channels and (self.strategy != "early" or m.simulate not in ("zero", "mean")):
             problems.append("missing.mask_channels applies to strategy early (channel-stacking) only")
         return problems
+
+    def _context_problems(self) -> list[str]:
+        """2.5-D context stacks neighbouring slices of every modality as channels: for
+        strategy early, with every modality present."""
+        if not self.sampling.context:
+            return []
+        if self.strategy != "early":
+            return [f"sampling.context (2.5-D) applies to strategy early only (this is strategy: {self.strategy})"]
+        if self.missing != MissingConfig(simulate=self.missing.simulate) or self.evaluation.modality_subsets:
+            return ["sampling.context (2.5-D) does not combine with missing-modality training or subset scoring"]
+        return []
 
     def _output_problems(self) -> list[str]:
         """Region outputs and the region loss go together (either alone is an error)."""

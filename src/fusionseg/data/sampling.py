@@ -10,6 +10,9 @@ Slice selection (``SamplingConfig.mode``):
 For slice modes a ``patch_size`` crops the same way; without it whole slices are
 zero-padded (centred) to one common size so they batch.
 
+With ``context`` k (2.5-D) each image also holds the k neighbouring slices on each side
+of every modality (:func:`context_planes`).
+
 Items are ``{"image": float32 (C, H, W), "label": int64 (H, W), "available": bool
 (C,) (the modalities present), "case": str, "slice": int}``; channels follow the requested
 modality names. Training samples are
@@ -37,6 +40,25 @@ def axial_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     on memory-mapped volumes); copy it before writing."""
     key = (Ellipsis,) + tuple(index if a == axis else slice(None) for a in range(3))
     return volume[key]
+
+
+def context_planes(
+    volume: np.ndarray, axis: int, z: int, context: int, channels: Sequence[int] | None = None
+) -> np.ndarray:
+    """2.5-D input of slice ``z``: for each of ``channels`` (default: all) of a
+    (C, X, Y, Z) ``volume``, the slices ``z - context .. z + context`` along spatial
+    ``axis``, zeros beyond the volume. Returns float32 ``(len(channels) * (2 * context
+    + 1), h, w)``, modality-major (channel 0 at z - context, ..., channel 0 at z +
+    context, channel 1 at z - context, ...)."""
+    channels = range(volume.shape[0]) if channels is None else channels
+    n = volume.shape[1 + axis]
+    first = axial_slice(volume, axis, z)
+    out = np.zeros((len(channels) * (2 * context + 1), *first.shape[-2:]), dtype=np.float32)
+    for k, c in enumerate(channels):
+        for j, zz in enumerate(range(z - context, z + context + 1)):
+            if 0 <= zz < n:
+                out[k * (2 * context + 1) + j] = axial_slice(volume[c], axis, zz)
+    return out
 
 
 def _centre(h: int, w: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -162,6 +184,9 @@ class SliceDataset(TorchDataset):
         train: random patch positions when True; deterministic (tumour-centred)
             windows when False.
         seed: base seed for patch positions.
+
+    With ``cfg.context`` k > 0 every item's image holds ``C * (2k + 1)`` channels
+    (:func:`context_planes`); ``available`` stays one flag per modality.
     """
 
     def __init__(
@@ -221,13 +246,18 @@ class SliceDataset(TorchDataset):
     def __getitem__(self, i: int) -> dict:
         ci, z = self.index[i]
         case = self.cases[ci]
-        view = axial_slice(case.image, case.axial_axis, z)  # (C_all, h, w), no copy yet
+        channels = self.channels[ci]
+        if self.cfg.context:  # 2.5-D: (C * (2k + 1), h, w), already a copy
+            view = context_planes(case.image, case.axial_axis, z, self.cfg.context, channels)
+            channels = range(view.shape[0])
+        else:
+            view = axial_slice(case.image, case.axial_axis, z)  # (C_all, h, w), no copy yet
         h, w = view.shape[-2:]
         if self.patch_size is not None:
             size = (max(self.patch_size[0], h), max(self.patch_size[1], w))
         else:
             size = self.slice_size
-        image = _padded(view, self.channels[ci], size, np.float32)  # (C, H, W)
+        image = _padded(view, channels, size, np.float32)  # (C, H, W)
         if case.label is not None:
             label = _padded(axial_slice(case.label, case.axial_axis, z), None, size, np.int64)
         else:

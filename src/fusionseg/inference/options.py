@@ -20,6 +20,8 @@ class InferOptions:
         sw_batch_size: 3-D: windows per forward pass.
         blend: 3-D: ``gaussian`` (importance weights, sigma 1/8 of the window) or
             ``constant`` averaging of overlapping windows.
+        context: 2-D: neighbouring slices per side stacked as channels (2.5-D,
+            ``sampling.context``).
         output: what the output channels are, ``classes`` (softmax) or ``regions``
             (sigmoid; :mod:`fusionseg.outputs`); ``regions`` / ``threshold`` of a
             region output (None: the defaults of :func:`fusionseg.outputs.output_head`).
@@ -32,6 +34,7 @@ class InferOptions:
     overlap: float = 0.5
     sw_batch_size: int = 4
     blend: str = "gaussian"
+    context: int = 0
     output: str = "classes"
     regions: tuple[str, ...] | None = None
     threshold: float | None = None
@@ -55,6 +58,8 @@ class InferOptions:
             "regions": None if out.regions is None else tuple(out.regions),
             "threshold": out.threshold,
         }
+        if cfg.spatial_dims == 2:
+            values["context"] = cfg.sampling.context
         if cfg.spatial_dims == 3:
             values.update(
                 roi_size=tuple(cfg.sampling.patch_size),

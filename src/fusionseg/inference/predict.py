@@ -25,7 +25,7 @@ from fusionseg.constants import LabelScheme, describe_labels, scheme_from_dict, 
 from fusionseg.data.cases import Case, _label_tags
 from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
-from fusionseg.data.sampling import round_up
+from fusionseg.data.sampling import context_planes, round_up
 from fusionseg.errors import DataError, FusionsegError
 from fusionseg.inference.options import InferOptions
 from fusionseg.inference.postprocess import Postprocess, combine_settings
@@ -64,6 +64,7 @@ def predict_probabilities(
     device: torch.device | str = "cpu",
     mirror: bool = False,
     head: OutputHead = CLASS_OUTPUT,
+    context: int = 0,
 ) -> np.ndarray:
     """Slice-wise probabilities of a volume, averaged over ``models``.
 
@@ -74,6 +75,8 @@ def predict_probabilities(
         divisor: in-plane sizes are zero-padded to a multiple of this.
         mirror: test-time mirroring (:func:`class_probabilities`).
         head: what the output channels are (softmax classes or sigmoid regions).
+        context: 2.5-D: each slice with its ``context`` neighbours per side as channels
+            (:func:`fusionseg.data.sampling.context_planes`, as in training).
     Returns:
         float32 (K, X, Y, Z) probabilities (K: classes or regions).
     """
@@ -83,8 +86,13 @@ def predict_probabilities(
     top, left = (ph - h) // 2, (pw - w) // 2
     out = None
     for start in range(0, z, batch_size):
-        chunk = torch.zeros((min(batch_size, z - start), c, ph, pw), dtype=torch.float32)
-        chunk[:, :, top : top + h, left : left + w] = torch.from_numpy(np.array(stack[start : start + batch_size]))
+        stop = min(start + batch_size, z)
+        if context:
+            planes = np.stack([context_planes(image, axial_axis, k, context) for k in range(start, stop)])
+        else:
+            planes = np.array(stack[start:stop])
+        chunk = torch.zeros((stop - start, planes.shape[1], ph, pw), dtype=torch.float32)
+        chunk[:, :, top : top + h, left : left + w] = torch.from_numpy(planes)
         chunk = chunk.to(device)
         probs = sum(class_probabilities(m, chunk, mirror, head) for m in models) / len(models)
         probs = probs[:, :, top : top + h, left : left + w].cpu().numpy()  # (b, K, H, W)
@@ -105,12 +113,13 @@ def predict_prepared(
     device: torch.device | str = "cpu",
     mirror: bool = False,
     head: OutputHead = CLASS_OUTPUT,
+    context: int = 0,
 ) -> np.ndarray:
     """Raw label map (original grid, scheme values) for a preprocessed case
     (``mirror``: test-time mirroring, see :func:`class_probabilities`; ``head``: arg-max
-    of class probabilities or regions painted largest first)."""
+    of class probabilities or regions painted largest first; ``context``: 2.5-D)."""
     probs = predict_probabilities(
-        models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror, head
+        models, case.select(list(modalities)), case.axial_axis, divisor, batch_size, device, mirror, head, context
     )
     classes = head.classes(case.to_box(probs), dim=0)
     raw = scheme.from_classes(classes, dtype=np.int16 if max(scheme.values) > 255 else np.uint8)

@@ -59,6 +59,7 @@ def _segmentation(cfg: ExperimentConfig, in_channels: int, scheme: LabelScheme, 
 def _early(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, with_losses: bool) -> Strategy:
     # with mask channels the network also sees one 0/1 map per modality
     channels = len(modalities) * (2 if cfg.missing.mask_channels else 1)
+    channels *= 2 * cfg.sampling.context + 1  # 2.5-D: 2k + 1 slices per modality
     model, loss = _segmentation(cfg, channels, scheme, with_losses)
     return EarlyFusion(model, modalities, loss)
 

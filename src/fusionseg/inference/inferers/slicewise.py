@@ -22,4 +22,5 @@ def slicewise(models, case, modalities, scheme, divisor: int, options: InferOpti
         options.device,
         mirror=options.mirror,
         head=options.head(scheme),
+        context=options.context,
     )
