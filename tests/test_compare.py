@@ -121,6 +121,19 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
         for n in ("A", "B", "C-dynamic")
     }
     assert len(tests) == 1
+    # validation scores, for choosing a row without the test cases: each fold's fit.json
+    validation = (folder / "validation.md").read_text()
+    fits = {n: json.loads((folder / n / "fold_0" / "fit.json").read_text()) for n in ("A", "B", "C-dynamic")}
+    scores = {n: f["stages"][-1]["best_val_score"] for n, f in fits.items()}
+    for name, score in scores.items():
+        assert f"| {name} | {score:.4f} ± 0.0000 | {score:.4f} |" in validation
+    assert f"Highest mean validation Dice: **{max(scores, key=scores.get)}**" in validation
+    assert json.loads((folder / "A" / "summary.json").read_text())["validation"]["per_fold"] == {
+        "0": round(scores["A"], 6)
+    }
+    # a second invocation reads the finished folds back and writes the same scores
+    run_comparison(load_study(path), tmp_path / "runs", progress=False)
+    assert (folder / "validation.md").read_text() == validation
 
 
 def test_one_case_has_no_spread():

@@ -29,7 +29,9 @@ reference), ``<table>.md`` and ``<table>.csv`` per table (the CSV: one row per r
 region x metric with n, mean, sd, median, 95 % CI, and against the reference the mean
 paired difference, Wilcoxon p and how many cases are higher / lower / tied),
 ``comparison.csv`` (all per-case rows with a ``run`` column), ``comparison.json``,
-``fusion_quality.md`` for runs with a fused image, ``claims.md`` / ``claims.csv`` when
+``fusion_quality.md`` for runs with a fused image, ``validation.md`` (each trained
+row's best validation Dice per fold and the row with the highest mean: settings are
+chosen there, never on the test cases), ``claims.md`` / ``claims.csv`` when
 the study lists claims (:mod:`fusionseg.experiments.claims`), and the figures
 ``examples.png`` (S0 Fig. 4 style), ``paired_dice.png`` (per-case Dice of every run
 against the reference, paired dots) and ``lambdas.png`` (dynamic loss weights).
@@ -339,7 +341,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     if study.protocol:
         lines += [f"Protocol: `{study.protocol}`.", ""]
     tests = _write_tables(study, runs, all_regions, out, lines)
-    lines += _quality_sections(summaries, out)
+    lines += _quality_sections(summaries, out) + validation_section(summaries, out)
     n_cases = sorted({s["n_cases"] for s in summaries.values()})
     n_text = str(n_cases[0]) if len(n_cases) == 1 else f"{n_cases[0]}-{n_cases[-1]}"
     wall = max(s["wall_seconds"] for s in summaries.values())  # all rows ran in one dispatch
@@ -378,6 +380,32 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=1, default=str))
     return {"dir": out, "table": table_md, "results": results}
+
+
+def validation_section(summaries: dict[str, dict], out: Path) -> list[str]:
+    """validation.md and its lines for comparison.md: every trained row's best
+    validation Dice per fold (the early-stopping score, on each fold's validation
+    cases, which lie inside its training portion) and the row with the highest mean:
+    the choice a study may make without looking at its test cases."""
+    rows = {n: s["validation"] for n, s in summaries.items() if s.get("validation")}
+    if not rows:
+        return []
+    folds = sorted({k for v in rows.values() for k in v["per_fold"]}, key=int)
+    head = "| run | mean ± sd | " + " | ".join(f"fold {k}" for k in folds) + " |"
+    table = [head, "|" + "---|" * (len(folds) + 2)]
+    for name, v in rows.items():
+        cells = [f"{v['per_fold'][k]:.4f}" if k in v["per_fold"] else "-" for k in folds]
+        table.append(f"| {name} | {v['mean']:.4f} ± {v['sd']:.4f} | " + " | ".join(cells) + " |")
+    best = max(rows, key=lambda n: rows[n]["mean"])
+    note = (
+        f"Highest mean validation Dice: **{best}**. The score is each fold's best validation Dice "
+        "(mean over the label scheme's regions, voxels pooled over the validation samples of "
+        "`sampling.val_mode`), so rows compare only under the same val_mode; the test cases play no part."
+    )
+    text = "\n".join(table)
+    with atomic_path(out / "validation.md") as tmp:
+        tmp.write_text(f"# Validation scores (for choosing a row)\n\n{text}\n\n{note}\n")
+    return ["## Validation scores (for choosing a row)", "", text, "", note, ""]
 
 
 def _write_tables(study: Study, runs: dict, all_regions: list[str], out: Path, lines: list[str]) -> list[dict]:

@@ -123,6 +123,9 @@ class FoldResult:
     reused: bool = False
     subsets: pd.DataFrame | None = None  # case x modality subset x region (evaluation.modality_subsets)
     attention: pd.DataFrame | None = None  # case x class x modality attention weight (A2FSeg, with subsets)
+    #: the last training stage's best validation Dice (the score early stopping
+    #: watched, on the fold's validation cases); None for a rule (nothing trained)
+    validation: float | None = None
 
 
 @dataclass
@@ -225,7 +228,19 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
         data["postprocess"],
         float(data["seconds"]),
         reused=True,
+        validation=fit_validation(folder),
     )
+
+
+def fit_validation(folder: Path) -> float | None:
+    """The last stage's best validation score recorded in ``folder/fit.json`` (None
+    without one: a rule fold)."""
+    path = folder / "fit.json"
+    if not path.exists():
+        return None
+    stages = json.loads(path.read_text()).get("stages") or [{}]
+    score = stages[-1].get("best_val_score")
+    return None if score is None else float(score)
 
 
 def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None = None) -> FoldResult:
@@ -332,6 +347,7 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     rows, lesions, quality = test_fold(cfg, model, fold, context, post, divisor)
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
     result = write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
+    result.validation = float(fits[-1]["best_val_score"])
     if cfg.evaluation.modality_subsets:
         from fusionseg.experiments.subsets import fold_subsets
 

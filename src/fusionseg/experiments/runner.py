@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -250,7 +251,25 @@ def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult
             "method": cfg.postprocess.method,
             "per_fold": {str(r.fold): Postprocess.from_dict(r.postprocess).label() for r in results},
         },
+        **_validation_summary(results),
     )
+
+
+def _validation_summary(results: list[FoldResult]) -> dict:
+    """``{"validation": per-fold best validation Dice and their mean}`` of a trained
+    run (empty for a rule): the score to choose settings by, never the test cases."""
+    scores = {str(r.fold): r.validation for r in results if r.validation is not None}
+    if not scores:
+        return {}
+    values = np.array(list(scores.values()), dtype=float)
+    return {
+        "validation": {
+            "score": "best validation Dice of the last training stage (mean over the label scheme's regions)",
+            "per_fold": {k: round(v, 6) for k, v in scores.items()},
+            "mean": round(float(values.mean()), 6),
+            "sd": round(float(values.std(ddof=1)), 6) if len(values) > 1 else 0.0,
+        }
+    }
 
 
 def gather_run(plan: RunPlan, results: list[FoldResult], wall: float) -> RunResult:
