@@ -144,3 +144,33 @@ def test_one_case_has_no_spread():
 
     assert mean_sd(pd.Series([0.5]), 3) == "0.500 (n = 1)"
     assert mean_sd(pd.Series([0.4, 0.6]), 2) == "0.50 ± 0.14"
+
+
+def test_a_study_base_can_be_a_config_file_and_rows_replace_components(tmp_path):
+    base = {
+        "name": "ignored",
+        "data": {"root": str(tmp_path)},
+        "loss": {"name": "dice_ce", "kwargs": {"class_weights": [1.0, 1.0, 1.0, 1.0]}},
+        "model": {"name": "monai_unet", "kwargs": {"channels": [8, 16], "strides": [2]}},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    study = {
+        "study": "opts",
+        "base": "base.yaml",
+        "runs": [
+            {"name": "plain"},
+            {"name": "regions", "output": {"kind": "regions"}, "loss": {"name": "region_dice_bce", "kwargs": {}}},
+            {"name": "narrow", "model": {"kwargs": {"channels": [4, 8]}}},
+        ],
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    configs = {c.name: c for c in load_study(tmp_path / "study.yaml").configs}
+    assert configs["plain"].loss.kwargs == {"class_weights": [1.0, 1.0, 1.0, 1.0]}
+    # another loss: the base's dice_ce kwargs do not follow it
+    assert configs["regions"].loss.name == "region_dice_bce" and configs["regions"].loss.kwargs == {}
+    # the same model: its kwargs merge
+    assert configs["narrow"].model.kwargs == {"channels": [4, 8], "strides": [2]}
+    study["base"] = "missing.yaml"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="base 'missing.yaml' not found"):
+        load_study(tmp_path / "study.yaml")

@@ -4,7 +4,8 @@ Input is either several experiment YAMLs, or one *study* YAML that expands into 
 
     study: s0_table1             # comparison name
     reference: A                 # Wilcoxon tests are against this run
-    base: {...}                  # an experiment config shared by every run
+    base: {...}                  # an experiment config shared by every run (or the path
+                                 # of one, e.g. baseline_brats18_cpu.yaml, next to the study)
     protocols:                   # named overrides chosen with --protocol
       cpu-small: {...}
       paper: {...}
@@ -144,7 +145,7 @@ def load_study(
         protocol = next(iter(protocols))
     if protocol is not None and protocol not in protocols:
         raise ConfigError(f"{path}: unknown protocol {protocol!r}; choose one of {sorted(protocols)}")
-    base = deep_merge(raw.get("base") or {}, protocols.get(protocol) or {})
+    base = deep_merge(_base_section(path, raw.get("base")), protocols.get(protocol) or {})
     if any("name" not in run for run in raw["runs"]):
         raise ConfigError(f"{path}: every entry of runs needs a name")
     reference = raw.get("reference", raw["runs"][0]["name"])
@@ -154,7 +155,7 @@ def load_study(
         run = deep_merge(
             {k: v for k, v in entry.items() if k != "protocols"}, (entry.get("protocols") or {}).get(protocol) or {}
         )
-        merged = deep_merge(base, run)
+        merged = deep_merge(_replaced_components(base, run), run)
         for item in overrides or []:
             apply_override(merged, item)
         configs.append(validate_config(drop_inapplicable(merged, run), source=f"{path} run {run['name']}"))
@@ -167,6 +168,43 @@ def load_study(
     except ValueError as exc:
         raise ConfigError(f"{path}: invalid claims: {exc}") from exc
     return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol, claims)
+
+
+def _replaced_components(base: dict, run: dict) -> dict:
+    """``base`` without the ``loss`` / ``model`` section that ``run`` replaces by naming
+    another component: the kwargs of one loss or network do not apply to another."""
+    out = dict(base)
+    for key in ("loss", "model"):
+        mine, theirs = run.get(key), base.get(key)
+        if (
+            isinstance(mine, dict)
+            and isinstance(theirs, dict)
+            and "name" in mine
+            and mine["name"] != theirs.get("name")
+        ):
+            del out[key]
+    return out
+
+
+def _base_section(study: Path, base) -> dict:
+    """A study's ``base``: the mapping itself, or (a string) an experiment YAML, looked
+    up next to the study file, then from the current directory; its ``name`` is
+    dropped (every row names itself).
+
+    Raises:
+        ConfigError: the file is missing or is not a mapping.
+    """
+    if not isinstance(base, str):
+        return base or {}
+    candidates = [study.parent / base, Path(base)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ConfigError(f"{study}: base {base!r} not found (looked in {study.parent} and the current folder)")
+    data = yaml.safe_load(found.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{found}: a study's base file must hold one experiment config (a mapping)")
+    data.pop("name", None)
+    return data
 
 
 def load_study_or_configs(
