@@ -237,14 +237,7 @@ def train(
         resume_with_changes=resume_with_changes,
         executor=build_executor(executor, address, cpus, gpus),
     )
-    if result.per_case.empty:
-        console.print(
-            f"final model: no test cases, so no test metrics (the cross-validation run has them). "
-            f"Predict new cases with: fusionseg predict {result.run_dir} DATA OUTPUT"
-        )
-    elif not quiet:
-        console.print(terminal_table(result.per_case, result.summary), markup=False)
-    console.print(f"run folder: {result.run_dir}")
+    _print_run(result, quiet)
 
 
 def _final_config(cfg):
@@ -373,6 +366,12 @@ def demo(
     from fusionseg.experiments.demo import run_demo
 
     result = run_demo(output_dir, n_cases=cases, epochs=epochs, progress=progress and not quiet)
+    _print_run(result, quiet)
+
+
+def _print_run(result, quiet: bool) -> None:
+    """A finished run's table (unless ``quiet``) and folder; a final model (no test
+    cases) says where its test metrics are and how to predict with it."""
     if result.per_case.empty:
         console.print(
             f"final model: no test cases, so no test metrics (the cross-validation run has them). "
@@ -381,22 +380,6 @@ def demo(
     elif not quiet:
         console.print(terminal_table(result.per_case, result.summary), markup=False)
     console.print(f"run folder: {result.run_dir}")
-
-
-def _final_config(cfg):
-    """``cfg`` for ``train --final``: split.kind all, run named ``<name>-final``.
-
-    Raises:
-        ConfigError: the config reuses a split file or picks folds (a final model has
-            one split of its own).
-    """
-    from fusionseg.errors import ConfigError
-
-    if cfg.split.file is not None or cfg.split.run_folds not in (None, [0]):
-        raise ConfigError(
-            "--final makes its own split (every case but a validation share): drop split.file / run_folds"
-        )
-    return cfg.model_copy(update={"name": f"{cfg.name}-final"})
 
 
 def terminal_table(per_case, summary: dict) -> str:
