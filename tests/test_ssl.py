@@ -5,6 +5,7 @@ phantoms."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -159,3 +160,38 @@ def test_ssl_trains_transfers_and_reports_the_pretext_on_phantoms(brats18_phanto
     assert result.exit_code == 0, result.output
     ours = nib.load(next(out.rglob(f"{case}*.nii.gz"))).get_fdata()
     assert np.array_equal(ours, nib.load(run / "predictions" / f"{case}.nii.gz").get_fdata())
+
+
+def test_pretext_also_trains_on_unlabelled_cases_but_never_on_a_copy_of_a_labelled_one(phantom_dataset, tmp_path):
+    """ssl.pretext_cases train+unlabelled: the pretext stage draws from the training
+    slices plus every slice of the unlabelled cases; an unlabelled copy of a labelled
+    case (it could be a test case) is left out, and never enters the split."""
+    import shutil
+
+    source = phantom_dataset("brats2018", n_cases=4, n_test=2)
+    data = Path(shutil.copytree(source, tmp_path / "data"))
+    labelled = sorted(p for p in data.iterdir() if list(p.glob("*_seg.nii.gz")))
+    copy = data / "Copy_1"
+    copy.mkdir()
+    for f in labelled[0].glob("*.nii.gz"):
+        if not f.name.endswith("_seg.nii.gz"):
+            shutil.copy(f, copy / f.name.replace(labelled[0].name, "Copy_1"))
+    cfg = tiny_config(
+        "ssl-u",
+        data,
+        tmp_path,
+        strategy="ssl",
+        model={"name": "resnet50_unet"},
+        sampling={"mode": "tumour", "patch_size": [64, 64], "tumour_probability": 0.5},
+        train={"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "threads": 1},
+        ssl={"epochs": 1, "pretext_cases": "train+unlabelled"},
+        evaluation={"overlays": 0},
+    )
+    result, run = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "holds the images of labelled case" in result.output and "Copy_1" in result.output
+    fit = json.loads((run / "fold_0" / "fit.json").read_text())
+    assert fit["pretext_unlabelled_cases"] == 2  # the phantom's two unlabelled cases, not the copy
+    assert fit["pretext_slices"] > fit["train_slices"]
+    splits = json.loads((run / "splits.json").read_text())
+    assert not {"Copy_1"} & {c for f in splits["folds"] for part in ("train", "val", "test") for c in f[part]}

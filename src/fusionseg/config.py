@@ -452,6 +452,9 @@ class SSLConfig(_Strict):
     of the copied kernels), every other encoder tensor by name and shape, the decoder
     when ``transfer_decoder``, the head never. ``epochs`` / ``lr``: the pretext stage's
     (None = ``train.epochs`` / ``train.lr``, as S2: the same schedule for both).
+    ``pretext_cases``: ``train`` (the fold's training cases) or ``train+unlabelled``
+    (also every brain slice of the dataset's unlabelled cases; never a test case: an
+    unlabelled case with a labelled case's images is left out).
     """
 
     inputs: list[str] = Field(default_factory=lambda: ["t1", "t1ce"], min_length=1)
@@ -461,6 +464,7 @@ class SSLConfig(_Strict):
     lr: float | None = Field(None, gt=0)
     other_channels: Literal["random", "zero", "mean"] = "random"
     transfer_decoder: bool = False
+    pretext_cases: Literal["train", "train+unlabelled"] = "train"
 
     @field_validator("inputs")
     @classmethod

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -131,11 +131,61 @@ class FoldResult:
 @dataclass
 class RunContext:
     """A run's dataset, input modalities and prepared cases, shared by its fold jobs
-    in one process (a remote job builds its own from the config)."""
+    in one process (a remote job builds its own from the config); ``unlabelled``: the
+    dataset's unlabelled cases when a pretext stage trains on them too
+    (``ssl.pretext_cases: train+unlabelled``), else empty."""
 
     dataset: Dataset
     modalities: tuple[str, ...]
     prepared: dict[str, PreparedCase]
+    unlabelled: dict[str, PreparedCase] = field(default_factory=dict)
+
+
+def uses_unlabelled(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s pretext stage also trains on the dataset's unlabelled cases."""
+    return cfg.ssl is not None and cfg.ssl.pretext_cases == "train+unlabelled"
+
+
+def unlabelled_cases(
+    cfg: ExperimentConfig, dataset: Dataset, prepared: dict[str, PreparedCase], check: bool = False
+) -> dict[str, PreparedCase]:
+    """The unlabelled cases a pretext stage may train on (empty unless
+    :func:`uses_unlabelled`), preprocessed as the labelled ones (cache). A case whose
+    images equal a labelled case's (the same scan under another id: possibly a test
+    case) is left out with a warning, so no test case reaches training. ``check``:
+    run ``data check``'s checks on those not yet cached (the driver, before dispatch).
+
+    Raises:
+        DataError: a case fails the checks.
+    """
+    if not uses_unlabelled(cfg):
+        return {}
+    from fusionseg.data.duplicates import prepared_hashes
+    from fusionseg.data.validate import validate_cases
+
+    cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
+    cases = [c for c in dataset.cases if c.label is None]
+    todo = [c for c in cases if not cache.is_fresh(c, dataset.scheme)]
+    if check and todo:
+        validate_cases(todo, dataset, console, what="pretext training")
+    found = {c.case_id: cache.load(c, dataset.scheme) for c in cases}
+    labelled = {h: cid for cid, h in prepared_hashes(prepared).items() if h is not None}
+    out = {}
+    for cid, digest in prepared_hashes(found).items():
+        if digest in labelled:
+            if check:
+                console.print(
+                    f"[yellow]warning:[/] unlabelled case {cid} holds the images of labelled case "
+                    f"{labelled[digest]}; it is left out of the pretext stage"
+                )
+            continue
+        out[cid] = found[cid]
+    if check and not out:
+        console.print(
+            "[yellow]note:[/] ssl.pretext_cases train+unlabelled: the dataset has no (other) unlabelled "
+            "case, so the pretext stage trains on the training cases alone"
+        )
+    return out
 
 
 def load_dataset(cfg: ExperimentConfig) -> tuple[Dataset, tuple[str, ...]]:
@@ -176,7 +226,7 @@ def run_context(cfg: ExperimentConfig) -> RunContext:
     dataset, modalities = load_dataset(cfg)
     cache = PreprocessCache(cfg.preprocess, cfg.data.cache_dir)
     prepared = {c.case_id: cache.load(c, dataset.scheme) for c in dataset.labelled}
-    return RunContext(dataset, modalities, prepared)
+    return RunContext(dataset, modalities, prepared, unlabelled_cases(cfg, dataset, prepared))
 
 
 def evaluation_inputs(postprocess: PostprocessConfig, evaluation: EvalConfig, inference: InferenceConfig) -> dict:
@@ -282,7 +332,7 @@ def _train_stages(
         train = fit_distributed if cfg.train.distributed == "ddp" else fit
         result = train(
             strategy,
-            samples.train,
+            samples.for_stage(stage.data),
             samples.val,
             cfg.train,
             stage_dir,
@@ -318,7 +368,7 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     seed_everything(cfg.train.seed, verbose=False)
     strategy = build_strategy(cfg, modalities, scheme)
     divisor = strategy.required_divisor
-    samples = get_sampler(cfg.spatial_dims)(cfg, fold, context.prepared, modalities, divisor)
+    samples = get_sampler(cfg.spatial_dims)(cfg, *_sampler_inputs(cfg, fold, context), modalities, divisor)
     fits = _train_stages(
         cfg, strategy, samples, fold_dir(cfg, k), scheme, checkpoint_meta(cfg, modalities, scheme, divisor), progress
     )
@@ -353,6 +403,14 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
 
         result.subsets, result.attention = fold_subsets(cfg, fold, context, model, post)
     return result
+
+
+def _sampler_inputs(cfg: ExperimentConfig, fold: dict, context: RunContext) -> tuple[dict, dict]:
+    """(fold record, prepared cases) for the sampler: with a pretext stage on
+    unlabelled cases, the fold also lists them (``unlabelled``) and they are prepared."""
+    if not uses_unlabelled(cfg):
+        return fold, context.prepared
+    return {**fold, "unlabelled": sorted(context.unlabelled)}, {**context.prepared, **context.unlabelled}
 
 
 def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldResult:

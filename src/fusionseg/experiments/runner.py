@@ -47,6 +47,7 @@ from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_datas
     load_dataset,
     sampled_slab,
     slab_slices,
+    unlabelled_cases,
 )
 from fusionseg.experiments.report import comparison_table, metric_notes, write_overlays
 from fusionseg.inference.postprocess import Postprocess
@@ -220,7 +221,8 @@ def plan_run(
     """Check the inputs, preprocess every case (once, before any dispatch), open the
     run folder and make its fold jobs (:func:`_open_run_folder`)."""
     dataset, modalities, prepared, splits = _open_run_folder(cfg, overwrite, resume_with_changes, progress)
-    return RunPlan(cfg, RunContext(dataset, modalities, prepared), fold_jobs(cfg, splits))
+    unlabelled = unlabelled_cases(cfg, dataset, prepared, check=True)
+    return RunPlan(cfg, RunContext(dataset, modalities, prepared, unlabelled), fold_jobs(cfg, splits))
 
 
 def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult], wall: float) -> dict:

@@ -89,6 +89,7 @@ def _ssl(cfg: ExperimentConfig, modalities: Sequence[str], scheme: LabelScheme, 
         pretext_epochs=s.epochs,
         other_channels=s.other_channels,
         transfer_decoder=s.transfer_decoder,
+        pretext_data="pretext" if s.pretext_cases == "train+unlabelled" else "train",
     )
 
 

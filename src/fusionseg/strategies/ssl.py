@@ -47,6 +47,8 @@ class CrossModalSSL(Strategy):
             (None: the training config's).
         other_channels, transfer_decoder: transfer options (see
             :func:`fusionseg.models.transfer.transfer_pretext_weights`).
+        pretext_data: the training set of the pretext stage (``"train"``, or
+            ``"pretext"``: with the dataset's unlabelled cases, built by the sampler).
     Raises:
         ValueError: an input or the target is not among ``modalities``.
     """
@@ -66,11 +68,12 @@ class CrossModalSSL(Strategy):
         pretext_epochs: int | None = None,
         other_channels: str = "random",
         transfer_decoder: bool = False,
+        pretext_data: str = "train",
     ):
         unknown = [m for m in (*inputs, target) if m not in modalities]
         if unknown:
             raise ValueError(f"CrossModalSSL: {unknown} not among the input modalities {list(modalities)}")
-        self.pretext_lr, self.pretext_epochs = pretext_lr, pretext_epochs
+        self.pretext_lr, self.pretext_epochs, self.pretext_data = pretext_lr, pretext_epochs, pretext_data
         super().__init__(modalities, {"seg": seg_loss} if seg_loss is not None else None)
         self.pretext_net, self.seg_net = pretext_net, seg_net
         self.inputs, self.target, self.mask = tuple(inputs), target, mask
@@ -82,7 +85,7 @@ class CrossModalSSL(Strategy):
 
     def stages(self) -> list[Stage]:
         return [
-            Stage("pretext", lr=self.pretext_lr, epochs=self.pretext_epochs, score="loss"),
+            Stage("pretext", lr=self.pretext_lr, epochs=self.pretext_epochs, score="loss", data=self.pretext_data),
             Stage("segmentation", score="dice"),
         ]
 

@@ -22,9 +22,14 @@ class Stage:
         epochs: epoch budget (None = ``train.epochs``).
         score: what early stopping watches: ``"dice"`` (validation Dice over the
             label scheme's regions) or ``"loss"`` (minus the validation loss).
+        data: which training samples of the fold the stage draws from: ``"train"``
+            (the fold's training samples) or the name of another set the sampler
+            built (``"pretext"``: the training slices plus unlabelled cases, for a
+            self-supervised stage); validation samples are always the fold's.
     """
 
     name: str = "train"
     lr: float | None = None
     epochs: int | None = None
     score: Literal["dice", "loss"] = "dice"
+    data: str = "train"

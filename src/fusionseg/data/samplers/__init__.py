@@ -7,8 +7,9 @@ the package is, so a new sampler (e.g. 3-D patches) is one new file here that ca
 
 A sampler is a callable ``(cfg, fold, prepared, modalities, divisor) -> FoldSamples``:
 ``cfg`` the :class:`~fusionseg.config.ExperimentConfig`, ``fold`` the split's fold
-record (``train`` / ``val`` / ``test`` case ids), ``prepared`` every labelled case
-(:class:`~fusionseg.data.preprocess.PreparedCase` by id), ``modalities`` the input
+record (``train`` / ``val`` / ``test`` case ids, and ``unlabelled`` ids when the
+config trains a pretext stage on unlabelled cases too), ``prepared`` every case those
+ids name (:class:`~fusionseg.data.preprocess.PreparedCase` by id), ``modalities`` the input
 channels in order, ``divisor`` the size multiple the network needs. Samples are dicts
 with at least ``image`` (C, *spatial) float32, ``label`` (*spatial) int64 and
 ``available`` (C,) bool (which modalities are present).
@@ -26,11 +27,26 @@ from torch.utils.data import Dataset
 
 @dataclass
 class FoldSamples:
-    """A fold's training and validation datasets, and facts recorded in fit.json."""
+    """A fold's training and validation datasets, and facts recorded in fit.json;
+    ``extra``: other training sets by name, for stages that train on something else
+    (:attr:`fusionseg.training.stage.Stage.data`, e.g. ``"pretext"``)."""
 
     train: Dataset
     val: Dataset
     info: dict = field(default_factory=dict)
+    extra: dict[str, Dataset] = field(default_factory=dict)
+
+    def for_stage(self, data: str) -> Dataset:
+        """The training set a stage names (``"train"``: :attr:`train`).
+
+        Raises:
+            KeyError: a set the sampler did not build.
+        """
+        if data == "train":
+            return self.train
+        if data not in self.extra:
+            raise KeyError(f"the sampler built no training set {data!r} (it has train, {sorted(self.extra)})")
+        return self.extra[data]
 
 
 SAMPLERS: dict[int, Callable[..., FoldSamples]] = {}
