@@ -74,6 +74,7 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
             {"name": "table1", "metrics": ["dice", "lesion_dice"], "regions": ["ET", "TC", "WT"]},
             {"name": "table2", "metrics": ["hd95", "lesion_hd95"], "regions": ["ET", "TC", "WT"]},
         ],
+        "pairs": [["C-dynamic", "B"]],
         "claims": [
             {
                 "id": "T-C1",
@@ -121,6 +122,11 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
         for n in ("A", "B", "C-dynamic")
     }
     assert len(tests) == 1
+    # pairs: C-dynamic tested against B (not only against the reference A)
+    pairs = (folder / "pairs.md").read_text()
+    assert pairs.count("| C-dynamic vs B |") == 3 * 2 * 2  # 3 regions x 2 metrics x 2 tables
+    paired = pd.read_csv(folder / "pairs.csv")
+    assert set(paired["reference"]) == {"B"} and set(paired["run"]) == {"C-dynamic"}
     # validation scores, for choosing a row without the test cases: each fold's fit.json
     validation = (folder / "validation.md").read_text()
     fits = {n: json.loads((folder / n / "fold_0" / "fit.json").read_text()) for n in ("A", "B", "C-dynamic")}
@@ -174,3 +180,19 @@ def test_a_study_base_can_be_a_config_file_and_rows_replace_components(tmp_path)
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="base 'missing.yaml' not found"):
         load_study(tmp_path / "study.yaml")
+
+
+def test_a_pair_must_name_two_rows(tmp_path):
+    study = {
+        "study": "p",
+        "base": {"data": {"root": str(tmp_path)}},
+        "runs": [{"name": "A"}, {"name": "B"}],
+        "pairs": [["B", "Z"]],
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=r"pairs: \['B', 'Z'\] is not \[run, against\]"):
+        load_study(tmp_path / "s.yaml")
+    study["pairs"] = [["B", "A"]]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    assert load_study(tmp_path / "s.yaml").pairs == [("B", "A")]
+    assert load_study(tmp_path / "s.yaml", rows=["A"]).pairs == []  # B does not run

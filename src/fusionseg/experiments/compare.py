@@ -79,10 +79,13 @@ class Study:
     tables: list[dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_TABLES))
     protocol: str | None = None
     claims: list[Claim] = field(default_factory=list)
+    #: (run, against) pairs tested with each other instead of against the reference
+    #: (e.g. S2's SSL row against the random-init row of the same loss): pairs.md
+    pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 #: Top-level keys of a study YAML.
-STUDY_KEYS = {"study", "reference", "base", "protocols", "runs", "tables", "claims"}
+STUDY_KEYS = {"study", "reference", "base", "protocols", "runs", "tables", "claims", "pairs"}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -167,7 +170,24 @@ def load_study(
         claims = [Claim.model_validate(c) for c in raw.get("claims") or []]
     except ValueError as exc:
         raise ConfigError(f"{path}: invalid claims: {exc}") from exc
-    return Study(name, configs, reference, raw.get("tables") or copy.deepcopy(DEFAULT_TABLES), protocol, claims)
+    pairs = _study_pairs(raw.get("pairs") or [], [r["name"] for r in raw["runs"]], names, path)
+    tables = raw.get("tables") or copy.deepcopy(DEFAULT_TABLES)
+    return Study(name, configs, reference, tables, protocol, claims, pairs)
+
+
+def _study_pairs(raw, declared: list[str], running: list[str], path: Path) -> list[tuple[str, str]]:
+    """A study's ``pairs`` ([[run, against], ...]) whose two rows both run now.
+
+    Raises:
+        ConfigError: a pair that is not two row names.
+    """
+    pairs = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in declared for p in pair)):
+            raise ConfigError(f"{path}: pairs: {pair!r} is not [run, against] of two row names ({declared})")
+        if all(p in running for p in pair):
+            pairs.append((pair[0], pair[1]))
+    return pairs
 
 
 def _replaced_components(base: dict, run: dict) -> dict:
@@ -379,6 +399,7 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     if study.protocol:
         lines += [f"Protocol: `{study.protocol}`.", ""]
     tests = _write_tables(study, runs, all_regions, out, lines)
+    lines += pairs_section(study, runs, all_regions, out)
     lines += _quality_sections(summaries, out) + validation_section(summaries, out)
     n_cases = sorted({s["n_cases"] for s in summaries.values()})
     n_text = str(n_cases[0]) if len(n_cases) == 1 else f"{n_cases[0]}-{n_cases[-1]}"
@@ -418,6 +439,41 @@ def write_comparison(study: Study, out: Path, split_path: Path, results: dict) -
     with atomic_path(out / "comparison.json") as tmp:
         tmp.write_text(json.dumps(payload, indent=1, default=str))
     return {"dir": out, "table": table_md, "results": results}
+
+
+def pairs_section(study: Study, runs: dict, all_regions: list[str], out: Path) -> list[str]:
+    """pairs.md / pairs.csv and their lines for comparison.md: for each of the study's
+    (run, against) pairs and each table's metrics and regions, both rows' mean ± sd, the
+    mean paired difference (run - against), the Wilcoxon p and how many cases went up /
+    down, over the cases both rows have."""
+    if not study.pairs:
+        return []
+    frames, lines = [], []
+    for run, against in study.pairs:
+        for table in study.tables:
+            frame = table_frame(
+                {against: runs[against], run: runs[run]}, against, table["metrics"], table.get("regions", all_regions)
+            )
+            frames.append(frame.assign(table=table["name"]))
+    frame = pd.concat(frames, ignore_index=True)
+    base = frame[frame["reference"].isna()].set_index(["table", "run", "metric", "region"])
+    head = "| run vs against | metric | region | against | run | run - against | p | up / down |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for row in frame[frame["reference"].notna()].itertuples():
+        ref = base.loc[(row.table, row.reference, row.metric, row.region)]
+        p = "-" if pd.isna(row.p_wilcoxon) else f"{row.p_wilcoxon:.2g}"
+        moves = f"{int(row.n_higher)} / {int(row.n_lower)}"
+        lines.append(
+            f"| {row.run} vs {row.reference} | {row.metric} | {row.region} | {ref['mean']:.3f} ± {ref['sd']:.3f} | "
+            f"{row.mean:.3f} ± {row.sd:.3f} | {row.mean_difference:+.3f} | {p} | {moves} |"
+        )
+    text = "\n".join(lines)
+    note = "Mean ± sd over test cases; p = paired Wilcoxon signed-rank test over the cases both rows have."
+    with atomic_path(out / "pairs.md") as tmp:
+        tmp.write_text(f"# Paired rows of {study.name}\n\n{text}\n\n{note}\n")
+    with atomic_path(out / "pairs.csv") as tmp:
+        frame[frame["reference"].notna()].to_csv(tmp, index=False)
+    return ["## Paired rows", "", text, "", note, ""]
 
 
 def validation_section(summaries: dict[str, dict], out: Path) -> list[str]:
