@@ -72,7 +72,9 @@ class OutputHead:
         arg-max (classes) or the regions painted largest first (regions). Returns the
         type it is given (torch tensor or numpy array)."""
         if isinstance(probs, np.ndarray):
-            return self.classes(torch.from_numpy(probs), dim).numpy()
+            if self.kind == "classes":
+                return probs.argmax(axis=dim).astype(np.uint8)
+            return self.classes(torch.from_numpy(np.ascontiguousarray(probs)), dim).numpy()
         if self.kind == "classes":
             return probs.argmax(dim=dim).to(torch.uint8)
         out = torch.zeros(probs.shape[:dim] + probs.shape[dim + 1 :], dtype=torch.uint8, device=probs.device)
