@@ -196,3 +196,18 @@ def test_a_pair_must_name_two_rows(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     assert load_study(tmp_path / "s.yaml").pairs == [("B", "A")]
     assert load_study(tmp_path / "s.yaml", rows=["A"]).pairs == []  # B does not run
+
+
+def test_a_shared_ssl_setting_applies_to_the_ssl_rows_only(tmp_path):
+    study = {
+        "study": "s",
+        "base": {"data": {"root": str(tmp_path)}, "model": {"name": "resnet50_unet"}},
+        "runs": [{"name": "b", "strategy": "early"}, {"name": "s", "strategy": "ssl"}],
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    configs = {c.name: c for c in load_study(tmp_path / "s.yaml", overrides=["ssl.epochs=20"]).configs}
+    assert configs["s"].ssl.epochs == 20 and configs["b"].ssl is None
+    study["runs"][0]["ssl"] = {"epochs": 3}  # written by the row itself: still an error
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match="ssl applies to strategy: ssl only"):
+        load_study(tmp_path / "s.yaml")

@@ -987,7 +987,8 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
     ``epochs`` under joint, the weighting keys under decoupled and those of the other
     weightings under joint; under ``threshold`` (a rule) the network, training and
     inference sections, ``spatial_dims`` and a post-processing chosen on validation
-    predictions (``method: validation``), and the ``threshold`` section elsewhere.
+    predictions (``method: validation``), and the ``threshold`` section elsewhere, the
+    ``ssl`` section under any strategy but ssl.
     Settings in ``written`` (the part of ``raw`` its author wrote for this config) are
     kept, so validation reports them; unknown keys are kept (typos stay errors).
 
@@ -1008,6 +1009,8 @@ def drop_inapplicable(raw: dict, written: dict | None = None) -> dict:
         return out
     if strategy != "threshold" and "threshold" in out and "threshold" not in (written or {}):
         del out["threshold"]
+    if strategy != "ssl" and "ssl" in out and "ssl" not in (written or {}):
+        del out["ssl"]  # a pretext section shared by a study's rows applies to its ssl rows only
     if isinstance(fusion, dict) and strategy == "a2fseg" and "fusion" not in (written or {}):
         del out["fusion"]  # feature-level fusion: no image-fusion network
         return out
