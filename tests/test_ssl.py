@@ -117,18 +117,24 @@ def test_entering_segmentation_transfers_the_pretext_first_conv_by_name(strategy
         assert torch.equal(fresh(x), strategy(x))
 
 
-def test_ssl_trains_transfers_and_reports_the_pretext_on_phantoms(brats18_phantom, tmp_path):
-    cfg = tiny_config(
-        "ssl",
-        brats18_phantom,
+def _tiny_ssl(name: str, data, tmp_path, ssl: dict, **evaluation) -> dict:
+    """A seconds-long SSL run on phantom ``data``: ResNet-50 U-Net, 64x64 windows, one
+    step per stage; ``ssl`` the section, ``evaluation`` extra evaluation settings."""
+    return tiny_config(
+        name,
+        data,
         tmp_path,
         strategy="ssl",
         model={"name": "resnet50_unet"},
         sampling={"mode": "tumour", "patch_size": [64, 64], "tumour_probability": 0.5},
         train={"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "threads": 1},
-        ssl={"epochs": 1},
-        evaluation={"overlays": 0, "metrics": ["dice", "asd"]},
+        ssl=ssl,
+        evaluation={"overlays": 0, **evaluation},
     )
+
+
+def test_ssl_trains_transfers_and_reports_the_pretext_on_phantoms(brats18_phantom, tmp_path):
+    cfg = _tiny_ssl("ssl", brats18_phantom, tmp_path, {"epochs": 1}, metrics=["dice", "asd"])
     cfg["data"]["scheme"] = "brats2017_classes"
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
@@ -176,17 +182,7 @@ def test_pretext_also_trains_on_unlabelled_cases_but_never_on_a_copy_of_a_labell
     for f in labelled[0].glob("*.nii.gz"):
         if not f.name.endswith("_seg.nii.gz"):
             shutil.copy(f, copy / f.name.replace(labelled[0].name, "Copy_1"))
-    cfg = tiny_config(
-        "ssl-u",
-        data,
-        tmp_path,
-        strategy="ssl",
-        model={"name": "resnet50_unet"},
-        sampling={"mode": "tumour", "patch_size": [64, 64], "tumour_probability": 0.5},
-        train={"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "threads": 1},
-        ssl={"epochs": 1, "pretext_cases": "train+unlabelled"},
-        evaluation={"overlays": 0},
-    )
+    cfg = _tiny_ssl("ssl-u", data, tmp_path, {"epochs": 1, "pretext_cases": "train+unlabelled"})
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
     assert "holds the images of labelled case" in result.output and "Copy_1" in result.output

@@ -34,7 +34,7 @@ import torch
 from fusionseg.constants import LabelScheme
 from fusionseg.errors import ConfigError
 
-__all__ = ["OUTPUT_KINDS", "OutputHead", "CLASS_OUTPUT", "output_head", "region_chain"]
+__all__ = ["OUTPUT_KINDS", "OutputHead", "CLASS_OUTPUT", "output_head", "region_chain", "region_masks"]
 
 OUTPUT_KINDS = ("classes", "regions")
 
@@ -90,8 +90,16 @@ class OutputHead:
 
     def region_targets(self, target: torch.Tensor) -> torch.Tensor:
         """``(B, *S)`` class indices -> ``(B, R, *S)`` float 0/1 region masks."""
-        masks = [torch.isin(target, torch.tensor(m, device=target.device)) for m in self.members]
-        return torch.stack(masks, dim=1).float()
+        return region_masks(target, self.members).float()
+
+
+def region_masks(target: torch.Tensor, members: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``(B, *S)`` integer class indices -> ``(B, R, *S)`` bool masks, channel ``r``
+    True where the class is one of ``members[r]`` (one table lookup for all regions)."""
+    table = torch.zeros((int(target.max()) + 1 if target.numel() else 1, len(members)), dtype=torch.bool)
+    for r, classes in enumerate(members):
+        table[[c for c in classes if c < table.shape[0]], r] = True
+    return table.to(target.device)[target.long()].movedim(-1, 1)
 
 
 #: The default head: one softmax channel per class.
@@ -99,8 +107,8 @@ CLASS_OUTPUT = OutputHead()
 
 
 def _class_sets(scheme: LabelScheme) -> dict[str, frozenset[int]]:
-    index = {value: i for i, value in enumerate(scheme.values)}
-    return {name: frozenset(index[v] for v in values if v in index) for name, values in scheme.regions.items()}
+    """Region name -> the class indices it unites (:meth:`LabelScheme.region_class_indices`)."""
+    return {name: frozenset(scheme.region_class_indices(name)) for name in scheme.regions}
 
 
 def _check_chain(names: Sequence[str], sets: dict[str, frozenset[int]], foreground: frozenset[int]) -> str | None:

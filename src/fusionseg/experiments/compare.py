@@ -448,7 +448,7 @@ def pairs_section(study: Study, runs: dict, all_regions: list[str], out: Path) -
     down, over the cases both rows have."""
     if not study.pairs:
         return []
-    frames, lines = [], []
+    frames = []
     for run, against in study.pairs:
         for table in study.tables:
             frame = table_frame(

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
+from fusionseg.outputs import region_masks
+
 from .segmentation import SegLoss, _non_negative, register_seg_loss
 
 __all__ = ["RegionDiceBCELoss"]
@@ -77,9 +79,7 @@ class RegionDiceBCELoss(SegLoss):
 
     def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"dice": lambda_dice * Dice loss, "bce": lambda_bce * BCE}`` (scalars)."""
-        y = self._check(logits, target)[:, 0]  # (B, *S) class indices
-        masks = torch.stack([torch.isin(y, torch.tensor(m, device=y.device)) for m in self.members], dim=1)
-        masks = masks.to(logits.dtype)
+        masks = region_masks(self._check(logits, target)[:, 0], self.members).to(logits.dtype)
         return {
             "dice": self.lambda_dice * self.dice(logits, masks),
             "bce": self.lambda_bce * F.binary_cross_entropy_with_logits(logits, masks),
