@@ -14,7 +14,8 @@ function on the same GT.
 Output (``--out``, default benchmarks/results/peer_monai_unet.{json,md}): per region
 (WT, TC, ET) and metric (Dice, HD95, lesion-wise Dice) fusionseg's and the peer's mean
 ± sd over the same test cases, the paired Wilcoxon p, both wall times and machine info;
-the peer's per-case rows as CSV.
+the peer's per-case rows as CSV (``--peer-csv`` sets them beside another run on the same
+folds without training the peer again).
 
     python benchmarks/peer_monai_unet.py runs/baseline_brats18_cpu [--data DIR] [--epochs 20]
 """
@@ -127,14 +128,39 @@ def side_by_side(ours: pd.DataFrame, peer: pd.DataFrame, regions) -> tuple[str, 
     return "\n".join(lines), rows
 
 
+def train_and_test_peer(ds, splits, epochs: int, seed: int) -> tuple[pd.DataFrame, float]:
+    """The peer trained on each fold's training + validation cases and scored on its test
+    cases: per-case rows (case, fold, region, metrics) and the wall time (s)."""
+    start, rows = time.perf_counter(), []
+    for fold in splits["folds"]:
+        t0 = time.perf_counter()
+        x, y = training_slices([ds.case(c) for c in fold["train"] + fold["val"]], ds.scheme)
+        model = train_peer(x, y, epochs, seed)
+        for case_id in fold["test"]:
+            pred, gt, spacing = predict_peer(model, ds.case(case_id), ds.scheme)
+            region_rows, _ = evaluate_case(pred, gt, spacing, ds.scheme, metrics=list(METRICS), challenge="GLI")
+            rows += [{"case": case_id, "fold": fold["fold"], **r} for r in region_rows]
+        print(f"fold {fold['fold']}: {len(x)} training slices, {time.perf_counter() - t0:.0f} s", flush=True)
+    return pd.DataFrame(rows), time.perf_counter() - start
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="a finished fusionseg run folder (its splits.json and metrics are used)")
+    ap.add_argument(
+        "run", type=Path, help="a fusionseg run folder: its splits.json gives the folds, its metrics the other side"
+    )
     ap.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run config's data.root)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "peer_monai_unet")
+    ap.add_argument(
+        "--peer-csv",
+        type=Path,
+        default=None,
+        help="reuse the peer's per-case rows (and the wall time in the .json beside them) of an earlier run "
+        "on the same folds instead of training it again; e.g. to set it beside another fusionseg run",
+    )
     args = ap.parse_args(argv)
     import yaml
 
@@ -146,40 +172,44 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     ds = discover(data)
     splits = json.loads((args.run / "splits.json").read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.peer_csv is None:
+        peer, peer_wall = train_and_test_peer(ds, splits, args.epochs, args.seed)
+        peer.to_csv(args.out.with_suffix(".csv"), index=False)
+        peer_info = {"epochs": args.epochs, "threads": args.threads, "peer_wall_seconds": round(peer_wall, 1)}
+        args.out.with_suffix(".peer.json").write_text(json.dumps(peer_info, indent=1))
+    else:
+        peer = pd.read_csv(args.peer_csv)
+        peer_info = json.loads(args.peer_csv.with_suffix(".peer.json").read_text())
+        want = {c for f in splits["folds"] for c in f["test"]}
+        if set(peer["case"]) != want:
+            print(f"error: {args.peer_csv} holds other test cases than {args.run}/splits.json; train the peer again")
+            return 2
+    if not (args.run / "metrics_per_case.csv").exists():
+        print(
+            f"the peer is done ({args.out.with_suffix('.csv')}); {args.run} has no metrics yet: run again with "
+            f"--peer-csv {args.out.with_suffix('.csv')} once it has finished"
+        )
+        return 0
     ours = pd.read_csv(args.run / "metrics_per_case.csv")
     ours_summary = json.loads((args.run / "summary.json").read_text())
-    start, rows = time.perf_counter(), []
-    for fold in splits["folds"]:
-        t0 = time.perf_counter()
-        x, y = training_slices([ds.case(c) for c in fold["train"] + fold["val"]], ds.scheme)
-        model = train_peer(x, y, args.epochs, args.seed)
-        for case_id in fold["test"]:
-            pred, gt, spacing = predict_peer(model, ds.case(case_id), ds.scheme)
-            region_rows, _ = evaluate_case(pred, gt, spacing, ds.scheme, metrics=list(METRICS), challenge="GLI")
-            rows += [{"case": case_id, "fold": fold["fold"], **r} for r in region_rows]
-        print(f"fold {fold['fold']}: {len(x)} training slices, {time.perf_counter() - t0:.0f} s", flush=True)
-    peer_wall = time.perf_counter() - start
-    peer = pd.DataFrame(rows)
     ours = ours[ours["case"].isin(peer["case"])]
     table, records = side_by_side(ours, peer, ds.scheme.region_names)
     ours_wall = ours_summary.get("fold_seconds_total") or ours_summary.get("wall_seconds")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    peer.to_csv(args.out.with_suffix(".csv"), index=False)
+    peer_wall = peer_info["peer_wall_seconds"]
     text = (
         f"# fusionseg vs a plain MONAI script on the folds of {args.run}\n\n{table}\n\n"
         f"Wall time: fusionseg {ours_wall / 60:.1f} min (all folds, from its summary.json), "
-        f"peer {peer_wall / 60:.1f} min ({args.epochs} epochs, {args.threads} threads).\n"
+        f"peer {peer_wall / 60:.1f} min ({peer_info['epochs']} epochs, {peer_info['threads']} threads).\n"
     )
     args.out.with_suffix(".md").write_text(text)
     payload = {
         "benchmark": "peer_monai_unet",
         "run": str(args.run),
         "data": str(data),
-        "epochs": args.epochs,
-        "threads": args.threads,
+        **peer_info,
         "rows": records,
         "ours_wall_seconds": ours_wall,
-        "peer_wall_seconds": round(peer_wall, 1),
         "machine": environment_info(),
     }
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import json
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import tiny_config, train_via_cli
 from fusionseg.errors import ConfigError
 from fusionseg.experiments.compare import deep_merge, load_study, run_comparison
 
@@ -211,3 +213,22 @@ def test_a_shared_ssl_setting_applies_to_the_ssl_rows_only(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     with pytest.raises(ConfigError, match="ssl applies to strategy: ssl only"):
         load_study(tmp_path / "s.yaml")
+
+
+def test_a_study_row_gives_the_train_commands_bytes(brats18_phantom, tmp_path):
+    """A row that is its base config, run by ``compare``, writes the same per-case and
+    per-lesion metrics as ``fusionseg train`` on that config: a baseline chosen among a
+    study's rows is the baseline command's result, not a near copy of it."""
+    cfg = tiny_config("base", brats18_phantom, tmp_path)
+    cfg["split"] = {"kind": "kfold", "folds": 2}
+    cfg["train"]["threads"] = 1
+    result, run = train_via_cli(cfg, tmp_path)
+    assert result.exit_code == 0, result.output
+    study = {"study": "one", "reference": "base", "base": "base.yaml", "runs": [{"name": "base"}]}
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(study))
+    out = run_comparison(load_study(tmp_path / "one.yaml"), tmp_path / "cmp", progress=False)
+    for fold in (0, 1):
+        for name in ("metrics_per_case.csv", "metrics_per_lesion.csv"):
+            a, b = run / f"fold_{fold}" / name, out["dir"] / "base" / f"fold_{fold}" / name
+            assert filecmp.cmp(a, b, shallow=False), (fold, name)
+    assert filecmp.cmp(run / "metrics_per_case.csv", out["dir"] / "base" / "metrics_per_case.csv", shallow=False)
