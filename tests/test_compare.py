@@ -224,11 +224,11 @@ def test_a_study_row_gives_the_train_commands_bytes(brats18_phantom, tmp_path):
     cfg["train"]["threads"] = 1
     result, run = train_via_cli(cfg, tmp_path)
     assert result.exit_code == 0, result.output
-    study = {"study": "one", "reference": "base", "base": "base.yaml", "runs": [{"name": "base"}]}
+    study = {"study": "one", "reference": "row", "base": "base.yaml", "runs": [{"name": "row"}]}
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(study))
     out = run_comparison(load_study(tmp_path / "one.yaml"), tmp_path / "cmp", progress=False)
     for fold in (0, 1):
         for name in ("metrics_per_case.csv", "metrics_per_lesion.csv"):
-            a, b = run / f"fold_{fold}" / name, out["dir"] / "base" / f"fold_{fold}" / name
+            a, b = run / f"fold_{fold}" / name, out["dir"] / "row" / f"fold_{fold}" / name
             assert filecmp.cmp(a, b, shallow=False), (fold, name)
-    assert filecmp.cmp(run / "metrics_per_case.csv", out["dir"] / "base" / "metrics_per_case.csv", shallow=False)
+    assert filecmp.cmp(run / "metrics_per_case.csv", out["dir"] / "row" / "metrics_per_case.csv", shallow=False)

@@ -80,3 +80,16 @@ def test_every_shipped_config_loads_under_every_protocol():
                     missing = [c for c in cfg.data.cases if not (root / c).is_dir()]
                     assert not missing, (path.name, protocol, missing)
     assert checked >= 20
+
+
+def test_omitted_loss_options_are_the_named_losss_own():
+    """S0's class weights are the default of the default loss (dice_ce) only: naming
+    another loss without kwargs takes that loss's defaults instead of failing on, or
+    silently training with, options meant for dice_ce."""
+    data = {"root": "/data/brats"}
+    assert validate_config({"name": "a", "data": data}).loss.kwargs == {"class_weights": [0.5, 2.0, 5.0, 4.0]}
+    named = validate_config({"name": "b", "data": data, "loss": {"name": "dice_ce"}})
+    assert named.loss.kwargs["class_weights"] == [0.5, 2, 5, 4]
+    assert validate_config({"name": "c", "data": data, "loss": {"name": "focal"}}).loss.kwargs == {}
+    regions = {"name": "d", "data": data, "loss": {"name": "region_dice_bce"}, "output": {"kind": "regions"}}
+    assert validate_config(regions).loss.kwargs == {}

@@ -164,10 +164,21 @@ class ModelConfig(_Strict):
 
 
 class LossConfig(_Strict):
-    """A segmentation loss from the registry (``fusionseg.losses``)."""
+    """A segmentation loss from the registry (``fusionseg.losses``).
+
+    Omitted ``kwargs`` are S0's class weights ``[0.5, 2, 5, 4]`` for the default
+    ``dice_ce`` (METHODS.md §1) and the loss's own defaults (``{}``) for any other name,
+    so that naming another loss never inherits options it does not take."""
 
     name: str = "dice_ce"
     kwargs: dict[str, Any] = Field(default_factory=lambda: {"class_weights": [0.5, 2.0, 5.0, 4.0]})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_the_named_loss(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kwargs" not in data and data.get("name", "dice_ce") != "dice_ce":
+            return {**data, "kwargs": {}}
+        return data
 
 
 class OutputConfig(_Strict):
