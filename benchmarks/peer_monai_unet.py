@@ -128,20 +128,38 @@ def side_by_side(ours: pd.DataFrame, peer: pd.DataFrame, regions) -> tuple[str, 
     return "\n".join(lines), rows
 
 
-def train_and_test_peer(ds, splits, epochs: int, seed: int) -> tuple[pd.DataFrame, float]:
+def train_and_test_peer(ds, splits, epochs: int, seed: int, work: Path) -> tuple[pd.DataFrame, float]:
     """The peer trained on each fold's training + validation cases and scored on its test
-    cases: per-case rows (case, fold, region, metrics) and the wall time (s)."""
-    start, rows = time.perf_counter(), []
+    cases: per-case rows (case, fold, region, metrics) and the wall time (s, summed over
+    folds). Each finished fold is kept as ``work/fold_K.csv`` + ``.json`` (its seconds and
+    settings), so an interrupted run goes on from the next fold; a fold kept with other
+    settings is trained again."""
+    work.mkdir(parents=True, exist_ok=True)
+    frames, seconds = [], 0.0
     for fold in splits["folds"]:
-        t0 = time.perf_counter()
-        x, y = training_slices([ds.case(c) for c in fold["train"] + fold["val"]], ds.scheme)
+        k = fold["fold"]
+        done, info = work / f"fold_{k}.csv", work / f"fold_{k}.json"
+        settings = {"epochs": epochs, "seed": seed, "train": fold["train"] + fold["val"], "test": fold["test"]}
+        if done.exists() and info.exists() and json.loads(info.read_text())["settings"] == settings:
+            frames.append(pd.read_csv(done))
+            seconds += json.loads(info.read_text())["seconds"]
+            print(f"fold {k}: kept from {done}", flush=True)
+            continue
+        t0, rows = time.perf_counter(), []
+        x, y = training_slices([ds.case(c) for c in settings["train"]], ds.scheme)
         model = train_peer(x, y, epochs, seed)
         for case_id in fold["test"]:
             pred, gt, spacing = predict_peer(model, ds.case(case_id), ds.scheme)
             region_rows, _ = evaluate_case(pred, gt, spacing, ds.scheme, metrics=list(METRICS), challenge="GLI")
-            rows += [{"case": case_id, "fold": fold["fold"], **r} for r in region_rows]
-        print(f"fold {fold['fold']}: {len(x)} training slices, {time.perf_counter() - t0:.0f} s", flush=True)
-    return pd.DataFrame(rows), time.perf_counter() - start
+            rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
+        fold_seconds = time.perf_counter() - t0
+        pd.DataFrame(rows).to_csv(done.with_suffix(".tmp"), index=False)
+        done.with_suffix(".tmp").replace(done)
+        info.write_text(json.dumps({"settings": settings, "seconds": round(fold_seconds, 1)}))
+        frames.append(pd.read_csv(done))
+        seconds += fold_seconds
+        print(f"fold {k}: {len(x)} training slices, {fold_seconds:.0f} s", flush=True)
+    return pd.concat(frames, ignore_index=True), seconds
 
 
 def main(argv=None) -> int:
@@ -174,7 +192,8 @@ def main(argv=None) -> int:
     splits = json.loads((args.run / "splits.json").read_text())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.peer_csv is None:
-        peer, peer_wall = train_and_test_peer(ds, splits, args.epochs, args.seed)
+        work = args.out.parent / f"{args.out.name}_folds"
+        peer, peer_wall = train_and_test_peer(ds, splits, args.epochs, args.seed, work)
         peer.to_csv(args.out.with_suffix(".csv"), index=False)
         peer_info = {"epochs": args.epochs, "threads": args.threads, "peer_wall_seconds": round(peer_wall, 1)}
         args.out.with_suffix(".peer.json").write_text(json.dumps(peer_info, indent=1))

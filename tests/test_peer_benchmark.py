@@ -22,7 +22,7 @@ def load_script():
     return module
 
 
-def test_peer_on_the_runs_folds_then_reused(brats18_phantom, tmp_path):
+def test_peer_on_the_runs_folds_then_reused(brats18_phantom, tmp_path, capsys):
     cfg = tiny_config("ours", brats18_phantom, tmp_path)
     cfg["split"] = {"kind": "kfold", "folds": 2}
     cfg["train"]["threads"] = 1
@@ -43,3 +43,9 @@ def test_peer_on_the_runs_folds_then_reused(brats18_phantom, tmp_path):
     assert peer.main([str(run), "--peer-csv", str(out.with_suffix(".csv")), "--out", str(again)]) == 0
     assert again.with_suffix(".md").read_text() == table
     assert not again.with_suffix(".csv").exists()  # nothing was trained
+    # an interrupted run goes on from its kept folds: they are not trained again
+    (out.parent / "peer_folds" / "fold_1.csv").unlink()
+    capsys.readouterr()
+    assert peer.main([str(run), "--epochs", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert "fold 0: kept from" in capsys.readouterr().out
+    assert out.with_suffix(".md").read_text().split("Wall time")[0] == table.split("Wall time")[0]
