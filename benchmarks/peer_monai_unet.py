@@ -140,9 +140,10 @@ def train_and_test_peer(ds, splits, epochs: int, seed: int, work: Path) -> tuple
         k = fold["fold"]
         done, info = work / f"fold_{k}.csv", work / f"fold_{k}.json"
         settings = {"epochs": epochs, "seed": seed, "train": fold["train"] + fold["val"], "test": fold["test"]}
-        if done.exists() and info.exists() and json.loads(info.read_text())["settings"] == settings:
+        kept = json.loads(info.read_text()) if done.exists() and info.exists() else {}
+        if kept.get("settings") == settings:
             frames.append(pd.read_csv(done))
-            seconds += json.loads(info.read_text())["seconds"]
+            seconds += kept["seconds"]
             print(f"fold {k}: kept from {done}", flush=True)
             continue
         t0, rows = time.perf_counter(), []
