@@ -163,6 +163,19 @@ def train_and_test_peer(ds, splits, epochs: int, seed: int, work: Path) -> tuple
     return pd.concat(frames, ignore_index=True), seconds
 
 
+def read_peer_info(peer_csv: Path) -> dict | None:
+    """The peer's epochs, threads and wall time for an earlier run's CSV: from the
+    ``.peer.json`` that the training run wrote beside it, else from the benchmark's
+    ``.json`` result (which repeats them); None when neither holds them."""
+    keys = ("epochs", "threads", "peer_wall_seconds")
+    for path in (peer_csv.with_suffix(".peer.json"), peer_csv.with_suffix(".json")):
+        if path.exists():
+            info = json.loads(path.read_text())
+            if all(k in info for k in keys):
+                return {k: info[k] for k in keys}
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -200,7 +213,13 @@ def main(argv=None) -> int:
         args.out.with_suffix(".peer.json").write_text(json.dumps(peer_info, indent=1))
     else:
         peer = pd.read_csv(args.peer_csv)
-        peer_info = json.loads(args.peer_csv.with_suffix(".peer.json").read_text())
+        peer_info = read_peer_info(args.peer_csv)
+        if peer_info is None:
+            print(
+                f"error: no {args.peer_csv.with_suffix('.peer.json')} or {args.peer_csv.with_suffix('.json')} "
+                "with the peer's epochs, threads and wall time beside it; train the peer again"
+            )
+            return 2
         want = {c for f in splits["folds"] for c in f["test"]}
         if set(peer["case"]) != want:
             print(f"error: {args.peer_csv} holds other test cases than {args.run}/splits.json; train the peer again")

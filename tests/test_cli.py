@@ -69,6 +69,7 @@ def test_train_predict_evaluate_roundtrip(phantom_dataset, tmp_path):
     assert list((run / "overlays").glob("*.png"))
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["torch"] and "git_sha" in env
+    assert isinstance(env["cpu_capability"], str) and env["cpu_capability"] and "cpu_model" in env
     test_cases = json.loads((run / "splits.json").read_text())["folds"][0]["test"]
 
     out = tmp_path / "pred"

@@ -43,6 +43,15 @@ def test_peer_on_the_runs_folds_then_reused(brats18_phantom, tmp_path, capsys):
     assert peer.main([str(run), "--peer-csv", str(out.with_suffix(".csv")), "--out", str(again)]) == 0
     assert again.with_suffix(".md").read_text() == table
     assert not again.with_suffix(".csv").exists()  # nothing was trained
+    # the committed results (benchmarks/results/: .csv and .json, no .peer.json) suffice
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for suffix in (".csv", ".json"):
+        (kept / f"peer{suffix}").write_bytes(out.with_suffix(suffix).read_bytes())
+    assert peer.main([str(run), "--peer-csv", str(kept / "peer.csv"), "--out", str(tmp_path / "bench" / "k")]) == 0
+    assert (tmp_path / "bench" / "k.md").read_text() == table
+    (kept / "peer.json").unlink()
+    assert peer.main([str(run), "--peer-csv", str(kept / "peer.csv"), "--out", str(tmp_path / "bench" / "k")]) == 2
     # an interrupted run goes on from its kept folds: they are not trained again
     (out.parent / "peer_folds" / "fold_1.csv").unlink()
     capsys.readouterr()

@@ -47,8 +47,31 @@ def git_sha(path: Path | None = None) -> str | None:
         return None
 
 
+def cpu_model() -> str | None:
+    """The CPU as the kernel names it (Linux ``/proc/cpuinfo``: model name, family and
+    model number), else :func:`platform.processor`; None when neither says.
+
+    Recorded because the same command, packages and seed give other floats on another
+    CPU generation (torch picks its kernels by the CPU's vector extensions), so two
+    runs can only be expected to agree byte for byte on the same kind of CPU."""
+    try:
+        fields: dict[str, str] = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+        if "model name" in fields:
+            family = f" (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else ""
+            return fields["model name"] + family
+    except (OSError, KeyError):
+        pass
+    return platform.processor() or None
+
+
 def environment_info() -> dict:
-    """Versions of Python and key packages, platform, CPU count, torch device, git sha."""
+    """Versions of Python and key packages, platform, CPU (model, count, the vector
+    extension torch's CPU kernels use), torch device, git sha."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -62,6 +85,8 @@ def environment_info() -> dict:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
