@@ -384,3 +384,28 @@ def test_first_evaluation_announces_compilation_once(monkeypatch, capsys):
     monkeypatch.setattr(ev, "kernels_cached", lambda: True)
     ev.announce_compilation()
     assert capsys.readouterr().err == ""
+
+
+def test_a_lesion_table_read_back_writes_the_same_bytes(tmp_path):
+    """A run gathered from folds read back from disk (a resumed run, a study row) writes
+    the metrics_per_lesion.csv bytes of one that kept its folds in memory: single matched
+    ids and blanks stay text, not floats (found on 2026-12-07: 1 became 1.0)."""
+    from fusionseg.evaluation.folder import PER_LESION_CSV, read_lesion_table, write_results
+
+    lesions = pd.DataFrame(
+        {
+            "case": ["a", "a", "b"],
+            "region": ["WT", "WT", "ET"],
+            "lesion_id": [1, 2, 1],
+            "kind": ["gt", "fp", "gt"],
+            "matched_pred_ids": ["1", "", "2"],  # single ids only: what parses as float
+        }
+    )
+    per_case = pd.DataFrame({"case": ["a"], "region": ["WT"], "dice": [0.5]})
+    write_results(tmp_path / "memory", per_case, lesions, {})
+    again = read_lesion_table(tmp_path / "memory" / PER_LESION_CSV)
+    write_results(tmp_path / "disk", per_case, again, {})
+    first, second = ((tmp_path / d / PER_LESION_CSV).read_bytes() for d in ("memory", "disk"))
+    assert first == second and b",1\n" in first
+    plain = pd.read_csv(tmp_path / "memory" / PER_LESION_CSV)  # the reader this replaced
+    assert plain["matched_pred_ids"].dtype.kind == "f"  # the trap itself

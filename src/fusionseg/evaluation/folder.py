@@ -404,6 +404,15 @@ def build_summary(
     }
 
 
+def read_lesion_table(path: Path) -> pd.DataFrame:
+    """Read a ``metrics_per_lesion.csv`` back as it was written: ``matched_pred_ids``
+    (";"-joined component labels, "" when unmatched) stays text. Read plainly, a column
+    of single ids and blanks parses as float (1 -> 1.0), and a run gathered from folds
+    read back (a resumed run, a study row) would write other bytes than one that kept
+    its folds in memory."""
+    return pd.read_csv(path, dtype={"matched_pred_ids": str})
+
+
 def write_results(output_dir: Path, per_case: pd.DataFrame, per_lesion: pd.DataFrame, summary: dict) -> None:
     """Write the three result files atomically into ``output_dir``."""
     from fusionseg.data.io import atomic_path

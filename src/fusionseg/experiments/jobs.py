@@ -47,7 +47,14 @@ from fusionseg.data.samplers import get_sampler
 from fusionseg.data.sampling import select_slices
 from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
-from fusionseg.evaluation.folder import PER_CASE_CSV, PER_LESION_CSV, SUMMARY_JSON, build_summary, write_results
+from fusionseg.evaluation.folder import (
+    PER_CASE_CSV,
+    PER_LESION_CSV,
+    SUMMARY_JSON,
+    build_summary,
+    read_lesion_table,
+    write_results,
+)
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.pretext_report import pretext_quality_case, save_pretext_figure
 from fusionseg.inference.inferers import InferOptions, get_inferer
@@ -273,7 +280,7 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
         cfg.name,
         fold["fold"],
         pd.read_csv(folder / PER_CASE_CSV),
-        pd.read_csv(folder / PER_LESION_CSV),
+        read_lesion_table(folder / PER_LESION_CSV),
         pd.read_csv(quality[0]) if quality else None,
         data["postprocess"],
         float(data["seconds"]),
