@@ -76,6 +76,24 @@ def test_result_free_and_evaluation_only_changes_do_not_stop(trained):
     assert "predicting again" in _flat(result.output)
 
 
+def test_a_run_kept_from_another_cpu_kind_warns_and_keeps_the_earlier_record(trained):
+    cfg, run, tmp = trained
+    env_path = run / "environment.json"
+    mine = json.loads(env_path.read_text())
+    other = {**mine, "cpu_model": "Some Other CPU (family 6, model 85)", "cpu_capability": "AVX512"}
+    env_path.write_text(json.dumps(other))
+    result, _ = _train(cfg, tmp)
+    text = _flat(result.output)
+    assert result.exit_code == 0, result.output
+    assert "another machine kind" in text and f"AVX512 -> {mine['cpu_capability']}" in text
+    written = json.loads(env_path.read_text())
+    assert written["cpu_capability"] == mine["cpu_capability"]
+    assert written["earlier"] == [other]
+    result, _ = _train(cfg, tmp)  # same machine again: no warning, the history stays
+    assert "another machine kind" not in _flat(result.output)
+    assert json.loads(env_path.read_text())["earlier"] == [other]
+
+
 def test_resume_with_changes_records_and_overwrite_retrains(phantom_dataset, tmp_path):
     data = phantom_dataset("brats2018", n_cases=4)
     cfg = tiny_config("rf2", data, tmp_path)

@@ -95,3 +95,24 @@ def environment_info() -> dict:
         "packages": versions,
         "command": " ".join(sys.argv),
     }
+
+
+#: What can change a run's floats when it resumes (or keeps folds) on another machine.
+FLOAT_KEYS = ("cpu_model", "cpu_capability", "device", "cuda")
+FLOAT_PACKAGES = ("torch", "monai", "numpy")
+
+
+def float_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two :func:`environment_info` records in a way that changes
+    floats: the CPU model or vector extension, the device, the CUDA, torch, MONAI or
+    NumPy version. Returns one ``"key: old -> new"`` line per difference (empty: same).
+    A key missing from ``old`` (a record written before it was kept) is not reported."""
+    lines = []
+    for key in FLOAT_KEYS:
+        if key in old and old[key] != new.get(key):
+            lines.append(f"{key}: {old[key]} -> {new.get(key)}")
+    old_pk, new_pk = old.get("packages") or {}, new.get("packages") or {}
+    for name in FLOAT_PACKAGES:
+        if name in old_pk and old_pk[name] != new_pk.get(name):
+            lines.append(f"{name}: {old_pk[name]} -> {new_pk.get(name)}")
+    return lines

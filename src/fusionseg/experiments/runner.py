@@ -35,7 +35,7 @@ from fusionseg.data.splits import load_splits, make_splits, save_splits
 from fusionseg.data.validate import validate_cases
 from fusionseg.errors import DataError
 from fusionseg.evaluation.folder import build_summary, write_results
-from fusionseg.experiments.environment import environment_info
+from fusionseg.experiments.environment import environment_info, float_changes
 from fusionseg.experiments.executors import LocalExecutor
 from fusionseg.experiments.identity import check_run_folder, clear_run_folder, write_record
 from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_dataset, slab helpers)
@@ -135,6 +135,31 @@ def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run
     return splits
 
 
+def _write_environment(path: Path, fresh: bool) -> None:
+    """Write ``environment.json``. When the folder already holds a run from another
+    CPU kind, device or numeric package version (:func:`float_changes`), print a
+    warning (its kept folds and a resumed fold's first epochs were computed there, so
+    the numbers will not equal one invocation on either machine) and keep the earlier
+    records under ``earlier``."""
+    info = environment_info()
+    if path.exists() and not fresh:
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+        changes = float_changes(old, info)
+        if changes:
+            console.print(
+                f"[yellow]warning:[/] {path.parent} was started on another machine kind "
+                f"({'; '.join(changes)}); folds kept or resumed from there give other floats than "
+                "one run here (rerun with --overwrite for numbers from this machine alone)"
+            )
+            info["earlier"] = [*old.pop("earlier", []), old]
+        elif old.get("earlier"):
+            info["earlier"] = old["earlier"]
+    _write_json(path, info)
+
+
 def _open_run_folder(
     cfg: ExperimentConfig, overwrite: bool, resume_with_changes: bool, progress: bool
 ) -> tuple[Dataset, tuple[str, ...], dict[str, PreparedCase], dict]:
@@ -164,7 +189,7 @@ def _open_run_folder(
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(cfg.to_yaml())
-    _write_json(run_dir / "environment.json", environment_info())
+    _write_environment(run_dir / "environment.json", fresh=state.clear)
     write_record(cfg, state.changes)
     save_splits(splits, run_dir / "splits.json")
     return dataset, modalities, prepared, splits
