@@ -107,12 +107,13 @@ def float_changes(old: dict, new: dict) -> list[str]:
     floats: the CPU model or vector extension, the device, the CUDA, torch, MONAI or
     NumPy version. Returns one ``"key: old -> new"`` line per difference (empty: same).
     A key missing from ``old`` (a record written before it was kept) is not reported."""
-    lines = []
-    for key in FLOAT_KEYS:
-        if key in old and old[key] != new.get(key):
-            lines.append(f"{key}: {old[key]} -> {new.get(key)}")
-    old_pk, new_pk = old.get("packages") or {}, new.get("packages") or {}
-    for name in FLOAT_PACKAGES:
-        if name in old_pk and old_pk[name] != new_pk.get(name):
-            lines.append(f"{name}: {old_pk[name]} -> {new_pk.get(name)}")
-    return lines
+
+    def pick(record: dict) -> dict:
+        packages = record.get("packages") or {}
+        return {
+            **{k: record[k] for k in FLOAT_KEYS if k in record},
+            **{k: packages[k] for k in FLOAT_PACKAGES if k in packages},
+        }
+
+    before, now = pick(old), pick(new)
+    return [f"{key}: {value} -> {now.get(key)}" for key, value in before.items() if value != now.get(key)]

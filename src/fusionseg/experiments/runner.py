@@ -135,14 +135,14 @@ def resolve_splits(cfg: ExperimentConfig, prepared: dict[str, PreparedCase], run
     return splits
 
 
-def _write_environment(path: Path, fresh: bool) -> None:
+def _write_environment(path: Path) -> None:
     """Write ``environment.json``. When the folder already holds a run from another
     CPU kind, device or numeric package version (:func:`float_changes`), print a
     warning (its kept folds and a resumed fold's first epochs were computed there, so
     the numbers will not equal one invocation on either machine) and keep the earlier
     records under ``earlier``."""
     info = environment_info()
-    if path.exists() and not fresh:
+    if path.exists():  # a resumed run (--overwrite has deleted the folder by now)
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -189,7 +189,7 @@ def _open_run_folder(
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(cfg.to_yaml())
-    _write_environment(run_dir / "environment.json", fresh=state.clear)
+    _write_environment(run_dir / "environment.json")
     write_record(cfg, state.changes)
     save_splits(splits, run_dir / "splits.json")
     return dataset, modalities, prepared, splits
