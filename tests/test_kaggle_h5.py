@@ -1,5 +1,5 @@
 """Kaggle BraTS 2020 HDF5-slice release: scanning, validation, conversion to the
-BraTS NIfTI layout, and measuring the image channel order (fusionseg.data.kaggle_h5).
+BraTS NIfTI layout, and measuring the image channel order (fusionseg.data.kaggle_h5, kaggle_convert, kaggle_verify).
 
 The fake release encodes volume, slice and channel in the intensities
 (``1000 * volume + 10 * slice + channel``) so that the converted NIfTIs show whether
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from fusionseg.constants import MRI_MODALITIES
+from fusionseg.data import kaggle_convert, kaggle_verify
 from fusionseg.data import kaggle_h5 as kh
 from fusionseg.data.cases import discover
 from fusionseg.data.phantom import make_phantom
@@ -105,7 +106,7 @@ def test_allowed_gap_is_zero_filled_and_reported(release, tmp_path):
     (release / "volume_2_slice_4.h5").unlink()
     scan = kh.scan_kaggle_h5(release, allow_gaps=True)
     assert scan.gaps == {2: [4]} and scan[2][4] is None
-    report = kh.convert_kaggle_h5(release, tmp_path / "out", allow_gaps=True, progress=False)
+    report = kaggle_convert.convert_kaggle_h5(release, tmp_path / "out", allow_gaps=True, progress=False)
     assert report.gaps == {"BraTS20_Training_002": [4]}
     flair = load(tmp_path / "out" / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz")
     assert np.all(flair[:, :, 4] == 0)
@@ -172,7 +173,7 @@ def test_malformed_slice_is_rejected_with_the_file_named(release, tmp_path, imag
     bad = release / "volume_2_slice_3.h5"
     write_slice(bad, image, mask)
     with pytest.raises(DataError, match=expected) as err:
-        kh.convert_kaggle_h5(release, tmp_path / "out", progress=False)
+        kaggle_convert.convert_kaggle_h5(release, tmp_path / "out", progress=False)
     assert err.value.file == bad and str(bad) in str(err.value)
     assert "Fix:" in str(err.value)
     assert not (tmp_path / "out" / "BraTS20_Training_002").exists()
@@ -204,7 +205,7 @@ def test_corrupt_file_is_reported_by_name(release, tmp_path, damage):
         data = bad.read_bytes()
         bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError) as err:
-        kh.convert_kaggle_h5(release, tmp_path / "out", progress=False)
+        kaggle_convert.convert_kaggle_h5(release, tmp_path / "out", progress=False)
     assert err.value.file == bad and "cannot read as HDF5" in str(err.value)
     assert "re-download" in str(err.value)
     # Volumes before the bad one were written completely, the bad one not at all.
@@ -218,7 +219,7 @@ def test_corrupt_file_is_reported_by_name(release, tmp_path, damage):
 
 def test_convert_writes_every_slice_into_the_right_case_file_and_plane(release, tmp_path):
     out = tmp_path / "out"
-    report = kh.convert_kaggle_h5(release, out, progress=False)
+    report = kaggle_convert.convert_kaggle_h5(release, out, progress=False)
     ids = [f"BraTS20_Training_{v:03d}" for v in VOLUMES]
     assert report.case_ids == ids and report.converted == ids and report.skipped == []
     assert [p.name for p in report.ignored] == ["meta_data.csv", "name_mapping.csv", "volume_1_slice_x.h5"]
@@ -241,18 +242,22 @@ def test_convert_writes_every_slice_into_the_right_case_file_and_plane(release, 
 
 def test_image_channels_override_changes_the_file_assignment(release, tmp_path):
     order = ("t1", "t1ce", "t2", "flair")
-    report = kh.convert_kaggle_h5(release, tmp_path / "out", volumes=[1], image_channels=order, progress=False)
+    report = kaggle_convert.convert_kaggle_h5(
+        release, tmp_path / "out", volumes=[1], image_channels=order, progress=False
+    )
     assert report.image_channels == order and "read as t1, t1ce, t2, flair" in report.lines()[1]
     case = tmp_path / "out" / "BraTS20_Training_001"
     for c, modality in enumerate(order):
         assert load(case / f"BraTS20_Training_001_{modality}.nii.gz")[0, 0, 3] == value(1, 3, c)
     with pytest.raises(ConfigError):
-        kh.convert_kaggle_h5(release, tmp_path / "x", image_channels=("t1", "t1", "t2", "flair"), progress=False)
+        kaggle_convert.convert_kaggle_h5(
+            release, tmp_path / "x", image_channels=("t1", "t1", "t2", "flair"), progress=False
+        )
 
 
 def test_converted_folder_is_discovered_as_brats_dataset(release, tmp_path):
     out = tmp_path / "out"
-    kh.convert_kaggle_h5(release, out, progress=False)
+    kaggle_convert.convert_kaggle_h5(release, out, progress=False)
     dataset = discover(out)
     assert dataset.format == "brats2018"
     assert dataset.scheme.name == "brats2017" and dataset.scheme.values == (0, 1, 2, 4)
@@ -271,28 +276,28 @@ def test_converted_folder_is_discovered_as_brats_dataset(release, tmp_path):
 
 def test_second_conversion_skips_complete_cases(release, tmp_path):
     out = tmp_path / "out"
-    kh.convert_kaggle_h5(release, out, volumes=[1, 2], progress=False)
+    kaggle_convert.convert_kaggle_h5(release, out, volumes=[1, 2], progress=False)
     seg = out / "BraTS20_Training_001" / "BraTS20_Training_001_seg.nii.gz"
     stamp = seg.stat().st_mtime_ns
     # Damage a source slice of volume 1: a skipped case must not even be read again.
     (release / "volume_1_slice_0.h5").write_bytes(b"corrupt")
-    report = kh.convert_kaggle_h5(release, out, volumes=[1, 2, 10], progress=False)
+    report = kaggle_convert.convert_kaggle_h5(release, out, volumes=[1, 2, 10], progress=False)
     assert report.skipped == ["BraTS20_Training_001", "BraTS20_Training_002"]
     assert report.converted == ["BraTS20_Training_010"]
     assert seg.stat().st_mtime_ns == stamp
     with pytest.raises(DataError, match="volume_1_slice_0.h5"):
-        kh.convert_kaggle_h5(release, out, volumes=[1], overwrite=True, progress=False)
+        kaggle_convert.convert_kaggle_h5(release, out, volumes=[1], overwrite=True, progress=False)
     assert seg.is_file()  # the failed overwrite kept the old case
 
 
 def test_overwrite_replaces_existing_case(release, tmp_path):
     out = tmp_path / "out"
-    kh.convert_kaggle_h5(release, out, volumes=[2], progress=False)
+    kaggle_convert.convert_kaggle_h5(release, out, volumes=[2], progress=False)
     flair = out / "BraTS20_Training_002" / "BraTS20_Training_002_flair.nii.gz"
     for m in range(DEPTH):
         image, mask = slice_arrays(2, m)
         write_slice(release / f"volume_2_slice_{m}.h5", image + 7, mask)
-    report = kh.convert_kaggle_h5(release, out, volumes=[2], overwrite=True, progress=False)
+    report = kaggle_convert.convert_kaggle_h5(release, out, volumes=[2], overwrite=True, progress=False)
     assert report.converted == ["BraTS20_Training_002"]
     assert load(flair)[0, 0, 3] == value(2, 3, kh.IMAGE_CHANNELS.index("flair")) + 7
     assert sorted(p.name for p in out.iterdir()) == ["BraTS20_Training_002"]
@@ -300,11 +305,11 @@ def test_overwrite_replaces_existing_case(release, tmp_path):
 
 def test_incomplete_existing_case_needs_overwrite(release, tmp_path):
     out = tmp_path / "out"
-    kh.convert_kaggle_h5(release, out, volumes=[1], progress=False)
+    kaggle_convert.convert_kaggle_h5(release, out, volumes=[1], progress=False)
     (out / "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii.gz").unlink()
     with pytest.raises(OutputError, match="lacks BraTS20_Training_001_t2.nii.gz"):
-        kh.convert_kaggle_h5(release, out, volumes=[1], progress=False)
-    report = kh.convert_kaggle_h5(release, out, volumes=[1], overwrite=True, progress=False)
+        kaggle_convert.convert_kaggle_h5(release, out, volumes=[1], progress=False)
+    report = kaggle_convert.convert_kaggle_h5(release, out, volumes=[1], overwrite=True, progress=False)
     assert report.converted == ["BraTS20_Training_001"]
     assert (out / "BraTS20_Training_001" / "BraTS20_Training_001_t2.nii.gz").is_file()
 
@@ -320,12 +325,12 @@ def test_interrupted_conversion_leaves_no_half_written_case(release, tmp_path, m
             raise KeyboardInterrupt
         real_save(img, path)
 
-    monkeypatch.setattr(kh.nib, "save", failing_save)
+    monkeypatch.setattr(nib, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        kh.convert_kaggle_h5(release, out, progress=False)
+        kaggle_convert.convert_kaggle_h5(release, out, progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["BraTS20_Training_001"]
-    monkeypatch.setattr(kh.nib, "save", real_save)
-    report = kh.convert_kaggle_h5(release, out, progress=False)
+    monkeypatch.setattr(nib, "save", real_save)
+    report = kaggle_convert.convert_kaggle_h5(release, out, progress=False)
     assert report.skipped == ["BraTS20_Training_001"]
     assert report.converted == ["BraTS20_Training_002", "BraTS20_Training_010"]
     assert len(discover(out)) == 3
@@ -333,14 +338,14 @@ def test_interrupted_conversion_leaves_no_half_written_case(release, tmp_path, m
 
 def test_unknown_volume_is_rejected(release, tmp_path):
     with pytest.raises(DataError, match=r"volume\(s\) 5 not found; the folder has volumes 1-2, 10"):
-        kh.convert_kaggle_h5(release, tmp_path / "out", volumes=[1, 5], progress=False)
+        kaggle_convert.convert_kaggle_h5(release, tmp_path / "out", volumes=[1, 5], progress=False)
 
 
 def test_written_case_folder_is_readable_by_others(release, tmp_path):
     out = tmp_path / "out"
     old = os.umask(0o022)
     try:
-        kh.convert_kaggle_h5(release, out, volumes=[1], progress=False)
+        kaggle_convert.convert_kaggle_h5(release, out, volumes=[1], progress=False)
     finally:
         os.umask(old)
     assert (out / "BraTS20_Training_001").stat().st_mode & 0o777 == 0o755
@@ -367,7 +372,7 @@ def as_h5_volume(images: dict, order, background=0.0) -> np.ndarray:
 
 def test_match_channels_finds_a_known_permutation(phantom):
     order = ("t2", "flair", "t1ce", "t1")
-    match = kh.match_channels(as_h5_volume(phantom["images"], order, background=-0.7), phantom["images"])
+    match = kaggle_verify.match_channels(as_h5_volume(phantom["images"], order, background=-0.7), phantom["images"])
     assert match.assignment == order
     assert match.transform == "identity"
     assert not match.matches_expected  # IMAGE_CHANNELS differs from order
@@ -380,17 +385,17 @@ def test_match_channels_finds_a_known_permutation(phantom):
 
 def test_match_channels_confirms_the_expected_order(phantom):
     h5 = as_h5_volume(phantom["images"], kh.IMAGE_CHANNELS)
-    match = kh.match_channels(h5, phantom["images"])
+    match = kaggle_verify.match_channels(h5, phantom["images"])
     assert match.matches_expected and match.assignment == kh.IMAGE_CHANNELS
     assert any(line.startswith("OK:") for line in match.lines())
 
 
 def test_match_channels_detects_flipped_axes(phantom):
     h5 = as_h5_volume(phantom["images"], kh.IMAGE_CHANNELS)[::-1, :, ::-1]  # flip X and Z
-    match = kh.match_channels(h5, phantom["images"])
+    match = kaggle_verify.match_channels(h5, phantom["images"])
     assert match.transform == "flip_x+flip_z" and match.assignment == kh.IMAGE_CHANNELS
     assert not match.matches_expected
-    fixed = kh.match_channels(h5, phantom["images"], search_transforms=False)
+    fixed = kaggle_verify.match_channels(h5, phantom["images"], search_transforms=False)
     assert fixed.transform == "identity" and fixed.score < match.score - 0.3
 
 
@@ -406,15 +411,15 @@ def test_verify_channel_order_on_both_releases(phantom, tmp_path):
         write_slice(h5_dir / f"volume_7_slice_{m}.h5", volume[:, :, m], mask[:, :, m])
     for name, data in phantom["images"].items():
         nib.save(nib.Nifti1Image(data, np.eye(4)), str(case / f"{case.name}_{name}.nii.gz"))
-    match = kh.verify_channel_order(h5_dir, case)
+    match = kaggle_verify.verify_channel_order(h5_dir, case)
     assert match.assignment == order and match.transform == "identity"
-    assert kh.verify_channel_order(h5_dir, case, expected=order).matches_expected
+    assert kaggle_verify.verify_channel_order(h5_dir, case, expected=order).matches_expected
     # The converted labels reproduce the phantom's label map.
-    kh.convert_kaggle_h5(h5_dir, tmp_path / "out", image_channels=order, progress=False)
+    kaggle_convert.convert_kaggle_h5(h5_dir, tmp_path / "out", image_channels=order, progress=False)
     converted = load(tmp_path / "out" / "BraTS20_Training_007" / "BraTS20_Training_007_seg.nii.gz")
     assert np.array_equal(converted, seg)
     with pytest.raises(DataError, match="volume 8 not found"):
-        kh.verify_channel_order(h5_dir, case, volume=8)
+        kaggle_verify.verify_channel_order(h5_dir, case, volume=8)
 
 
 # --- command line ----------------------------------------------------------------

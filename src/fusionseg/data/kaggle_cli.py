@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from fusionseg.data.kaggle_h5 import IMAGE_CHANNELS, convert_kaggle_h5, verify_channel_order
+from fusionseg.data.kaggle_convert import convert_kaggle_h5
+from fusionseg.data.kaggle_h5 import IMAGE_CHANNELS
+from fusionseg.data.kaggle_verify import verify_channel_order
 
 _ORDER_HELP = (
     "Sequence of each H5 image channel, comma-separated (default "

@@ -1,4 +1,4 @@
-"""Reader and converter for the Kaggle "BraTS 2020 HDF5 slice" release.
+"""Reader of the Kaggle "BraTS 2020 HDF5 slice" release.
 
 The Kaggle dataset ``awsaf49/brats2020-training-data`` (folder
 ``BraTS2020_training_data/content/data/``) stores every axial slice of the 369 BraTS
@@ -12,14 +12,14 @@ Beside them there is often a ``meta_data.csv`` / ``name_mapping.csv`` /
 ``BraTS20 Training Metadata.csv``; this module does not read them (they are
 optional and their paths point to the Kaggle notebook's mount).
 
-This module scans such a folder (:func:`scan_kaggle_h5`), reads one volume with full
-validation (:func:`read_volume`), and converts volumes into the BraTS 2018-2021 NIfTI
-layout that :func:`fusionseg.data.cases.discover` recognises as ``brats2018``
-(:func:`convert_kaggle_h5`): ``<out>/BraTS20_Training_<NNN>/BraTS20_Training_<NNN>_
+This module scans such a folder (:func:`scan_kaggle_h5`) and reads one volume with full
+validation (:func:`read_volume`). :mod:`fusionseg.data.kaggle_convert` converts volumes
+into the BraTS 2018-2021 NIfTI layout that :func:`fusionseg.data.cases.discover`
+recognises as ``brats2018``: ``<out>/BraTS20_Training_<NNN>/BraTS20_Training_<NNN>_
 {t1,t1ce,t2,flair,seg}.nii.gz`` with labels 0, 1 NCR/NET, 2 ED, 4 ET (scheme
 ``brats2017``). Since the channel order of ``image`` cannot be checked without the
-NIfTI release, :func:`match_channels` / :func:`verify_channel_order` measure it
-against a NIfTI copy of the same case.
+NIfTI release, :mod:`fusionseg.data.kaggle_verify` measures it against a NIfTI copy of
+the same case.
 
 Channel orders and where they come from
 ---------------------------------------
@@ -51,16 +51,16 @@ What public code that reads these files states:
     order "matching the majority of public notebooks" without having checked it.
     Neither side shows a measurement. :data:`IMAGE_CHANNELS` takes the first order;
     pass ``image_channels=`` to every function to override it, and check it with
-    :func:`verify_channel_order` on one case of which you have both releases.
+    :func:`~fusionseg.data.kaggle_verify.verify_channel_order` on one case of which you have both releases.
 
 Other assumptions (not documented by the release either):
 
 - volume N is BraTS 2020 training subject ``BraTS20_Training_<NNN>`` (N zero-padded
   to 3 digits); the converted case is named so, but a low correlation in
-  :func:`verify_channel_order` for every channel would show the mapping is wrong;
+  :func:`~fusionseg.data.kaggle_verify.verify_channel_order` for every channel would show the mapping is wrong;
 - slice M is the NIfTI's axial index z = M, and a slice's first array axis is the
   NIfTI's first axis (X), its second the second (Y): ``image[:, :, c]`` of slice M
-  is ``sequence[:, :, M]`` (:func:`match_channels` also reports the in-plane flip /
+  is ``sequence[:, :, M]`` (:func:`~fusionseg.data.kaggle_verify.match_channels` also reports the in-plane flip /
   transpose that fits best, should this be wrong);
 - geometry: the release stores none. The converted NIfTIs get :data:`AFFINE`, the
   identity: 1 mm isotropic voxels (BraTS volumes are resampled to 1 mm^3), origin at
@@ -82,24 +82,20 @@ in every region that any of its flags puts it in, and no region loses a voxel.
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from fusionseg.constants import BRATS2017, FLAIR, MRI_MODALITIES, T1, T1CE, T2
 from fusionseg.data.cases import BRATS2018_SUFFIXES
-from fusionseg.errors import ConfigError, DataError, OutputError
+from fusionseg.errors import ConfigError, DataError
 
 #: Sequence (canonical modality name) of each channel of the H5 ``image`` dataset, in
 #: channel order. Low confidence, see the module docstring; override with
-#: ``image_channels=`` and check with :func:`verify_channel_order`.
+#: ``image_channels=`` and check with :func:`~fusionseg.data.kaggle_verify.verify_channel_order`.
 IMAGE_CHANNELS: tuple[str, ...] = (FLAIR, T1, T1CE, T2)
 
 #: Tumour sub-region of each channel of the H5 ``mask`` dataset, in channel order
@@ -442,464 +438,3 @@ def read_volume(
         raise ConfigError(f"mask_channels {tuple(mask_channels)} must name each of {tuple(LABEL_VALUES)} once.")
     image, mask = _read_volume(files)
     return image, masks_to_labels(mask, mask_channels)
-
-
-# ---------------------------------------------------------------------------
-# Converting
-# ---------------------------------------------------------------------------
-
-
-def _case_files(folder: Path, cid: str) -> dict[str, Path]:
-    """Modality/"seg" -> the file written for case ``cid`` in ``folder``."""
-    files = {modality: folder / f"{cid}_{_FILE_SUFFIX[modality]}.nii.gz" for modality in MRI_MODALITIES}
-    files["seg"] = folder / f"{cid}_seg.nii.gz"
-    return files
-
-
-def _nifti(data: np.ndarray) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, AFFINE)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(AFFINE, code=1)
-    img.set_sform(AFFINE, code=1)
-    return img
-
-
-def _write_case(dst: Path, cid: str, image: np.ndarray, labels: np.ndarray, image_channels, overwrite: bool) -> None:
-    """Write one case into a hidden temporary folder in ``dst``, then rename it into
-    place (an interrupted write leaves no ``<dst>/<cid>``, only a hidden temporary that
-    :func:`fusionseg.data.io.sweep_stale_temps` deletes later)."""
-    from fusionseg.data.io import current_umask, temp_prefix
-
-    final = dst / cid
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(cid), dir=dst))
-    try:
-        files = _case_files(tmp, cid)
-        for channel, modality in enumerate(image_channels):
-            nib.save(_nifti(np.ascontiguousarray(image[..., channel])), str(files[modality]))
-        nib.save(_nifti(labels), str(files["seg"]))
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700
-        if final.exists() and overwrite:
-            # Move the old case aside (hidden), the new one in, then delete the old.
-            trash = Path(tempfile.mkdtemp(prefix=temp_prefix(cid), dir=dst))
-            os.rename(final, trash / cid)
-            try:
-                os.rename(tmp, final)
-            except BaseException:
-                os.rename(trash / cid, final)
-                raise
-            finally:
-                shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert_kaggle_h5` did.
-
-    Attributes:
-        root: the output folder (a ``brats2018`` dataset for
-            :func:`fusionseg.data.cases.discover`).
-        case_ids: every requested case, in volume order (converted or skipped).
-        converted: cases written by this call.
-        skipped: cases already complete in ``root`` (not rewritten).
-        ignored: files in the source folder that are not slice files.
-        gaps: case id -> slice numbers that were missing and written as zeros.
-        overlaps: case id -> voxels where mask channels overlapped (resolved by
-            :data:`LABEL_PRIORITY`); cases without overlap are absent.
-        image_channels: the channel order the images were read with.
-    """
-
-    root: Path
-    case_ids: list[str] = field(default_factory=list)
-    converted: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    ignored: list[Path] = field(default_factory=list)
-    gaps: dict[str, list[int]] = field(default_factory=dict)
-    overlaps: dict[str, int] = field(default_factory=dict)
-    image_channels: tuple[str, ...] = IMAGE_CHANNELS
-
-    def lines(self) -> list[str]:
-        """Human-readable summary, one line per fact."""
-        out = [
-            f"{self.root}: {len(self.converted)} case(s) converted, {len(self.skipped)} already present (skipped).",
-            f"image channels read as {', '.join(self.image_channels)} (unverified; see verify_channel_order).",
-        ]
-        if self.ignored:
-            names = ", ".join(p.name for p in self.ignored[:5]) + (" ..." if len(self.ignored) > 5 else "")
-            out.append(f"{len(self.ignored)} file(s) in the source are not slices and were ignored: {names}")
-        for cid, missing in self.gaps.items():
-            out.append(f"{cid}: slices {_ranges(missing)} missing, written as zeros.")
-        for cid, n in self.overlaps.items():
-            out.append(f"{cid}: {n} voxel(s) in several mask channels, labelled by priority ET > NCR > ED.")
-        return out
-
-
-def convert_kaggle_h5(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    volumes: Iterable[int] | None = None,
-    overwrite: bool = False,
-    allow_gaps: bool = False,
-    depth: int | None = None,
-    image_channels: Sequence[str] = IMAGE_CHANNELS,
-    mask_channels: Sequence[str] = MASK_CHANNELS,
-    progress: bool = True,
-) -> ConversionReport:
-    """Convert the Kaggle BraTS 2020 HDF5 slices into BraTS-layout NIfTI cases.
-
-    Each volume N becomes ``<dst>/BraTS20_Training_<NNN>/BraTS20_Training_<NNN>_
-    {t1,t1ce,t2,flair,seg}.nii.gz``: images float32 (X, Y, Z) = (240, 240, 155) for
-    the release, intensities as stored; seg uint8 with BraTS 2018-2020 labels 0, 1
-    NCR/NET, 2 ED, 4 ET; affine :data:`AFFINE` (1 mm isotropic, see the module
-    docstring). ``fusionseg.data.cases.discover(dst)`` finds them as format
-    ``brats2018``, scheme ``brats2017``.
-
-    Every case is written to a hidden temporary folder in ``dst`` and renamed into
-    place, so an interrupted conversion leaves no half-written case; rerunning skips
-    the complete ones (their slices are not read again).
-
-    Args:
-        src: folder of the ``volume_<N>_slice_<M>.h5`` files (:func:`scan_kaggle_h5`).
-        dst: output folder (created).
-        volumes: volume numbers to convert; None = all found.
-        overwrite: rewrite cases that already exist in ``dst``.
-        allow_gaps: write missing slices as zeros instead of failing (reported).
-        depth: slices per volume (:func:`scan_kaggle_h5`); None = inferred.
-        image_channels: sequence of each image channel (:data:`IMAGE_CHANNELS`).
-        mask_channels: region of each mask channel (:data:`MASK_CHANNELS`).
-        progress: show a progress bar (on stderr).
-    Returns:
-        a :class:`ConversionReport` (``.case_ids``, ``.converted``, ``.skipped``,
-        ``.gaps``, ``.overlaps``, ``.ignored``; ``.lines()`` for printing).
-    Raises:
-        DataError: see :func:`scan_kaggle_h5` and :func:`read_volume` (missing,
-            corrupt or malformed files, gaps); a requested volume is not in ``src``.
-        OutputError: ``dst`` cannot be created or written, or a case folder in
-            ``dst`` exists but is incomplete (not written by this function) and
-            ``overwrite`` is False.
-        ConfigError: ``image_channels`` / ``mask_channels`` are not permutations of
-            the four sequences / three regions.
-    """
-    from rich.console import Console
-
-    from fusionseg.data.io import ensure_writable, sweep_stale_temps
-    from fusionseg.progress import make_progress
-
-    _check_orders(image_channels, mask_channels)
-    src, dst = Path(src), Path(dst)
-    scan = scan_kaggle_h5(src, allow_gaps=allow_gaps, depth=depth)
-    if volumes is None:
-        selected = list(scan)
-    else:
-        selected = sorted({int(v) for v in volumes})
-        unknown = [v for v in selected if v not in scan]
-        if unknown:
-            raise DataError(
-                f"volume(s) {_ranges(unknown)} not found; the folder has volumes {_ranges(scan)}.",
-                src,
-                "choose volumes that exist in the folder.",
-            )
-    ensure_writable(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(dst)
-    report = ConversionReport(root=dst, ignored=list(scan.ignored), image_channels=tuple(image_channels))
-    with make_progress(disable=not progress, transient=True, console=Console(stderr=True)) as bar:
-        task = bar.add_task("Kaggle H5 -> NIfTI", total=len(selected), info="")
-        for volume in selected:
-            cid = case_id(volume)
-            report.case_ids.append(cid)
-            bar.update(task, info=cid)
-            final = dst / cid
-            if final.exists() and not overwrite:
-                missing = [p.name for p in _case_files(final, cid).values() if not p.is_file()]
-                if missing:
-                    raise OutputError(
-                        f"{final}: the case folder exists but lacks {', '.join(missing)} (not written by this "
-                        "converter, or damaged). Fix: delete the folder, or pass overwrite=True to replace it."
-                    )
-                report.skipped.append(cid)
-                bar.advance(task)
-                continue
-            image, mask = _read_volume(scan[volume])
-            overlap = count_overlaps(mask)
-            if overlap:
-                report.overlaps[cid] = overlap
-            if volume in scan.gaps:
-                report.gaps[cid] = list(scan.gaps[volume])
-            _write_case(dst, cid, image, masks_to_labels(mask, mask_channels), image_channels, overwrite)
-            report.converted.append(cid)
-            bar.advance(task)
-    return report
-
-
-# ---------------------------------------------------------------------------
-# Verifying the channel order against the NIfTI release
-# ---------------------------------------------------------------------------
-
-#: In-plane / slice-order transforms of the H5 volume tried by :func:`match_channels`:
-#: name -> (swap X and Y, flip X, flip Y, flip Z), applied in that order.
-TRANSFORMS: dict[str, tuple[bool, bool, bool, bool]] = {}
-for _swap, _fx, _fy, _fz in itertools.product((False, True), repeat=4):
-    _parts = [name for name, on in zip(("transpose", "flip_x", "flip_y", "flip_z"), (_swap, _fx, _fy, _fz)) if on]
-    TRANSFORMS["+".join(_parts) or "identity"] = (_swap, _fx, _fy, _fz)
-del _swap, _fx, _fy, _fz, _parts
-
-
-def _transform(volume: np.ndarray, name: str) -> np.ndarray:
-    swap, fx, fy, fz = TRANSFORMS[name]
-    if swap:
-        volume = volume.swapaxes(0, 1)
-    if fx:
-        volume = volume[::-1]
-    if fy:
-        volume = volume[:, ::-1]
-    if fz:
-        volume = volume[:, :, ::-1]
-    return volume
-
-
-def _zscore(values: np.ndarray) -> np.ndarray:
-    values = values.astype(np.float64)
-    std = values.std()
-    return (values - values.mean()) / std if std > 0 else np.zeros_like(values)
-
-
-@dataclass(frozen=True)
-class ChannelMatch:
-    """Result of :func:`match_channels`.
-
-    Attributes:
-        expected: the sequence each H5 channel is assumed to be (row labels).
-        sequences: the NIfTI sequences compared with (column labels).
-        correlation: (n_channels, n_sequences) Pearson r of H5 channel i with NIfTI
-            sequence j under :attr:`transform`, over the brain (voxels where any
-            NIfTI sequence is nonzero); 0 where a channel is constant there.
-        assignment: the NIfTI sequence matched to each H5 channel (one-to-one, the
-            largest summed r; None where there are fewer sequences than channels).
-        transform: the transform of the H5 volume (:data:`TRANSFORMS`) under which
-            the assignment fits best; "identity" if the release's axes are as assumed.
-        score: mean r of the assignment.
-        runner_up: mean r of the best *different* assignment (its margin below
-            ``score`` says how clear the result is).
-        n_voxels: number of brain voxels compared.
-    """
-
-    expected: tuple[str, ...]
-    sequences: tuple[str, ...]
-    correlation: np.ndarray
-    assignment: tuple[str | None, ...]
-    transform: str
-    score: float
-    runner_up: float
-    n_voxels: int
-
-    @property
-    def matches_expected(self) -> bool:
-        """Whether every H5 channel matched the sequence it is assumed to be, with
-        the axes as assumed (transform "identity")."""
-        return self.transform == "identity" and all(
-            a == e for a, e in zip(self.assignment, self.expected) if e in self.sequences
-        )
-
-    @property
-    def order(self) -> tuple[str | None, ...]:
-        """The measured channel order: pass it as ``image_channels=`` if it differs."""
-        return self.assignment
-
-    def lines(self) -> list[str]:
-        """A printable report: the correlation table and the verdict."""
-        width = max(8, *(len(s) for s in self.sequences))
-        out = [f"Pearson r of each H5 image channel with each NIfTI sequence ({self.n_voxels} brain voxels):"]
-        out.append("channel (assumed)   " + "".join(f"{s:>{width + 2}}" for s in self.sequences) + "   best")
-        for i, row in enumerate(self.correlation):
-            label = f"{i} ({self.expected[i]})" if i < len(self.expected) else str(i)
-            cells = "".join(f"{r:>{width + 2}.3f}" for r in row)
-            out.append(f"{label:<20}{cells}   {self.assignment[i]}")
-        out.append(f"best transform of the H5 axes: {self.transform}")
-        out.append(f"mean r of the best assignment {self.score:.3f}, of the runner-up {self.runner_up:.3f}")
-        if self.matches_expected:
-            out.append(f"OK: the channel order {', '.join(self.expected)} is confirmed.")
-        else:
-            out.append(
-                f"MISMATCH: measured order {', '.join(str(a) for a in self.assignment)} (axes: {self.transform}); "
-                f"assumed {', '.join(self.expected)}. Pass image_channels={tuple(self.assignment)!r}"
-                + (" and check the axis transform." if self.transform != "identity" else ".")
-            )
-        if self.score < 0.5:
-            out.append("Warning: low correlations - the H5 volume and the NIfTI case may not be the same patient.")
-        return out
-
-
-def match_channels(
-    h5_volume_image: np.ndarray,
-    nifti_images: Mapping[str, np.ndarray],
-    *,
-    expected: Sequence[str] = IMAGE_CHANNELS,
-    search_transforms: bool = True,
-) -> ChannelMatch:
-    """Which NIfTI sequence is each channel of an H5 volume? Measures it.
-
-    Computes the Pearson correlation of every H5 channel with every NIfTI sequence
-    over the brain (voxels where any NIfTI sequence is nonzero; Pearson r ignores the
-    intensity scaling / normalisation of either release) and picks the one-to-one
-    assignment with the largest summed r. With ``search_transforms`` the H5 volume is
-    also tried transposed in-plane and flipped along each axis (:data:`TRANSFORMS`);
-    the transform with the best assignment is reported.
-
-    Args:
-        h5_volume_image: (X, Y, Z, C) H5 volume (:func:`read_volume`'s image).
-        nifti_images: sequence name -> (X, Y, Z) NIfTI volume of the same case
-            (e.g. ``{"t1": ..., "t1ce": ..., "t2": ..., "flair": ...}``).
-        expected: assumed sequence of each H5 channel (default :data:`IMAGE_CHANNELS`).
-        search_transforms: also try the axis transforms (else identity only).
-    Returns:
-        a :class:`ChannelMatch` (``.assignment``, ``.matches_expected``, ``.lines()``).
-    Raises:
-        DataError: no NIfTI image, shapes that no transform reconciles, an empty brain
-            mask, or more than 8 channels/sequences.
-    """
-    image = np.asarray(h5_volume_image)
-    if image.ndim != 4:
-        raise DataError(
-            f"the H5 volume must be (X, Y, Z, C), got shape {image.shape}.", None, "pass read_volume's image."
-        )
-    if not nifti_images:
-        raise DataError("no NIfTI image to compare with.", None, "pass at least one sequence.")
-    names = tuple(nifti_images)
-    arrays = [np.asarray(nifti_images[n]) for n in names]
-    shape = arrays[0].shape
-    if any(a.shape != shape for a in arrays) or len(shape) != 3:
-        raise DataError(
-            f"the NIfTI images differ in shape or are not 3-D: {[a.shape for a in arrays]}.",
-            None,
-            "pass the four 3-D sequences of one case.",
-        )
-    n_channels, n_sequences = image.shape[3], len(names)
-    if max(n_channels, n_sequences) > 8:
-        raise DataError("more than 8 channels or sequences to match.", None, "pass at most 8 of each.")
-    brain = np.zeros(shape, bool)
-    for a in arrays:
-        brain |= a != 0
-    n_voxels = int(brain.sum())
-    if n_voxels < 2:
-        raise DataError("the NIfTI images are zero everywhere.", None, "pass the case's NIfTI images.")
-    reference = np.stack([_zscore(a[brain]) for a in arrays])  # (S, V)
-
-    candidates = list(TRANSFORMS) if search_transforms else ["identity"]
-    if n_channels <= n_sequences:
-        permutations = list(itertools.permutations(range(n_sequences), n_channels))  # channel -> sequence
-    else:
-        permutations = [  # sequence -> channel, turned into channel -> sequence (None = unmatched)
-            tuple(p.index(c) if c in p else None for c in range(n_channels))
-            for p in itertools.permutations(range(n_channels), n_sequences)
-        ]
-
-    best = None
-    for name in candidates:
-        moved = _transform(image, name)
-        if moved.shape[:3] != shape:
-            continue
-        values = np.stack([_zscore(moved[..., c][brain]) for c in range(n_channels)])  # (C, V)
-        corr = values @ reference.T / n_voxels
-        scores = sorted(
-            (sum(corr[c, s] for c, s in enumerate(p) if s is not None) / min(n_channels, n_sequences), p)
-            for p in permutations
-        )
-        score, perm = scores[-1]
-        runner_up = scores[-2][0] if len(scores) > 1 else float("nan")
-        if best is None or score > best[0] + 1e-9:
-            best = (score, perm, runner_up, name, corr)
-    if best is None:
-        raise DataError(
-            f"the H5 volume is {image.shape[:3]} but the NIfTI images are {shape}, under every axis transform.",
-            None,
-            "compare the same case of both releases.",
-        )
-    score, perm, runner_up, name, corr = best
-    return ChannelMatch(
-        expected=tuple(expected),
-        sequences=names,
-        correlation=corr,
-        assignment=tuple(names[s] if s is not None else None for s in perm),
-        transform=name,
-        score=float(score),
-        runner_up=float(runner_up),
-        n_voxels=n_voxels,
-    )
-
-
-def _nifti_sequence(folder: Path, suffix: str) -> Path | None:
-    exact = [folder / f"{folder.name}_{suffix}{ext}" for ext in (".nii.gz", ".nii")]
-    for path in exact:
-        if path.is_file():
-            return path
-    matches = [
-        p for p in sorted(folder.iterdir()) if p.is_file() and re.search(rf"_{re.escape(suffix)}\.nii(\.gz)?$", p.name)
-    ]
-    return matches[0] if len(matches) == 1 else None
-
-
-def verify_channel_order(
-    h5_folder: str | Path,
-    nifti_case: str | Path,
-    *,
-    volume: int | None = None,
-    expected: Sequence[str] = IMAGE_CHANNELS,
-    search_transforms: bool = True,
-) -> ChannelMatch:
-    """Check :data:`IMAGE_CHANNELS` on one case present in both releases.
-
-    Reads volume ``volume`` of the H5 release and the NIfTI case folder (BraTS 2018-
-    2021 names: ``<case>/<case>_{t1,t1ce,t2,flair}.nii[.gz]``, e.g. from the Kaggle
-    dataset ``awsaf49/brats20-dataset-training-validation`` or the official release)
-    and runs :func:`match_channels`. Print ``result.lines()``.
-
-    Args:
-        h5_folder: folder of the ``volume_<N>_slice_<M>.h5`` files.
-        nifti_case: the case folder, e.g. ``.../BraTS20_Training_001``.
-        volume: H5 volume number; None = the number at the end of the case folder's
-            name (``BraTS20_Training_001`` -> 1).
-        expected: assumed channel order (default :data:`IMAGE_CHANNELS`).
-        search_transforms: also try transposed / flipped H5 axes.
-    Returns:
-        a :class:`ChannelMatch`.
-    Raises:
-        DataError: the volume or a NIfTI file is missing or unreadable, or the
-            volume number cannot be read from the folder name.
-    """
-    from fusionseg.data.io import load_volume
-
-    nifti_case = Path(nifti_case)
-    if not nifti_case.is_dir():
-        raise DataError("NIfTI case folder not found.", nifti_case, "give a folder like .../BraTS20_Training_001.")
-    if volume is None:
-        match = re.search(r"(\d+)$", nifti_case.name)
-        if match is None:
-            raise DataError(
-                "cannot tell the H5 volume number from the folder name.", nifti_case, "pass volume=<N> explicitly."
-            )
-        volume = int(match[1])
-    scan = scan_kaggle_h5(h5_folder, allow_gaps=True)
-    if volume not in scan:
-        raise DataError(
-            f"volume {volume} not found (the folder has volumes {_ranges(scan)}).",
-            h5_folder,
-            "pass the volume that shows the same patient as the NIfTI case.",
-        )
-    image, _ = _read_volume(scan[volume])
-    nifti: dict[str, np.ndarray] = {}
-    for suffix, modality in BRATS2018_SUFFIXES.items():
-        path = _nifti_sequence(nifti_case, suffix)
-        if path is None:
-            raise DataError(
-                f"no {nifti_case.name}_{suffix}.nii[.gz] in the case folder.",
-                nifti_case,
-                "give a BraTS 2018-2021 case folder with the four sequences.",
-            )
-        nifti[modality] = load_volume(path)[0]
-    return match_channels(image, nifti, expected=expected, search_transforms=search_transforms)
