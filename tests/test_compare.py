@@ -68,7 +68,7 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
             "evaluation": {"overlays": 0},
         },
         "runs": [
-            {"name": "A", "strategy": "early"},
+            {"name": "A", "strategy": "early", "postprocess": {"method": "validation", "candidates_mm3": [50]}},
             {"name": "B", "strategy": "decoupled"},
             {"name": "C-dynamic", "strategy": "joint", "fusion": {"weighting": "dynamic"}},
         ],
@@ -136,9 +136,14 @@ def test_tiny_study_writes_both_tables_with_every_row(phantom_dataset, tmp_path)
     for name, score in scores.items():
         assert f"| {name} | {score:.4f} ± 0.0000 | {score:.4f} |" in validation
     assert f"Highest mean validation Dice: **{max(scores, key=scores.get)}**" in validation
-    assert json.loads((folder / "A" / "summary.json").read_text())["validation"]["per_fold"] == {
-        "0": round(scores["A"], 6)
-    }
+    summary_a = json.loads((folder / "A" / "summary.json").read_text())["validation"]
+    assert summary_a["per_fold"] == {"0": round(scores["A"], 6)}
+    # A chose its post-processing on the validation cases: that score after whole-volume
+    # inference is tabulated too (the other rows chose nothing, so they are absent there)
+    after = max(c["val_dice"] for c in fits["A"]["postprocess"]["candidates"])
+    assert summary_a["after_inference"]["per_fold"] == {"0": round(after, 6)}
+    second = validation.split("After inference and post-processing")[1]
+    assert f"| A | {after:.4f} ± 0.0000 | {after:.4f} |" in second and "| B |" not in second
     # a second invocation reads the finished folds back and writes the same scores
     run_comparison(load_study(path), tmp_path / "runs", progress=False)
     assert (folder / "validation.md").read_text() == validation

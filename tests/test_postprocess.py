@@ -107,6 +107,28 @@ def test_choice_on_validation_cases():
         choose_postprocess([(pred, gt, (1, 1, 1))], BRATS2017, settings, criterion="hd95")
 
 
+def test_validation_score_after_inference_is_the_chosen_settings():
+    """The score a study compares inference settings by is the chosen setting's row of
+    the validation table, for either criterion; settings not chosen on validation
+    cases have none."""
+    from fusionseg.experiments.fold_scoring import validation_after_inference
+
+    gt = np.zeros((20, 20, 20), np.uint8)
+    gt[2:5, 2:5, 2:5] = 2
+    pred = gt.copy()
+    pred[10:12, 10:12, 10] = 2
+    for criterion in ("dice", "lesion_dice"):
+        best, rows = choose_postprocess(
+            [(pred, gt, (1, 1, 1))], BRATS2017, candidate_settings([2, 5, 50]), criterion=criterion
+        )
+        record = {"method": "validation", "criterion": criterion, "setting": best.to_dict(), "candidates": rows}
+        chosen = next(r[f"val_{criterion}"] for r in rows if r["setting"] == best.label())
+        assert validation_after_inference(record) == (chosen, criterion)
+        assert chosen > rows[0][f"val_{criterion}"]  # strictly better than none: not a constant
+    assert validation_after_inference({"method": "fixed", "setting": Postprocess(5.0).to_dict()}) is None
+    assert validation_after_inference({"method": "none"}) is None and validation_after_inference(None) is None
+
+
 def test_combined_setting_for_an_ensemble():
     s = combine_settings([Postprocess(10), Postprocess(100, True), Postprocess(1000, True)])
     assert s == Postprocess(100.0, True)

@@ -88,7 +88,7 @@ def test_kfold_splits_are_disjoint_complete_and_reproducible(tmp_path):
 
 
 def test_sampled_slab_spans_the_selected_slices_in_the_original_grid():
-    from fusionseg.experiments.runner import sampled_slab
+    from fusionseg.experiments.fold_scoring import sampled_slab
 
     case = make_case()  # cropped z from 70, original depth 155
     assert sampled_slab(case, "central", 10) == (slice(None), slice(None), slice(72, 82))
@@ -98,7 +98,7 @@ def test_sampled_slab_spans_the_selected_slices_in_the_original_grid():
 def test_example_slice_is_taken_from_the_evaluated_slab(tmp_path):
     from fusionseg.constants import BRATS2017
     from fusionseg.experiments.fusion_report import save_example
-    from fusionseg.experiments.runner import slab_slices
+    from fusionseg.experiments.fold_scoring import slab_slices
 
     case = make_case(tumour=(12, 16))  # most tumour: cropped slices 12-15, outside 2-11
     case.label[4:6, 3:5, 13] = 0

@@ -477,29 +477,52 @@ def pairs_section(study: Study, runs: dict, all_regions: list[str], out: Path) -
 
 
 def validation_section(summaries: dict[str, dict], out: Path) -> list[str]:
-    """validation.md and its lines for comparison.md: every trained row's best
-    validation Dice per fold (the early-stopping score, on each fold's validation
-    cases, which lie inside its training portion) and the row with the highest mean:
-    the choice a study may make without looking at its test cases."""
+    """validation.md and its lines for comparison.md: every trained row's validation
+    scores per fold and the row with the highest mean, the choice a study may make
+    without looking at its test cases. Two tables: the best validation Dice of
+    training (the early-stopping score, on each fold's validation cases, which lie
+    inside its training portion), and, for rows that choose their post-processing on
+    those cases, the chosen setting's score after whole-volume inference (the score
+    for choosing inference settings, e.g. test-time mirroring, which training never
+    sees)."""
     rows = {n: s["validation"] for n, s in summaries.items() if s.get("validation")}
     if not rows:
         return []
-    folds = sorted({k for v in rows.values() for k in v["per_fold"]}, key=int)
-    head = "| run | mean ± sd | " + " | ".join(f"fold {k}" for k in folds) + " |"
-    table = [head, "|" + "---|" * (len(folds) + 2)]
-    for name, v in rows.items():
-        cells = [f"{v['per_fold'][k]:.4f}" if k in v["per_fold"] else "-" for k in folds]
-        table.append(f"| {name} | {v['mean']:.4f} ± {v['sd']:.4f} | " + " | ".join(cells) + " |")
+    table = _fold_table(rows)
     best = max(rows, key=lambda n: rows[n]["mean"])
     note = (
         f"Highest mean validation Dice: **{best}**. The score is each fold's best validation Dice "
         "(mean over the label scheme's regions, voxels pooled over the validation samples of "
         "`sampling.val_mode`), so rows compare only under the same val_mode; the test cases play no part."
     )
-    text = "\n".join(table)
+    parts = [table, "", note]
+    after = {n: v["after_inference"] for n, v in rows.items() if v.get("after_inference")}
+    if after:
+        top = max(after, key=lambda n: after[n]["mean"])
+        parts += [
+            "",
+            "After inference and post-processing, on the same validation cases:",
+            "",
+            _fold_table(after),
+            "",
+            f"Highest mean: **{top}**. The score is {next(iter(after.values()))['score']}, per fold for the "
+            "setting its validation cases chose; rows that differ only in inference settings compare here.",
+        ]
+    text = "\n".join(parts)
     with atomic_path(out / "validation.md") as tmp:
-        tmp.write_text(f"# Validation scores (for choosing a row)\n\n{text}\n\n{note}\n")
-    return ["## Validation scores (for choosing a row)", "", text, "", note, ""]
+        tmp.write_text(f"# Validation scores (for choosing a row)\n\n{text}\n")
+    return ["## Validation scores (for choosing a row)", "", text, ""]
+
+
+def _fold_table(rows: dict[str, dict]) -> str:
+    """Markdown table: one row per run, its mean ± sd and per-fold scores."""
+    folds = sorted({k for v in rows.values() for k in v["per_fold"]}, key=int)
+    head = "| run | mean ± sd | " + " | ".join(f"fold {k}" for k in folds) + " |"
+    table = [head, "|" + "---|" * (len(folds) + 2)]
+    for name, v in rows.items():
+        cells = [f"{v['per_fold'][k]:.4f}" if k in v["per_fold"] else "-" for k in folds]
+        table.append(f"| {name} | {v['mean']:.4f} ± {v['sd']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(table)
 
 
 def _write_tables(study: Study, runs: dict, all_regions: list[str], out: Path, lines: list[str]) -> list[dict]:

@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from lightning_fabric.utilities.seed import seed_everything
 from rich.console import Console
@@ -41,10 +40,9 @@ from rich.console import Console
 from fusionseg.config import EvalConfig, ExperimentConfig, InferenceConfig, PostprocessConfig, validate_config
 from fusionseg.data.cases import Case, Dataset, discover
 from fusionseg.constants import PET
-from fusionseg.data.io import atomic_path, load_nifti, read_array, save_label_map, voxel_spacing
+from fusionseg.data.io import atomic_path, save_label_map
 from fusionseg.data.preprocess import PreparedCase, PreprocessCache
 from fusionseg.data.samplers import get_sampler
-from fusionseg.data.sampling import select_slices
 from fusionseg.errors import ConfigError
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import (
@@ -55,16 +53,17 @@ from fusionseg.evaluation.folder import (
     read_lesion_table,
     write_results,
 )
+from fusionseg.experiments.fold_scoring import (
+    decide_postprocess,
+    ground_truth,
+    in_scope,
+    slab_slices,
+    validation_after_inference,
+)
 from fusionseg.experiments.fusion_report import fusion_quality_case, save_example
 from fusionseg.experiments.pretext_report import pretext_quality_case, save_pretext_figure
 from fusionseg.inference.inferers import InferOptions, get_inferer
-from fusionseg.inference.postprocess import (
-    Postprocess,
-    candidate_settings,
-    choose_postprocess,
-    inner_settings,
-    nested_regions,
-)
+from fusionseg.inference.postprocess import Postprocess
 from fusionseg.inference.predict import checkpoint_meta
 from fusionseg.strategies import build_strategy
 from fusionseg.training.distributed import fit_distributed
@@ -133,6 +132,10 @@ class FoldResult:
     #: the last training stage's best validation Dice (the score early stopping
     #: watched, on the fold's validation cases); None for a rule (nothing trained)
     validation: float | None = None
+    #: the chosen post-processing's score on the validation cases predicted as whole
+    #: volumes with the run's inference settings (``postprocess.criterion``); None
+    #: unless ``postprocess.method: validation``
+    validation_inference: float | None = None
 
 
 @dataclass
@@ -276,6 +279,7 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
     if not all((cfg.run_dir() / "predictions" / f"{c}.nii.gz").exists() for c in fold["test"]):
         return None
     quality = [folder / name for name in QUALITY_CSV.values() if (folder / name).exists()]
+    scores = fit_validation(folder)
     return FoldResult(
         cfg.name,
         fold["fold"],
@@ -285,19 +289,22 @@ def read_fold_result(cfg: ExperimentConfig, fold: dict) -> FoldResult | None:
         data["postprocess"],
         float(data["seconds"]),
         reused=True,
-        validation=fit_validation(folder),
+        validation=scores[0],
+        validation_inference=scores[1],
     )
 
 
-def fit_validation(folder: Path) -> float | None:
-    """The last stage's best validation score recorded in ``folder/fit.json`` (None
-    without one: a rule fold)."""
+def fit_validation(folder: Path) -> tuple[float | None, float | None]:
+    """(the last stage's best validation score, the chosen post-processing's score on
+    the validation cases predicted as whole volumes) recorded in ``folder/fit.json``;
+    None for what it lacks (a rule fold has neither)."""
     path = folder / "fit.json"
     if not path.exists():
-        return None
-    stages = json.loads(path.read_text()).get("stages") or [{}]
-    score = stages[-1].get("best_val_score")
-    return None if score is None else float(score)
+        return None, None
+    record = json.loads(path.read_text())
+    score = (record.get("stages") or [{}])[-1].get("best_val_score")
+    after = validation_after_inference(record.get("postprocess"))
+    return (None if score is None else float(score)), (None if after is None else after[0])
 
 
 def run_fold_job(job: FoldJob, progress: bool = True, context: RunContext | None = None) -> FoldResult:
@@ -405,6 +412,8 @@ def train_and_test(cfg: ExperimentConfig, fold: dict, context: RunContext, progr
     seconds = round(sum(f["seconds"] for f in fits) + time.perf_counter() - after_training, 1)
     result = write_fold_result(cfg, fold, scheme, rows, lesions, quality, post, seconds)
     result.validation = float(fits[-1]["best_val_score"])
+    after = validation_after_inference(post_info)
+    result.validation_inference = None if after is None else after[0]
     if cfg.evaluation.modality_subsets:
         from fusionseg.experiments.subsets import fold_subsets
 
@@ -431,11 +440,11 @@ def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldRes
     rows, lesions = [], []
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
-        gt, spacing = _ground_truth(case)
+        gt, spacing = ground_truth(case)
         pred = post(rule_labels(case, cfg.threshold, scheme), spacing, scheme)
         save_label_map(pred, case.images[PET].path, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True)
         region_rows, case_lesions = evaluate_case(
-            *_in_scope(cfg, prepared, pred, gt),
+            *in_scope(cfg, prepared, pred, gt),
             spacing,
             scheme,
             metrics=cfg.evaluation.metrics,
@@ -448,88 +457,6 @@ def rule_fold(cfg: ExperimentConfig, fold: dict, context: RunContext) -> FoldRes
         tmp.write_text(json.dumps({**record, "postprocess": post_info}, indent=1))
     seconds = round(time.perf_counter() - start, 1)
     return write_fold_result(cfg, fold, scheme, rows, lesions, [], post, seconds)
-
-
-def _ground_truth(case) -> tuple[np.ndarray, tuple[float, ...]]:
-    gt_img = load_nifti(case.label)
-    return read_array(gt_img, case.label, dtype=np.int64), voxel_spacing(gt_img)
-
-
-def slab_slices(case: PreparedCase, mode: str, central_k: int) -> range:
-    """Axial indices (cropped grid) of the slab spanned by the slices ``mode`` selects
-    in ``case`` (``evaluation.scope: sampled_slices``)."""
-    chosen = select_slices(case, "all" if mode == "patch" else mode, central_k)
-    return range(min(chosen), max(chosen) + 1)
-
-
-def sampled_slab(case: PreparedCase, mode: str, central_k: int) -> tuple[slice, ...]:
-    """Index window (original grid) of :func:`slab_slices`."""
-    slab = slab_slices(case, mode, central_k)
-    axis, offset = case.axial_axis, case.bbox[case.axial_axis][0]
-    window = [slice(None)] * 3
-    window[axis] = slice(offset + slab.start, offset + slab.stop)
-    return tuple(window)
-
-
-def _in_scope(
-    cfg: ExperimentConfig, case: PreparedCase, pred: np.ndarray, gt: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``pred`` and ``gt`` cut to what ``evaluation.scope`` evaluates (the whole volume,
-    or the slab of the sampled slices)."""
-    if cfg.evaluation.scope != "sampled_slices":
-        return pred, gt
-    window = sampled_slab(case, cfg.sampling.mode, cfg.sampling.central_k)
-    return pred[window], gt[window]
-
-
-def decide_postprocess(
-    cfg: ExperimentConfig, model, fold: dict, context: RunContext, divisor: int
-) -> tuple[Postprocess, dict]:
-    """The fold's post-processing: none, the config's fixed setting, or the candidate
-    that scores best on the fold's validation cases predicted as whole volumes (with
-    the evaluation scope of the test cases). Returns (setting, record for fit.json).
-
-    Raises:
-        ConfigError: ``method: validation`` without validation cases.
-    """
-    pc, scheme = cfg.postprocess, context.dataset.scheme
-    if pc.method == "none":
-        return Postprocess(), {"method": "none", "setting": Postprocess().to_dict()}
-    if pc.method == "fixed":
-        setting = Postprocess(pc.min_volume_mm3, pc.keep_largest, pc.inner_min_volume_mm3)
-        return setting, {"method": "fixed", "setting": setting.to_dict()}
-    if not fold["val"]:
-        raise ConfigError(
-            "postprocess.method: validation needs validation cases; set "
-            "split.val_fraction > 0 or use postprocess.method: fixed"
-        )
-    infer, cases, options = get_inferer(cfg.spatial_dims), [], InferOptions.from_config(cfg)
-    for case_id in fold["val"]:
-        gt, spacing = _ground_truth(context.dataset.case(case_id))
-        pred = infer([model], context.prepared[case_id], context.modalities, scheme, divisor, options)
-        cases.append((*_in_scope(cfg, context.prepared[case_id], pred, gt), spacing))
-    params = cfg.evaluation.lesion_params()
-    setting, table = choose_postprocess(
-        cases,
-        scheme,
-        candidate_settings(pc.candidates_mm3, pc.try_keep_largest),
-        criterion=pc.criterion,
-        challenge=params,
-    )
-    if pc.inner_candidates_mm3 and nested_regions(scheme):
-        # second stage, given the whole-tumour setting: nested-region (TC/ET) specks
-        setting, inner = choose_postprocess(
-            cases, scheme, inner_settings(setting, pc.inner_candidates_mm3), criterion=pc.criterion, challenge=params
-        )
-        table += inner[1:]
-    console.print(f"fold {fold['fold']}: post-processing chosen on {len(cases)} validation cases: {setting.label()}")
-    return setting, {
-        "method": "validation",
-        "criterion": pc.criterion,
-        "setting": setting.to_dict(),
-        "validation_cases": list(fold["val"]),
-        "candidates": table,
-    }
 
 
 def test_fold(
@@ -548,7 +475,7 @@ def test_fold(
     rows, lesions, quality = [], [], []
     for case_id in fold["test"]:
         case, prepared = context.dataset.case(case_id), context.prepared[case_id]
-        gt, spacing = _ground_truth(case)
+        gt, spacing = ground_truth(case)
         pred = post(infer([model], prepared, modalities, scheme, divisor, options), spacing, scheme)
         save_label_map(
             pred, case.images[modalities[0]].path, cfg.run_dir() / "predictions" / f"{case_id}.nii.gz", overwrite=True
@@ -565,7 +492,7 @@ def test_fold(
             measure = fusion_quality_case if makes_fused else pretext_quality_case
             quality.append({"case": case_id, "fold": k, **measure(model, prepared, modalities, cfg.sampling.val_mode)})
         region_rows, case_lesions = evaluate_case(
-            *_in_scope(cfg, prepared, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
+            *in_scope(cfg, prepared, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
         )
         rows += [{"case": case_id, "fold": k, **r} for r in region_rows]
         lesions += [{"case": case_id, "fold": k, **r} for r in case_lesions]

@@ -38,15 +38,12 @@ from fusionseg.evaluation.folder import build_summary, write_results
 from fusionseg.experiments.environment import environment_info, float_changes
 from fusionseg.experiments.executors import LocalExecutor
 from fusionseg.experiments.identity import check_run_folder, clear_run_folder, write_record
-from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_dataset, slab helpers)
+from fusionseg.experiments.jobs import (  # noqa: F401  (re-exported: load_dataset)
     FoldJob,
     FoldResult,
     RunContext,
-    decide_postprocess,
     quality_file,
     load_dataset,
-    sampled_slab,
-    slab_slices,
     unlabelled_cases,
 )
 from fusionseg.experiments.report import comparison_table, metric_notes, write_overlays
@@ -278,24 +275,40 @@ def _run_summary(plan: RunPlan, per_case: pd.DataFrame, results: list[FoldResult
             "method": cfg.postprocess.method,
             "per_fold": {str(r.fold): Postprocess.from_dict(r.postprocess).label() for r in results},
         },
-        **_validation_summary(results),
+        **_validation_summary(results, cfg.postprocess.criterion),
     )
 
 
-def _validation_summary(results: list[FoldResult]) -> dict:
-    """``{"validation": per-fold best validation Dice and their mean}`` of a trained
-    run (empty for a rule): the score to choose settings by, never the test cases."""
+def _validation_summary(results: list[FoldResult], criterion: str = "dice") -> dict:
+    """``{"validation": ...}`` of a trained run (empty for a rule): per fold and mean of
+    the best validation Dice of the last training stage (the early-stopping score) and,
+    with ``postprocess.method: validation``, of the chosen post-processing's
+    ``criterion`` on the validation cases predicted as whole volumes with the run's
+    inference settings (``after_inference``). The scores to choose settings by, never
+    the test cases."""
     scores = {str(r.fold): r.validation for r in results if r.validation is not None}
     if not scores:
         return {}
+    out = {
+        "score": "best validation Dice of the last training stage (mean over the label scheme's regions)",
+        **_fold_scores(scores),
+    }
+    after = {str(r.fold): r.validation_inference for r in results if r.validation_inference is not None}
+    if after:
+        out["after_inference"] = {
+            "score": f"validation {criterion} of the chosen post-processing, whole-volume inference "
+            "(mean over the validation cases and the label scheme's regions)",
+            **_fold_scores(after),
+        }
+    return {"validation": out}
+
+
+def _fold_scores(scores: dict[str, float]) -> dict:
     values = np.array(list(scores.values()), dtype=float)
     return {
-        "validation": {
-            "score": "best validation Dice of the last training stage (mean over the label scheme's regions)",
-            "per_fold": {k: round(v, 6) for k, v in scores.items()},
-            "mean": round(float(values.mean()), 6),
-            "sd": round(float(values.std(ddof=1)), 6) if len(values) > 1 else 0.0,
-        }
+        "per_fold": {k: round(v, 6) for k, v in scores.items()},
+        "mean": round(float(values.mean()), 6),
+        "sd": round(float(values.std(ddof=1)), 6) if len(values) > 1 else 0.0,
     }
 
 

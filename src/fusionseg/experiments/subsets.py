@@ -72,7 +72,7 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
     so only the evaluated slab is predicted (the metrics are those of a whole-volume
     prediction cut to the slab) -- unless a post-processing step or resampling would
     see the rest of the volume."""
-    from fusionseg.experiments.jobs import slab_slices
+    from fusionseg.experiments.fold_scoring import slab_slices
 
     if cfg.spatial_dims != 2 or cfg.evaluation.scope != "sampled_slices" or not post.is_identity or prepared.resampled:
         return prepared
@@ -89,18 +89,18 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
 def _score_case(cfg: ExperimentConfig, model: nn.Module, case_id: str, subsets, context, post, divisor, advance):
     """Region rows of one test case predicted once per subset of ``subsets`` (its
     ground truth read and its evaluated part cut once); ``advance()`` after each."""
-    from fusionseg.experiments.jobs import _ground_truth, _in_scope
+    from fusionseg.experiments.fold_scoring import ground_truth, in_scope
 
     scheme, modalities, whole = context.dataset.scheme, context.modalities, context.prepared[case_id]
     prepared = evaluated_part(cfg, whole, post)
-    gt, spacing = _ground_truth(context.dataset.case(case_id))
+    gt, spacing = ground_truth(context.dataset.case(case_id))
     infer, options = get_inferer(cfg.spatial_dims), InferOptions.from_config(cfg)
     params = cfg.evaluation.lesion_params()
     rows = []
     for subset in subsets:
         pred = post(infer([WithSubset(model, subset)], prepared, modalities, scheme, divisor, options), spacing, scheme)
         region_rows, _ = evaluate_case(
-            *_in_scope(cfg, whole, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
+            *in_scope(cfg, whole, pred, gt), spacing, scheme, metrics=cfg.evaluation.metrics, challenge=params
         )
         rows += [{"case": case_id, "subset": subset_name(subset), **r} for r in region_rows]
         advance()
