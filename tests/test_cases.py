@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from fusionseg.constants import BRATS2017, BRATS2023, LABEL_SCHEMES, MSD_TASK01, PETCT
-from fusionseg.data.cases import ImageRef, discover, list_formats, scheme_from_labels
+from fusionseg.data.cases import ImageRef, discover, list_formats
+from fusionseg.data.dataset_json import scheme_from_labels
 from fusionseg.errors import DataError
 
 MRI = ("t1", "t1ce", "t2", "flair")

@@ -22,7 +22,8 @@ from torch import nn
 
 from fusionseg.config import ExperimentConfig, InferenceConfig, PreprocessConfig, validate_saved_config
 from fusionseg.constants import LabelScheme, describe_labels, scheme_from_dict, scheme_to_dict
-from fusionseg.data.cases import Case, _label_tags
+from fusionseg.data.cases import Case
+from fusionseg.data.dataset_json import label_tags
 from fusionseg.data.io import save_label_map
 from fusionseg.data.preprocess import PreparedCase, prepare_case_arrays
 from fusionseg.data.sampling import context_planes, round_up
@@ -131,7 +132,7 @@ def _tissue(name: str) -> frozenset[str] | None:
     tell schemes apart ("NCR", "NET", "necrotic core" -> core; "ED", "edema" -> ed;
     "ET", "enhancing tumour" -> et; "background" -> bg); None for a name that says
     nothing ("label 3")."""
-    tags = _label_tags(name)
+    tags = label_tags(name)
     return frozenset(tags) if tags else None
 
 
