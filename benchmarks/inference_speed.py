@@ -41,7 +41,7 @@ import torch
 from fusionseg.data.cases import discover
 from fusionseg.data.preprocess import PreprocessCache
 from fusionseg.data.sampling import round_up
-from fusionseg.experiments.compare import load_study
+from fusionseg.experiments.study import load_study
 from fusionseg.experiments.environment import environment_info
 from fusionseg.config import load_config
 from fusionseg.inference.inferers import InferOptions, get_inferer

@@ -36,7 +36,7 @@ from fusionseg.data.cases import discover
 from fusionseg.data.preprocess import PreprocessCache
 from fusionseg.data.samplers.patches3d import PatchDataset, WholeCaseDataset, common_volume_size
 from fusionseg.data.sampling import SliceDataset, common_slice_size
-from fusionseg.experiments.compare import load_study
+from fusionseg.experiments.study import load_study
 from fusionseg.experiments.environment import environment_info
 from fusionseg.strategies import build_strategy
 from fusionseg.training.loop import fit

@@ -23,7 +23,7 @@ from fusionseg.experiments.claims import (
     evaluate_claims,
     run_test,
 )
-from fusionseg.experiments.compare import load_study
+from fusionseg.experiments.study import load_study
 from fusionseg.experiments.figures import paired_figure
 from fusionseg.experiments.report import table_frame
 

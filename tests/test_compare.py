@@ -13,7 +13,8 @@ import yaml
 
 from conftest import tiny_config, train_via_cli
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.compare import deep_merge, load_study, run_comparison
+from fusionseg.experiments.compare import run_comparison
+from fusionseg.experiments.study import deep_merge, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -62,7 +62,7 @@ def test_every_shipped_config_loads_under_every_protocol():
     from pathlib import Path
 
     from conftest import SHARED_DATA
-    from fusionseg.experiments.compare import load_study
+    from fusionseg.experiments.study import load_study
 
     repo = Path(__file__).resolve().parents[1]
     checked = 0

@@ -23,7 +23,7 @@ from fusionseg.config import (
     validate_saved_config,
 )
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.compare import load_study
+from fusionseg.experiments.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 S0 = REPO / "configs" / "s0_table1.yaml"

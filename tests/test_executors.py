@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from fusionseg.errors import ConfigError
-from fusionseg.experiments.compare import load_study, run_comparison
+from fusionseg.experiments.compare import run_comparison
+from fusionseg.experiments.study import load_study
 from fusionseg.experiments.executors import LocalExecutor, RayExecutor, build_executor, with_threads
 from fusionseg.experiments.jobs import FoldJob
 
@@ -84,7 +85,7 @@ def test_cpus_leave_pet_rule_jobs_valid():
     threshold) takes no train settings, and a study-wide post-processing chosen on
     validation predictions is dropped for it (it has no model to predict them)."""
     from fusionseg.config import validate_config
-    from fusionseg.experiments.compare import load_study
+    from fusionseg.experiments.study import load_study
 
     study = load_study(
         Path(__file__).resolve().parents[1] / "configs" / "petct_baselines.yaml",

@@ -324,7 +324,8 @@ def compare(
         fusionseg compare configs/s0_table1.yaml --protocol cpu-small-cv --rows A,B,C-dynamic
     --set applies to every run (e.g. --set data.root=/data/BraTS).
     """
-    from fusionseg.experiments.compare import load_study_or_configs, run_comparison
+    from fusionseg.experiments.compare import run_comparison
+    from fusionseg.experiments.study import load_study_or_configs
 
     overrides = list(set_ or []) + _device_overrides(devices, distributed)
     if vgg_weights is not None:
