@@ -19,6 +19,12 @@ from fusionseg.errors import DataError
 
 
 def read_dataset_json(root: Path, key_hint: str) -> dict:
+    """``root/dataset.json`` as a mapping.
+
+    Raises:
+        DataError: the file is missing (the message says to create it with
+            ``key_hint``), not JSON, or not a JSON object.
+    """
     path = root / "dataset.json"
     if not path.is_file():
         raise DataError(

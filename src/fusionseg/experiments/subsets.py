@@ -31,6 +31,7 @@ from fusionseg.data.io import atomic_path
 from fusionseg.data.preprocess import PreparedCase
 from fusionseg.evaluation.evaluate import evaluate_case, resolve_metrics
 from fusionseg.evaluation.folder import PER_CASE_CSV, SUMMARY_JSON
+from fusionseg.experiments.fold_scoring import ground_truth, in_scope, slab_slices
 from fusionseg.experiments.subset_report import parse_subsets, subset_name
 from fusionseg.inference.inferers import InferOptions, get_inferer
 from fusionseg.inference.postprocess import Postprocess
@@ -72,8 +73,6 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
     so only the evaluated slab is predicted (the metrics are those of a whole-volume
     prediction cut to the slab) -- unless a post-processing step or resampling would
     see the rest of the volume."""
-    from fusionseg.experiments.fold_scoring import slab_slices
-
     if cfg.spatial_dims != 2 or cfg.evaluation.scope != "sampled_slices" or not post.is_identity or prepared.resampled:
         return prepared
     slab, axis = slab_slices(prepared, cfg.sampling.mode, cfg.sampling.central_k), prepared.axial_axis
@@ -89,8 +88,6 @@ def evaluated_part(cfg: ExperimentConfig, prepared: PreparedCase, post: Postproc
 def _score_case(cfg: ExperimentConfig, model: nn.Module, case_id: str, subsets, context, post, divisor, advance):
     """Region rows of one test case predicted once per subset of ``subsets`` (its
     ground truth read and its evaluated part cut once); ``advance()`` after each."""
-    from fusionseg.experiments.fold_scoring import ground_truth, in_scope
-
     scheme, modalities, whole = context.dataset.scheme, context.modalities, context.prepared[case_id]
     prepared = evaluated_part(cfg, whole, post)
     gt, spacing = ground_truth(context.dataset.case(case_id))
